@@ -1,0 +1,191 @@
+/*
+ * blasst: BLASST (skip-softmax) attention, C ABI.
+ *
+ * One attention call computes, per batch entry b, query head h and query row i,
+ *   O[b,i,h,:] = softmax_k(scale * q . k_k) @ V   over the keys row i sees,
+ * while skipping KV tiles whose scores cannot matter (SPEC.md section 3).
+ *
+ * Shapes (per batch entry):  Q [Lq, Hq, Dqk]   K [Lk, Hkv, Dqk]   V [Lk, Hkv, Dv]
+ *                            O [Lq, Hq, Dv]    LSE [Lq, Hq] (fp32)
+ * Hq = G * Hkv; query head h reads KV head h / G.
+ *
+ * Every call validates its arguments and returns a status; on error nothing is
+ * written to any output and blasst_last_error() names the argument at fault.
+ * All strides are in elements (not bytes); the last dimension of every tensor
+ * is contiguous (stride 1).
+ */
+#ifndef BLASST_BLASST_H
+#define BLASST_BLASST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BLASST_VERSION_MAJOR 0
+#define BLASST_VERSION_MINOR 1
+#define BLASST_VERSION_PATCH 0
+
+/* Largest head dimension any engine accepts (MLA absorbed decode: 576/512). */
+#define BLASST_MAX_HEAD_DIM 576
+
+typedef enum blasst_status {
+  BLASST_OK = 0,
+  BLASST_ERROR_INVALID_ARGUMENT = 1, /* a bad argument; the message names it */
+  BLASST_ERROR_UNSUPPORTED = 2,      /* valid, but no engine here can run it */
+  BLASST_ERROR_OUT_OF_MEMORY = 3,
+  BLASST_ERROR_CUDA = 4,             /* a CUDA runtime error; the message has the CUDA text */
+  BLASST_ERROR_INTERNAL = 5
+} blasst_status;
+
+typedef enum blasst_dtype {
+  BLASST_DTYPE_FLOAT32 = 0,
+  BLASST_DTYPE_FLOAT16 = 1,
+  BLASST_DTYPE_BFLOAT16 = 2
+} blasst_dtype;
+
+typedef enum blasst_phase {
+  BLASST_PHASE_PREFILL = 0, /* decision group: block_m rows of one query head */
+  BLASST_PHASE_DECODE = 1   /* decision group: all G query heads of a KV head x all rows */
+} blasst_phase;
+
+typedef enum blasst_order {
+  BLASST_ORDER_ASCENDING = 0, /* first visited tile is the anchor; m starts at -inf */
+  BLASST_ORDER_ANCHORED = 1   /* anchors: tile 0 and the last visible tile; m seeded from them */
+} blasst_order;
+
+typedef enum blasst_engine {
+  BLASST_ENGINE_AUTO = 0, /* CUDA when the pointers are device pointers and a CUDA engine is built */
+  BLASST_ENGINE_CPU = 1,
+  BLASST_ENGINE_CUDA = 2
+} blasst_engine;
+
+/* Tile decisions written to blasst_args.decisions (one byte per tile). */
+typedef enum blasst_decision {
+  BLASST_TILE_NOT_VISITED = 0,
+  BLASST_TILE_KEPT = 1,
+  BLASST_TILE_SKIPPED = 2
+} blasst_decision;
+
+/*
+ * A strided view of one tensor operand. Element (b, t, h, d) of a contiguous or
+ * padded layout lives at data + b*batch_stride + t*token_stride + h*head_stride + d.
+ *   - ragged layouts (cu_seqlens given): t is the packed token index cu_seqlens[b] + i,
+ *     batch_stride is ignored.
+ *   - paged K/V (block_table given): "b" is the physical page and t the slot in the page,
+ *     so batch_stride is the page stride ([num_pages, page_size, Hkv, D] layout).
+ * numel is the number of elements addressable from data: every access the call can make
+ * is checked against it before anything runs.
+ */
+typedef struct blasst_tensor {
+  void* data;
+  blasst_dtype dtype;
+  int64_t batch_stride;
+  int64_t token_stride;
+  int64_t head_stride;
+  int64_t numel;
+} blasst_tensor;
+
+/* Tile geometry. The CPU engine takes it as given (0 = default); GPU engines report what they used. */
+typedef struct blasst_geometry {
+  int32_t block_m;     /* prefill: query rows per decision group (default 128); decode: ignored */
+  int32_t block_n;     /* keys per KV tile (default 128) */
+  blasst_order order;  /* default BLASST_ORDER_ASCENDING */
+  int32_t splits;      /* KV splits per decision group (default 1) */
+} blasst_geometry;
+
+/*
+ * Skip threshold of SPEC section 4 for this call (one layer, one phase):
+ *   lambda_b = threshold_scale_factor / Lk_b;  0 = exact dense; lambda >= 1 turns skipping off
+ *   for that batch entry. per_kv_head_factor, when not NULL, holds num_kv_heads factors
+ *   (host memory for the CPU engine, device memory for CUDA engines) and replaces the scalar.
+ */
+typedef struct blasst_threshold {
+  float threshold_scale_factor;
+  const float* per_kv_head_factor;
+} blasst_threshold;
+
+typedef struct blasst_args {
+  uint32_t struct_size; /* sizeof(blasst_args); set by blasst_args_init */
+
+  int32_t batch;
+  int32_t num_q_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim_qk;
+  int32_t head_dim_v;
+  int32_t max_seqlen_q; /* padded Lq; the bound for ragged entries */
+  int32_t max_seqlen_k; /* padded Lk; the bound for ragged or paged entries */
+
+  /* Per-entry lengths. At most one of cu_seqlens_* and seqlens_* per side.
+   * cu_seqlens_q [batch+1]: ragged packed Q/O/LSE (t = cu_seqlens_q[b] + i).
+   * seqlens_q [batch]: padded Q with per-entry lengths. Neither: every entry has max_seqlen_q.
+   * Same for K/V. Paged K/V takes seqlens_k (or max_seqlen_k for all). */
+  const int32_t* cu_seqlens_q;
+  const int32_t* seqlens_q;
+  const int32_t* cu_seqlens_k;
+  const int32_t* seqlens_k;
+
+  /* Paged KV cache: block_table [batch, block_table_stride] of page indices < num_pages;
+   * token t of entry b is slot t % page_size of page block_table[b][t / page_size]. */
+  const int32_t* block_table;
+  int32_t block_table_stride;
+  int32_t page_size;
+  int32_t num_pages;
+
+  blasst_tensor q;   /* [B, Lq, Hq, Dqk] */
+  blasst_tensor k;   /* [B, Lk, Hkv, Dqk] (or pages) */
+  blasst_tensor v;   /* [B, Lk, Hkv, Dv]  (or pages) */
+  blasst_tensor out; /* [B, Lq, Hq, Dv], same dtype as q */
+  blasst_tensor lse; /* [B, Lq, Hq] fp32 with head dim stride 1 unused; data may be NULL */
+
+  float scale;  /* score scale; 0 = 1/sqrt(head_dim_qk) */
+  int32_t causal; /* bottom-right aligned: row i sees keys k <= Lk - Lq + i */
+
+  blasst_threshold threshold;
+  blasst_geometry geometry;
+  blasst_engine engine;
+  int32_t num_threads; /* CPU engine: 0 = all hardware threads */
+  void* stream;        /* cudaStream_t for CUDA engines */
+
+  /* Optional statistics outputs (same memory space as the engine's tensors).
+   * stats_per_head [H * 2] int64: (visited, skipped) per query head in prefill,
+   * per KV head in decode. decisions [batch, groups, num_tiles] uint8 blasst_decision,
+   * groups = Hq * ceil(max_seqlen_q / block_m) in prefill (head-major), Hkv in decode;
+   * num_tiles = ceil(max_seqlen_k / block_n). */
+  int64_t* stats_per_head;
+  uint8_t* decisions;
+  int64_t decisions_numel;
+} blasst_args;
+
+/* What a call did. */
+typedef struct blasst_run_info {
+  uint32_t struct_size;     /* sizeof(blasst_run_info); set by blasst_run_info_init */
+  blasst_engine engine;     /* the engine that ran */
+  blasst_geometry geometry; /* the geometry it used */
+  int64_t visited;          /* visited tiles, summed over decision groups */
+  int64_t skipped;          /* skipped tiles */
+} blasst_run_info;
+
+/* Defaults: zeroed arguments with struct_size set, engine AUTO, default geometry. */
+void blasst_args_init(blasst_args* args);
+void blasst_run_info_init(blasst_run_info* info);
+
+/* Prefill and decode attention. info may be NULL. */
+blasst_status blasst_prefill(const blasst_args* args, blasst_run_info* info);
+blasst_status blasst_decode(const blasst_args* args, blasst_run_info* info);
+
+/* Message of the last failed call on this thread ("" after a success). */
+const char* blasst_last_error(void);
+const char* blasst_status_name(blasst_status status);
+const char* blasst_version(void);
+
+/* 1 when a CUDA engine was built in and a device is usable. */
+int blasst_cuda_available(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* BLASST_BLASST_H */

@@ -1,0 +1,157 @@
+// Public entry points: C++ API and the C ABI over it. Every call is validated here before
+// an engine runs, and no exception crosses the C boundary.
+#include <blasst/blasst.h>
+#include <blasst/blasst.hpp>
+
+#include <exception>
+#include <new>
+#include <string>
+
+#include "core/validate.hpp"
+#include "cpu/engine.hpp"
+#ifdef BLASST_HAVE_CUDA
+#include "cuda/cuda_engine.hpp"
+#endif
+
+namespace blasst {
+namespace {
+
+thread_local std::string g_last_error;
+
+bool cuda_built() {
+#ifdef BLASST_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool cuda_ready() {
+#ifdef BLASST_HAVE_CUDA
+  return cuda::device_available();
+#else
+  return false;
+#endif
+}
+
+bool args_on_device(const blasst_args& a) {
+#ifdef BLASST_HAVE_CUDA
+  return cuda::device_available() && cuda::is_device_pointer(a.q.data);
+#else
+  (void)a;
+  return false;
+#endif
+}
+
+Status run_checked(blasst_phase phase, const blasst_args& args, blasst_run_info* info) {
+  if (Status s = detail::validate_shape_args(args, phase); !s) return s;
+  blasst_run_info local;
+  blasst_run_info_init(&local);
+  if (info && info->struct_size != sizeof(blasst_run_info))
+    return {BLASST_ERROR_INVALID_ARGUMENT, "info.struct_size is " + std::to_string(info->struct_size) +
+                                               ", expected " + std::to_string(sizeof(blasst_run_info)) +
+                                               " (initialize it with blasst_run_info_init)"};
+
+  blasst_engine engine = args.engine;
+  if (engine == BLASST_ENGINE_AUTO) engine = args_on_device(args) ? BLASST_ENGINE_CUDA : BLASST_ENGINE_CPU;
+
+  Status status;
+  if (engine == BLASST_ENGINE_CUDA) {
+    if (!cuda_built())
+      return {BLASST_ERROR_UNSUPPORTED, "engine cuda: this build of blasst has no CUDA engine (built without nvcc)"};
+    if (!cuda_ready()) return {BLASST_ERROR_UNSUPPORTED, "engine cuda: no usable CUDA device"};
+#ifdef BLASST_HAVE_CUDA
+    status = cuda::run(args, phase, &local);
+#endif
+  } else {
+    if (args_on_device(args))
+      return {BLASST_ERROR_INVALID_ARGUMENT, "engine cpu: q.data is device memory; the CPU engine needs host memory"};
+    const blasst_geometry geometry = detail::resolve_geometry(args.geometry);
+    if (Status s = detail::validate_host_contents(args, phase, geometry); !s) return s;
+    status = cpu::run(args, phase, geometry, &local);
+  }
+  if (status && info) *info = local;
+  return status;
+}
+
+}  // namespace
+
+blasst_args default_args() {
+  blasst_args a;
+  blasst_args_init(&a);
+  return a;
+}
+
+Status attention(blasst_phase phase, const blasst_args& args, blasst_run_info* info) {
+  try {
+    return run_checked(phase, args, info);
+  } catch (const std::bad_alloc&) {
+    return {BLASST_ERROR_OUT_OF_MEMORY, "out of host memory"};
+  } catch (const std::exception& e) {
+    return {BLASST_ERROR_INTERNAL, std::string("internal error: ") + e.what()};
+  }
+}
+
+Status prefill(const blasst_args& args, blasst_run_info* info) {
+  return attention(BLASST_PHASE_PREFILL, args, info);
+}
+Status decode(const blasst_args& args, blasst_run_info* info) {
+  return attention(BLASST_PHASE_DECODE, args, info);
+}
+
+namespace {
+blasst_status to_c(const Status& s) {
+  g_last_error = s.message();
+  return s.code();
+}
+}  // namespace
+
+}  // namespace blasst
+
+extern "C" {
+
+void blasst_args_init(blasst_args* args) {
+  if (!args) return;
+  *args = blasst_args{};
+  args->struct_size = sizeof(blasst_args);
+  args->engine = BLASST_ENGINE_AUTO;
+  args->geometry.order = BLASST_ORDER_ASCENDING;
+}
+
+void blasst_run_info_init(blasst_run_info* info) {
+  if (!info) return;
+  *info = blasst_run_info{};
+  info->struct_size = sizeof(blasst_run_info);
+}
+
+static blasst_status c_entry(blasst_phase phase, const blasst_args* args, blasst_run_info* info) {
+  if (!args) return blasst::to_c({BLASST_ERROR_INVALID_ARGUMENT, "args is NULL"});
+  return blasst::to_c(blasst::attention(phase, *args, info));
+}
+
+blasst_status blasst_prefill(const blasst_args* args, blasst_run_info* info) {
+  return c_entry(BLASST_PHASE_PREFILL, args, info);
+}
+blasst_status blasst_decode(const blasst_args* args, blasst_run_info* info) {
+  return c_entry(BLASST_PHASE_DECODE, args, info);
+}
+
+const char* blasst_last_error(void) { return blasst::g_last_error.c_str(); }
+
+const char* blasst_status_name(blasst_status status) {
+  switch (status) {
+    case BLASST_OK: return "ok";
+    case BLASST_ERROR_INVALID_ARGUMENT: return "invalid argument";
+    case BLASST_ERROR_UNSUPPORTED: return "unsupported";
+    case BLASST_ERROR_OUT_OF_MEMORY: return "out of memory";
+    case BLASST_ERROR_CUDA: return "cuda error";
+    case BLASST_ERROR_INTERNAL: return "internal error";
+  }
+  return "unknown status";
+}
+
+const char* blasst_version(void) { return "0.1.0"; }
+
+int blasst_cuda_available(void) { return blasst::cuda_ready() ? 1 : 0; }
+
+}  // extern "C"

@@ -1,0 +1,54 @@
+// Addressing of the operands of one attention call (blasst_args), shared by argument
+// validation and every engine. All offsets are in elements.
+#pragma once
+
+#include <blasst/blasst.h>
+
+#include <cstdint>
+
+namespace blasst::detail {
+
+// Sequence lengths of batch entry b (host-side length arrays).
+inline int64_t seqlen_q(const blasst_args& a, int64_t b) {
+  if (a.cu_seqlens_q) return int64_t(a.cu_seqlens_q[b + 1]) - a.cu_seqlens_q[b];
+  if (a.seqlens_q) return a.seqlens_q[b];
+  return a.max_seqlen_q;
+}
+inline int64_t seqlen_k(const blasst_args& a, int64_t b) {
+  if (a.cu_seqlens_k) return int64_t(a.cu_seqlens_k[b + 1]) - a.cu_seqlens_k[b];
+  if (a.seqlens_k) return a.seqlens_k[b];
+  return a.max_seqlen_k;
+}
+
+// Offset of element (entry b, row i, head h, 0) of a Q-side tensor (q, out, lse).
+inline int64_t q_side_offset(const blasst_args& a, const blasst_tensor& t, int64_t b, int64_t i,
+                             int64_t h) {
+  const int64_t token = a.cu_seqlens_q ? a.cu_seqlens_q[b] + i : i;
+  const int64_t base = a.cu_seqlens_q ? 0 : b * t.batch_stride;
+  return base + token * t.token_stride + h * t.head_stride;
+}
+
+// Offset of element (entry b, key position k, KV head h, 0) of K or V, contiguous,
+// ragged or paged.
+inline int64_t kv_offset(const blasst_args& a, const blasst_tensor& t, int64_t b, int64_t k,
+                         int64_t h) {
+  if (a.block_table) {
+    const int64_t page = a.block_table[b * a.block_table_stride + k / a.page_size];
+    return page * t.batch_stride + (k % a.page_size) * t.token_stride + h * t.head_stride;
+  }
+  const int64_t token = a.cu_seqlens_k ? a.cu_seqlens_k[b] + k : k;
+  const int64_t base = a.cu_seqlens_k ? 0 : b * t.batch_stride;
+  return base + token * t.token_stride + h * t.head_stride;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Number of decision groups per batch entry and their tile grid (SPEC section 2).
+inline int64_t groups_per_entry(const blasst_args& a, blasst_phase phase, int64_t block_m) {
+  if (phase == BLASST_PHASE_DECODE) return a.num_kv_heads;
+  return int64_t(a.num_q_heads) * ceil_div(a.max_seqlen_q, block_m);
+}
+
+inline size_t dtype_size(blasst_dtype d) { return d == BLASST_DTYPE_FLOAT32 ? 4 : 2; }
+
+}  // namespace blasst::detail

@@ -1,0 +1,245 @@
+#include "core/validate.hpp"
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include "core/layout.hpp"
+
+namespace blasst::detail {
+namespace {
+
+constexpr int32_t kDefaultBlock = 128;
+constexpr int32_t kMaxBlock = 1 << 16;
+
+template <class... Parts>
+Status invalid(const Parts&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return {BLASST_ERROR_INVALID_ARGUMENT, os.str()};
+}
+
+bool valid_dtype(blasst_dtype d) {
+  return d == BLASST_DTYPE_FLOAT32 || d == BLASST_DTYPE_FLOAT16 || d == BLASST_DTYPE_BFLOAT16;
+}
+
+const char* dtype_name(blasst_dtype d) {
+  switch (d) {
+    case BLASST_DTYPE_FLOAT32: return "float32";
+    case BLASST_DTYPE_FLOAT16: return "float16";
+    case BLASST_DTYPE_BFLOAT16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+// a*b + c with overflow detection; false on overflow.
+bool mul_add(int64_t a, int64_t b, int64_t c, int64_t* out) {
+  int64_t product;
+  if (__builtin_mul_overflow(a, b, &product)) return false;
+  return !__builtin_add_overflow(product, c, out);
+}
+
+Status check_tensor_header(const char* name, const blasst_tensor& t, bool data_required) {
+  if (!t.data) {
+    if (data_required) return invalid(name, ".data is NULL");
+    return Status::ok();
+  }
+  if (!valid_dtype(t.dtype)) return invalid(name, ".dtype is ", int(t.dtype), ", expected a blasst_dtype");
+  if (t.batch_stride < 0 || t.token_stride < 0 || t.head_stride < 0)
+    return invalid(name, " strides must be >= 0 (batch ", t.batch_stride, ", token ", t.token_stride,
+                   ", head ", t.head_stride, ")");
+  if (t.numel <= 0) return invalid(name, ".numel is ", t.numel, ", expected the element count of the buffer (> 0)");
+  return Status::ok();
+}
+
+// Largest element offset + 1 touched by rows [0, rows) x heads [0, heads) x dims [0, dim) of
+// a tensor starting at `base`; checks it against numel.
+Status check_extent(const char* name, const blasst_tensor& t, int64_t base, int64_t rows,
+                    int64_t heads, int64_t dim, const char* where_kind, int64_t where) {
+  if (rows <= 0) return Status::ok();
+  int64_t end = 0;
+  bool ok = mul_add(rows - 1, t.token_stride, base, &end) &&
+            mul_add(heads - 1, t.head_stride, end, &end) && mul_add(1, dim, end, &end);
+  if (!ok || end > t.numel) {
+    return invalid(name, " is too small: ", where_kind, " ", where, " reaches element ",
+                   ok ? end : std::numeric_limits<int64_t>::max(), " but numel is ", t.numel);
+  }
+  return Status::ok();
+}
+
+Status check_lengths(const char* cu_name, const int32_t* cu, const char* len_name,
+                     const int32_t* lens, int32_t batch, int32_t max_len, const char* max_name) {
+  if (cu) {
+    if (cu[0] != 0) return invalid(cu_name, "[0] is ", cu[0], ", expected 0");
+    for (int32_t b = 0; b < batch; ++b) {
+      const int64_t len = int64_t(cu[b + 1]) - cu[b];
+      if (len < 0)
+        return invalid(cu_name, " must be non-decreasing: ", cu_name, "[", b + 1, "] = ", cu[b + 1],
+                       " < ", cu_name, "[", b, "] = ", cu[b]);
+      if (len > max_len)
+        return invalid(cu_name, " gives entry ", b, " length ", len, " > ", max_name, " = ", max_len);
+    }
+  }
+  if (lens) {
+    for (int32_t b = 0; b < batch; ++b) {
+      if (lens[b] < 0 || lens[b] > max_len)
+        return invalid(len_name, "[", b, "] is ", lens[b], ", expected 0..", max_name, " = ", max_len);
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+blasst_geometry resolve_geometry(const blasst_geometry& requested) {
+  blasst_geometry g = requested;
+  if (g.block_m == 0) g.block_m = kDefaultBlock;
+  if (g.block_n == 0) g.block_n = kDefaultBlock;
+  if (g.splits == 0) g.splits = 1;
+  return g;
+}
+
+Status validate_shape_args(const blasst_args& a, blasst_phase phase) {
+  if (a.struct_size != sizeof(blasst_args))
+    return invalid("args.struct_size is ", a.struct_size, ", expected ", sizeof(blasst_args),
+                   " (initialize the struct with blasst_args_init)");
+  if (phase != BLASST_PHASE_PREFILL && phase != BLASST_PHASE_DECODE)
+    return invalid("phase is ", int(phase), ", expected prefill or decode");
+  if (a.batch < 1) return invalid("batch is ", a.batch, ", expected >= 1");
+  if (a.num_q_heads < 1) return invalid("num_q_heads is ", a.num_q_heads, ", expected >= 1");
+  if (a.num_kv_heads < 1) return invalid("num_kv_heads is ", a.num_kv_heads, ", expected >= 1");
+  if (a.num_q_heads % a.num_kv_heads != 0)
+    return invalid("num_q_heads (", a.num_q_heads, ") must be a multiple of num_kv_heads (",
+                   a.num_kv_heads, ")");
+  if (a.head_dim_qk < 1 || a.head_dim_qk > BLASST_MAX_HEAD_DIM)
+    return invalid("head_dim_qk is ", a.head_dim_qk, ", expected 1..", BLASST_MAX_HEAD_DIM);
+  if (a.head_dim_v < 1 || a.head_dim_v > BLASST_MAX_HEAD_DIM)
+    return invalid("head_dim_v is ", a.head_dim_v, ", expected 1..", BLASST_MAX_HEAD_DIM);
+  if (a.max_seqlen_q < 0) return invalid("max_seqlen_q is ", a.max_seqlen_q, ", expected >= 0");
+  if (a.max_seqlen_k < 0) return invalid("max_seqlen_k is ", a.max_seqlen_k, ", expected >= 0");
+  if (a.cu_seqlens_q && a.seqlens_q) return invalid("give cu_seqlens_q or seqlens_q, not both");
+  if (a.cu_seqlens_k && a.seqlens_k) return invalid("give cu_seqlens_k or seqlens_k, not both");
+
+  if (a.block_table) {
+    if (a.cu_seqlens_k) return invalid("cu_seqlens_k cannot be combined with block_table (paged K/V takes seqlens_k)");
+    if (a.page_size < 1) return invalid("page_size is ", a.page_size, ", expected >= 1 with a block_table");
+    if (a.num_pages < 1) return invalid("num_pages is ", a.num_pages, ", expected >= 1 with a block_table");
+    const int64_t pages_needed = ceil_div(a.max_seqlen_k, a.page_size);
+    if (a.block_table_stride < pages_needed)
+      return invalid("block_table_stride is ", a.block_table_stride, ", expected >= ceil(max_seqlen_k / page_size) = ",
+                     pages_needed);
+  } else if (a.page_size != 0 || a.num_pages != 0 || a.block_table_stride != 0) {
+    return invalid("page_size, num_pages and block_table_stride are set but block_table is NULL");
+  }
+
+  for (auto [name, t, required] : {std::tuple{"q", &a.q, true}, std::tuple{"k", &a.k, true},
+                                   std::tuple{"v", &a.v, true}, std::tuple{"out", &a.out, true},
+                                   std::tuple{"lse", &a.lse, false}}) {
+    if (Status s = check_tensor_header(name, *t, required); !s) return s;
+  }
+  if (a.k.dtype != a.q.dtype || a.v.dtype != a.q.dtype)
+    return invalid("q, k and v must share one dtype (q ", dtype_name(a.q.dtype), ", k ", dtype_name(a.k.dtype),
+                   ", v ", dtype_name(a.v.dtype), ")");
+  if (a.out.dtype != a.q.dtype)
+    return invalid("out.dtype is ", dtype_name(a.out.dtype), ", expected the input dtype ", dtype_name(a.q.dtype));
+  if (a.lse.data && a.lse.dtype != BLASST_DTYPE_FLOAT32)
+    return invalid("lse.dtype is ", dtype_name(a.lse.dtype), ", expected float32");
+
+  if (!std::isfinite(a.scale)) return invalid("scale is ", a.scale, ", expected a finite number (0 = 1/sqrt(head_dim_qk))");
+  if (a.causal != 0 && a.causal != 1) return invalid("causal is ", a.causal, ", expected 0 or 1");
+
+  const float f = a.threshold.threshold_scale_factor;
+  if (!std::isfinite(f) || f < 0)
+    return invalid("threshold.threshold_scale_factor is ", f, ", expected a finite value >= 0 (0 = dense)");
+
+  const blasst_geometry& g = a.geometry;
+  if (g.block_m < 0 || g.block_m > kMaxBlock) return invalid("geometry.block_m is ", g.block_m, ", expected 0..", kMaxBlock, " (0 = default)");
+  if (g.block_n < 0 || g.block_n > kMaxBlock) return invalid("geometry.block_n is ", g.block_n, ", expected 0..", kMaxBlock, " (0 = default)");
+  if (g.order != BLASST_ORDER_ASCENDING && g.order != BLASST_ORDER_ANCHORED)
+    return invalid("geometry.order is ", int(g.order), ", expected ascending (0) or anchored (1)");
+  if (g.splits < 0 || g.splits > kMaxBlock) return invalid("geometry.splits is ", g.splits, ", expected 0..", kMaxBlock, " (0 = default)");
+
+  if (a.engine != BLASST_ENGINE_AUTO && a.engine != BLASST_ENGINE_CPU && a.engine != BLASST_ENGINE_CUDA)
+    return invalid("engine is ", int(a.engine), ", expected auto, cpu or cuda");
+  if (a.num_threads < 0) return invalid("num_threads is ", a.num_threads, ", expected >= 0 (0 = all)");
+  if (a.decisions && a.decisions_numel < 0) return invalid("decisions_numel is ", a.decisions_numel, ", expected >= 0");
+  return Status::ok();
+}
+
+Status validate_host_contents(const blasst_args& a, blasst_phase phase, const blasst_geometry& g) {
+  if (Status s = check_lengths("cu_seqlens_q", a.cu_seqlens_q, "seqlens_q", a.seqlens_q, a.batch,
+                               a.max_seqlen_q, "max_seqlen_q");
+      !s)
+    return s;
+  if (Status s = check_lengths("cu_seqlens_k", a.cu_seqlens_k, "seqlens_k", a.seqlens_k, a.batch,
+                               a.max_seqlen_k, "max_seqlen_k");
+      !s)
+    return s;
+
+  if (a.threshold.per_kv_head_factor) {
+    for (int32_t h = 0; h < a.num_kv_heads; ++h) {
+      const float f = a.threshold.per_kv_head_factor[h];
+      if (!std::isfinite(f) || f < 0)
+        return invalid("threshold.per_kv_head_factor[", h, "] is ", f, ", expected a finite value >= 0");
+    }
+  }
+
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t lq = seqlen_q(a, b);
+    const int64_t lk = seqlen_k(a, b);
+    // Q side: rows are contiguous in the token index of a ragged or padded layout.
+    for (auto [name, t, dim] : {std::tuple{"q", &a.q, int64_t(a.head_dim_qk)},
+                                std::tuple{"out", &a.out, int64_t(a.head_dim_v)},
+                                std::tuple{"lse", &a.lse, int64_t(1)}}) {
+      if (!t->data || lq == 0) continue;
+      const int64_t heads = a.num_q_heads;
+      // base of row 0, computed with overflow checks
+      int64_t base = 0;
+      bool ok = a.cu_seqlens_q ? mul_add(a.cu_seqlens_q[b], t->token_stride, 0, &base)
+                               : mul_add(b, t->batch_stride, 0, &base);
+      if (!ok) return invalid(name, " offsets overflow at batch entry ", b);
+      if (Status s = check_extent(name, *t, base, lq, heads, dim, "batch entry", b); !s) return s;
+    }
+    if (lk == 0) continue;
+    if (a.block_table) {
+      const int64_t pages = ceil_div(lk, a.page_size);
+      for (int64_t p = 0; p < pages; ++p) {
+        const int32_t page = a.block_table[b * a.block_table_stride + p];
+        if (page < 0 || page >= a.num_pages)
+          return invalid("block_table[", b, "][", p, "] is ", page, ", expected 0..num_pages-1 = ", a.num_pages - 1);
+      }
+    }
+    for (auto [name, t, dim] : {std::tuple{"k", &a.k, int64_t(a.head_dim_qk)},
+                                std::tuple{"v", &a.v, int64_t(a.head_dim_v)}}) {
+      if (a.block_table) {
+        // every page the call may use holds page_size slots
+        int64_t base = 0;
+        if (!mul_add(a.num_pages - 1, t->batch_stride, 0, &base))
+          return invalid(name, " page offsets overflow");
+        if (Status s = check_extent(name, *t, base, a.page_size, a.num_kv_heads, dim, "page", a.num_pages - 1); !s)
+          return s;
+      } else {
+        int64_t base = 0;
+        bool ok = a.cu_seqlens_k ? mul_add(a.cu_seqlens_k[b], t->token_stride, 0, &base)
+                                 : mul_add(b, t->batch_stride, 0, &base);
+        if (!ok) return invalid(name, " offsets overflow at batch entry ", b);
+        if (Status s = check_extent(name, *t, base, lk, a.num_kv_heads, dim, "batch entry", b); !s) return s;
+      }
+    }
+  }
+
+  if (a.stats_per_head == nullptr && a.decisions == nullptr) return Status::ok();
+  if (a.decisions) {
+    const int64_t groups = groups_per_entry(a, phase, g.block_m);
+    const int64_t tiles = ceil_div(a.max_seqlen_k, g.block_n);
+    int64_t needed = 0;
+    if (!mul_add(a.batch, groups, 0, &needed) || !mul_add(needed, tiles, 0, &needed))
+      return invalid("decisions buffer size overflows");
+    if (a.decisions_numel < needed)
+      return invalid("decisions_numel is ", a.decisions_numel, ", expected >= batch * groups * tiles = ", needed);
+  }
+  return Status::ok();
+}
+
+}  // namespace blasst::detail

@@ -1,0 +1,21 @@
+// Argument validation shared by every engine: a call that passes touches only memory
+// inside the numel of each tensor and reads only valid page and length entries.
+#pragma once
+
+#include <blasst/blasst.hpp>
+
+namespace blasst::detail {
+
+// Geometry with defaults applied (block_m, block_n, splits >= 1).
+blasst_geometry resolve_geometry(const blasst_geometry& requested);
+
+// Checks the call's scalars, shapes, strides and flags (everything readable without
+// touching the length arrays, block table or tensors).
+Status validate_shape_args(const blasst_args& args, blasst_phase phase);
+
+// Checks the host-side length arrays, block table and every tensor's extent against its
+// numel. Only valid for host memory (the CPU engine).
+Status validate_host_contents(const blasst_args& args, blasst_phase phase,
+                              const blasst_geometry& geometry);
+
+}  // namespace blasst::detail
