@@ -55,6 +55,15 @@ inline float nan_max(float a, float b) {
   return a > b ? a : b;
 }
 
+// K and V of every (entry, KV head) converted to fp32 once per call, shared by all the
+// decision groups that read them (prefill: every row block of the G query heads).
+//   kt: [entry, kv head, tile, Dqk, BnPad]   v: [entry, kv head, tile, Bn, DvPad]
+struct SharedTiles {
+  std::vector<float> kt, v;
+  int64_t tiles = 0;
+  bool ready = false;
+};
+
 // Per-thread working memory, sized for the largest group of the call.
 struct Scratch {
   std::vector<Row> rows;
@@ -72,6 +81,34 @@ class GroupRunner {
     bn_pad_ = round_up(g_.block_n, k_.column_pad);
     dv_pad_ = round_up(dv_, k_.column_pad);
     scale_ = a_.scale != 0.0f ? a_.scale : float(1.0 / std::sqrt(double(dqk_)));
+  }
+
+  void use_shared(const SharedTiles* shared) { shared_ = shared; }
+  int64_t kt_tile_size() const { return dqk_ * bn_pad_; }
+  int64_t v_tile_size() const { return g_.block_n * dv_pad_; }
+
+  // Converts tile t of K (transposed, zero-padded columns) and V of (entry b, KV head hk).
+  void convert_tile(int64_t b, int64_t hk, int64_t seqlen_k, int64_t t, float* kt, float* v) const {
+    const int64_t key0 = t * g_.block_n;
+    const int64_t n = std::min<int64_t>(g_.block_n, seqlen_k - key0);
+    if (kt) {
+      for_input_dtype([&](auto load) {
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t off = detail::kv_offset(a_, a_.k, b, key0 + j, hk);
+          for (int64_t d = 0; d < dqk_; ++d) kt[d * bn_pad_ + j] = load(a_.k.data, off + d);
+        }
+      });
+      for (int64_t d = 0; d < dqk_; ++d) std::fill(kt + d * bn_pad_ + n, kt + (d + 1) * bn_pad_, 0.0f);
+    }
+    if (v) {
+      for_input_dtype([&](auto load) {
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t off = detail::kv_offset(a_, a_.v, b, key0 + j, hk);
+          float* dst = v + j * dv_pad_;
+          for (int64_t d = 0; d < dv_; ++d) dst[d] = load(a_.v.data, off + d);
+        }
+      });
+    }
   }
 
   void size_scratch(Scratch& sc, int64_t max_rows) const {
@@ -183,27 +220,27 @@ class GroupRunner {
     });
   }
 
+  // Index of tile t of the group's (entry, KV head) in the shared tiles.
+  int64_t shared_index(const Group& grp, int64_t t) const {
+    return (grp.batch * a_.num_kv_heads + grp.kv_head) * shared_->tiles + t;
+  }
+
   // s[R, BnPad] = scale * q . k over tile t, with keys a row does not see set to -inf.
   void compute_scores(const Group& grp, int64_t t, Scratch& sc, float* s) const {
     const int64_t key0 = t * g_.block_n;
     const int64_t n = std::min<int64_t>(g_.block_n, grp.seqlen_k - key0);
-    float* kt = sc.kt.data();
-    for_input_dtype([&](auto load) {
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t off = detail::kv_offset(a_, a_.k, grp.batch, key0 + j, grp.kv_head);
-        for (int64_t d = 0; d < dqk_; ++d) kt[d * bn_pad_ + j] = load(a_.k.data, off + d);
-      }
-    });
-    for (int64_t d = 0; d < dqk_; ++d) std::fill(kt + d * bn_pad_ + n, kt + (d + 1) * bn_pad_, 0.0f);
-
+    const float* kt = sc.kt.data();
+    if (shared_) {
+      kt = shared_->kt.data() + shared_index(grp, t) * kt_tile_size();
+    } else {
+      convert_tile(grp.batch, grp.kv_head, grp.seqlen_k, t, sc.kt.data(), nullptr);
+    }
     const int64_t rows = int64_t(sc.rows.size());
-    std::fill_n(s, rows * bn_pad_, 0.0f);
-    k_.gemm_acc(int(rows), int(bn_pad_), int(dqk_), sc.q.data(), int(dqk_), kt, int(bn_pad_), s, int(bn_pad_));
+    k_.gemm_scaled(int(rows), int(bn_pad_), int(dqk_), scale_, sc.q.data(), int(dqk_), kt, int(bn_pad_), s,
+                   int(bn_pad_));
     for (int64_t r = 0; r < rows; ++r) {
-      float* sr = s + r * bn_pad_;
       const int64_t visible = std::clamp<int64_t>(sc.rows[r].key_end - key0, 0, n);
-      for (int64_t j = 0; j < visible; ++j) sr[j] *= scale_;
-      std::fill(sr + visible, sr + bn_pad_, kNegInf);
+      std::fill(s + r * bn_pad_ + visible, s + (r + 1) * bn_pad_, kNegInf);
     }
   }
 
@@ -238,14 +275,12 @@ class GroupRunner {
   void update_with_tile(const Group& grp, int64_t t, Scratch& sc, float* s) const {
     const int64_t key0 = t * g_.block_n;
     const int64_t n = std::min<int64_t>(g_.block_n, grp.seqlen_k - key0);
-    float* v = sc.v.data();
-    for_input_dtype([&](auto load) {
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t off = detail::kv_offset(a_, a_.v, grp.batch, key0 + j, grp.kv_head);
-        float* dst = v + j * dv_pad_;
-        for (int64_t d = 0; d < dv_; ++d) dst[d] = load(a_.v.data, off + d);
-      }
-    });
+    const float* v = sc.v.data();
+    if (shared_) {
+      v = shared_->v.data() + shared_index(grp, t) * v_tile_size();
+    } else {
+      convert_tile(grp.batch, grp.kv_head, grp.seqlen_k, t, nullptr, sc.v.data());
+    }
 
     const int64_t rows = int64_t(sc.rows.size());
     int64_t full_from = rows;  // rows [full_from, rows) see the whole tile
@@ -327,9 +362,22 @@ class GroupRunner {
   const blasst_args& a_;
   blasst_geometry g_;
   const TileKernels& k_;
+  const SharedTiles* shared_ = nullptr;
   int64_t dqk_, dv_, bn_pad_, dv_pad_;
   float scale_;
 };
+
+// Runs fn() on `threads` threads (the caller's included) and waits for all of them.
+template <class Fn>
+void run_on_threads(int64_t threads, Fn&& fn) {
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(fn);
+  fn();
+  for (auto& th : pool) th.join();
+}
+
+// Largest fp32 copy of K/V (in floats) the prefill path shares across groups: 512 MiB.
+constexpr int64_t kMaxSharedFloats = int64_t(1) << 27;
 
 // A work item: (batch entry, group index within the entry).
 struct Item {
@@ -365,7 +413,35 @@ Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, b
     }
   }
 
+  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t threads = std::clamp<int64_t>(a.num_threads > 0 ? a.num_threads : hw, 1, std::max<int64_t>(1, int64_t(items.size())));
   GroupRunner runner(a, g);
+
+  // Prefill reads each K/V tile of a KV head once per row block and query head: convert the
+  // tiles once, in parallel, when that reuse exists and the copy stays modest.
+  SharedTiles shared;
+  const int64_t reuse = decode ? 1 : q_per_kv * row_blocks;
+  const int64_t tile_floats = runner.kt_tile_size() + runner.v_tile_size();
+  const int64_t shared_tiles = int64_t(a.batch) * a.num_kv_heads * tiles_per_group;
+  if (reuse > 1 && shared_tiles * tile_floats <= kMaxSharedFloats) {
+    shared.tiles = tiles_per_group;
+    shared.kt.resize(size_t(shared_tiles * runner.kt_tile_size()));
+    shared.v.resize(size_t(shared_tiles * runner.v_tile_size()));
+    std::atomic<int64_t> next_tile{0};
+    run_on_threads(threads, [&]() {
+      for (int64_t i = next_tile.fetch_add(1); i < shared_tiles; i = next_tile.fetch_add(1)) {
+        const int64_t t = i % tiles_per_group;
+        const int64_t hk = (i / tiles_per_group) % a.num_kv_heads;
+        const int64_t b = i / (tiles_per_group * a.num_kv_heads);
+        const int64_t lk = detail::seqlen_k(a, b);
+        if (t * g.block_n >= lk) continue;
+        runner.convert_tile(b, hk, lk, t, shared.kt.data() + i * runner.kt_tile_size(),
+                            shared.v.data() + i * runner.v_tile_size());
+      }
+    });
+    runner.use_shared(&shared);
+  }
+
   std::vector<GroupStats> item_stats(items.size());
   std::atomic<size_t> next{0};
 
@@ -420,12 +496,7 @@ Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, b
     }
   };
 
-  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t threads = std::clamp<int64_t>(a.num_threads > 0 ? a.num_threads : hw, 1, std::max<int64_t>(1, int64_t(items.size())));
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
+  run_on_threads(threads, worker);
 
   info->engine = BLASST_ENGINE_CPU;
   info->geometry = g;

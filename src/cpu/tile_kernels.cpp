@@ -28,11 +28,12 @@ constexpr int kRows = 6, kColumns = 16;
 constexpr int kRows = 4, kColumns = 8;
 #endif
 
-template <int Rows>
-inline void micro_tile(int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
+// C[Rows, kColumns] (+)= alpha * A[Rows, k] * B[k, kColumns]; kAccumulate adds to C.
+template <int Rows, bool kAccumulate>
+inline void micro_tile(int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc, float alpha) {
   float acc[Rows][kColumns];
   for (int r = 0; r < Rows; ++r)
-    for (int j = 0; j < kColumns; ++j) acc[r][j] = c[r * ldc + j];
+    for (int j = 0; j < kColumns; ++j) acc[r][j] = kAccumulate ? c[r * ldc + j] : 0.0f;
   for (int p = 0; p < k; ++p) {
     const float* brow = b + p * ldb;
     for (int r = 0; r < Rows; ++r) {
@@ -41,16 +42,36 @@ inline void micro_tile(int k, const float* a, int lda, const float* b, int ldb, 
     }
   }
   for (int r = 0; r < Rows; ++r)
-    for (int j = 0; j < kColumns; ++j) c[r * ldc + j] = acc[r][j];
+    for (int j = 0; j < kColumns; ++j) c[r * ldc + j] = kAccumulate ? acc[r][j] : acc[r][j] * alpha;
+}
+
+template <bool kAccumulate>
+void gemm(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc, float alpha) {
+  for (int j0 = 0; j0 < n; j0 += kColumns) {
+    int i0 = 0;
+    for (; i0 + kRows <= m; i0 += kRows)
+      micro_tile<kRows, kAccumulate>(k, a + i0 * lda, lda, b + j0, ldb, c + i0 * ldc + j0, ldc, alpha);
+    // the remaining rows in one shorter tile (each element sees the same arithmetic)
+    const float* ar = a + i0 * lda;
+    float* cr = c + i0 * ldc + j0;
+    switch (m - i0) {
+      case 5: micro_tile<5, kAccumulate>(k, ar, lda, b + j0, ldb, cr, ldc, alpha); break;
+      case 4: micro_tile<4, kAccumulate>(k, ar, lda, b + j0, ldb, cr, ldc, alpha); break;
+      case 3: micro_tile<3, kAccumulate>(k, ar, lda, b + j0, ldb, cr, ldc, alpha); break;
+      case 2: micro_tile<2, kAccumulate>(k, ar, lda, b + j0, ldb, cr, ldc, alpha); break;
+      case 1: micro_tile<1, kAccumulate>(k, ar, lda, b + j0, ldb, cr, ldc, alpha); break;
+      default: break;
+    }
+  }
 }
 
 void gemm_acc(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
-  for (int j0 = 0; j0 < n; j0 += kColumns) {
-    int i0 = 0;
-    for (; i0 + kRows <= m; i0 += kRows) micro_tile<kRows>(k, a + i0 * lda, lda, b + j0, ldb, c + i0 * ldc + j0, ldc);
-    // remaining rows, one at a time (same per-element arithmetic as the full tile)
-    for (; i0 < m; ++i0) micro_tile<1>(k, a + i0 * lda, lda, b + j0, ldb, c + i0 * ldc + j0, ldc);
-  }
+  gemm<true>(m, n, k, a, lda, b, ldb, c, ldc, 1.0f);
+}
+
+void gemm_scaled(int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb, float* c,
+                 int ldc) {
+  gemm<false>(m, n, k, a, lda, b, ldb, c, ldc, alpha);
 }
 
 inline float bits_as_float(int32_t bits) {
@@ -107,7 +128,7 @@ float exp_scalar(float x) { return exp_approx(x); }
 }  // namespace
 
 const TileKernels& BLASST_CAT(tile_kernels_, BLASST_KERNEL_ISA)() {
-  static const TileKernels kernels{BLASST_STR(BLASST_KERNEL_ISA), kColumns, gemm_acc, exp_row, exp_scalar};
+  static const TileKernels kernels{BLASST_STR(BLASST_KERNEL_ISA), kColumns, gemm_acc, gemm_scaled, exp_row, exp_scalar};
   return kernels;
 }
 

@@ -14,6 +14,9 @@ struct TileKernels {
   // C[M, N] += A[M, K] * B[K, N]; row-major with leading dimensions lda, ldb, ldc.
   // N must be a multiple of column_pad.
   void (*gemm_acc)(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc);
+  // C[M, N] = alpha * (A[M, K] * B[K, N]), the product accumulated in fp32 then scaled once.
+  void (*gemm_scaled)(int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb, float* c,
+                      int ldc);
   // p[j] = exp(s[j] - row_max) for j < n; returns the sum of p (fp32, left to right per lane).
   float (*exp_row)(const float* s, float row_max, float* p, int n);
   // exp(x), the same function exp_row uses (for rescale factors that must match it).
