@@ -136,6 +136,18 @@ blasst_status blasst_decode(const blasst_args* args, blasst_run_info* info) {
   return c_entry(BLASST_PHASE_DECODE, args, info);
 }
 
+blasst_status blasst_workspace_size(const blasst_args* args, blasst_phase phase, size_t* bytes) {
+  if (!args) return blasst::to_c({BLASST_ERROR_INVALID_ARGUMENT, "args is NULL"});
+  if (!bytes) return blasst::to_c({BLASST_ERROR_INVALID_ARGUMENT, "bytes is NULL"});
+  if (blasst::Status s = blasst::detail::validate_shape_args(*args, phase); !s) return blasst::to_c(s);
+  *bytes = 0;
+#ifdef BLASST_HAVE_CUDA
+  const bool cuda = args->engine == BLASST_ENGINE_CUDA || (args->engine == BLASST_ENGINE_AUTO && blasst::args_on_device(*args));
+  if (cuda) *bytes = blasst::cuda::workspace_size(*args, phase);
+#endif
+  return blasst::to_c(blasst::Status::ok());
+}
+
 const char* blasst_last_error(void) { return blasst::g_last_error.c_str(); }
 
 const char* blasst_status_name(blasst_status status) {

@@ -157,6 +157,12 @@ typedef struct blasst_args {
   int64_t* stats_per_head;
   uint8_t* decisions;
   int64_t decisions_numel;
+
+  /* Scratch memory for split-KV partial results (device memory for CUDA engines). NULL lets
+   * the engine use its own cached buffer (allocated once, not CUDA-graph capturable); size it
+   * with blasst_workspace_size to capture calls in a graph. The CPU engine needs none. */
+  void* workspace;
+  size_t workspace_bytes;
 } blasst_args;
 
 /* What a call did. */
@@ -175,6 +181,9 @@ void blasst_run_info_init(blasst_run_info* info);
 /* Prefill and decode attention. info may be NULL. */
 blasst_status blasst_prefill(const blasst_args* args, blasst_run_info* info);
 blasst_status blasst_decode(const blasst_args* args, blasst_run_info* info);
+
+/* Bytes of workspace a call with these arguments needs (0 if none). */
+blasst_status blasst_workspace_size(const blasst_args* args, blasst_phase phase, size_t* bytes);
 
 /* Message of the last failed call on this thread ("" after a success). */
 const char* blasst_last_error(void);

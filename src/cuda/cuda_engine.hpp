@@ -17,4 +17,7 @@ bool is_device_pointer(const void* p);
 // otherwise. Reports the engine and geometry it used in info (never NULL here).
 Status run(const blasst_args& args, blasst_phase phase, blasst_run_info* info);
 
+// Bytes of device workspace run() needs for these arguments (split-KV partial results).
+size_t workspace_size(const blasst_args& args, blasst_phase phase);
+
 }  // namespace blasst::cuda
