@@ -21,7 +21,7 @@ for stage in $stages; do
       BLASST_BUILD_DIR="$root/build-sanitize" "$root/scripts/build.sh" -DBLASST_CUDA=OFF -DBLASST_WERROR=ON \
         -DBLASST_BUILD_CLI=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBLASST_SANITIZE=address,undefined
       BLASST_TEST_SCALE=small ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        ctest --test-dir "$root/build-sanitize" --output-on-failure -j "$jobs" -LE 'fuzz|gpu'
+        ctest --test-dir "$root/build-sanitize" --output-on-failure -j "$jobs" -LE 'fuzz|gpu|package'
       ;;
     fuzz)
       BLASST_BUILD_DIR="$root/build-fuzz" "$root/scripts/build.sh" -DBLASST_CUDA=OFF -DBLASST_BUILD_CLI=OFF \

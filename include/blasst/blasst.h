@@ -28,10 +28,18 @@ extern "C" {
 #define BLASST_VERSION_MINOR 1
 #define BLASST_VERSION_PATCH 0
 
+/* In C++ the enums get a fixed underlying type, so any int a C caller stores in one is a valid
+ * value to check (the layout is the same int-sized enum as in C). */
+#ifdef __cplusplus
+#define BLASST_ENUM_BASE : int
+#else
+#define BLASST_ENUM_BASE
+#endif
+
 /* Largest head dimension any engine accepts (MLA absorbed decode: 576/512). */
 #define BLASST_MAX_HEAD_DIM 576
 
-typedef enum blasst_status {
+typedef enum blasst_status BLASST_ENUM_BASE {
   BLASST_OK = 0,
   BLASST_ERROR_INVALID_ARGUMENT = 1, /* a bad argument; the message names it */
   BLASST_ERROR_UNSUPPORTED = 2,      /* valid, but no engine here can run it */
@@ -40,30 +48,30 @@ typedef enum blasst_status {
   BLASST_ERROR_INTERNAL = 5
 } blasst_status;
 
-typedef enum blasst_dtype {
+typedef enum blasst_dtype BLASST_ENUM_BASE {
   BLASST_DTYPE_FLOAT32 = 0,
   BLASST_DTYPE_FLOAT16 = 1,
   BLASST_DTYPE_BFLOAT16 = 2
 } blasst_dtype;
 
-typedef enum blasst_phase {
+typedef enum blasst_phase BLASST_ENUM_BASE {
   BLASST_PHASE_PREFILL = 0, /* decision group: block_m rows of one query head */
   BLASST_PHASE_DECODE = 1   /* decision group: all G query heads of a KV head x all rows */
 } blasst_phase;
 
-typedef enum blasst_order {
+typedef enum blasst_order BLASST_ENUM_BASE {
   BLASST_ORDER_ASCENDING = 0, /* first visited tile is the anchor; m starts at -inf */
   BLASST_ORDER_ANCHORED = 1   /* anchors: tile 0 and the last visible tile; m seeded from them */
 } blasst_order;
 
-typedef enum blasst_engine {
+typedef enum blasst_engine BLASST_ENUM_BASE {
   BLASST_ENGINE_AUTO = 0, /* CUDA when the pointers are device pointers and a CUDA engine is built */
   BLASST_ENGINE_CPU = 1,
   BLASST_ENGINE_CUDA = 2
 } blasst_engine;
 
 /* Tile decisions written to blasst_args.decisions (one byte per tile). */
-typedef enum blasst_decision {
+typedef enum blasst_decision BLASST_ENUM_BASE {
   BLASST_TILE_NOT_VISITED = 0,
   BLASST_TILE_KEPT = 1,
   BLASST_TILE_SKIPPED = 2
