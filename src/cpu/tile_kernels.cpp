@@ -84,7 +84,10 @@ inline float bits_as_float(int32_t bits) {
 // exp(-inf) = 0, exp(NaN) = NaN, results below 2^-126 flush to 0, x > 88 gives inf
 // (the engine only takes exp of values <= 0 or non-finite ones).
 inline float exp_approx(float x) {
-  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  // Clamped so NaN lands on -87 too: the arithmetic below then stays finite (converting NaN
+  // to int is undefined) and the last select returns the NaN itself.
+  float xc = x > -87.0f ? x : -87.0f;
+  xc = xc < 88.0f ? xc : 88.0f;
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float n = (xc * 1.44269504088896341f + magic) - magic;
   float r = xc - n * 0.693359375f;
