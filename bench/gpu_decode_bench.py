@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""GPU decode benchmark: blasst dense and skip modes (paged and contiguous KV) against PyTorch
+SDPA's cuDNN and FlashAttention-2 backends, on the same structured inputs in one process.
+
+    python3 bench/gpu_decode_bench.py [--lib build-gpu/src/libblasst.so]
+        [--points 1x131072,8x32768,32x16384,64x8192] [--hq 32] [--hkv 8] [--d 128] [--page 64]
+        [--sf 0.5,2,8,32,128] [--order ascending|anchored] [--reps 50]
+        [--csv bench/results/gpu_decode.csv] [--commit HASH]
+
+Peers see GQA packed the usual way: query heads of one KV head become query rows of that head
+(q [B, Hkv, G, D] against k/v [B, Hkv, Lk, D]), so they read K and V once, as ours does.
+Reported: bytes of K+V per second (dense-equivalent: the whole cache counted even when tiles
+are skipped), the GPU's measured copy bandwidth, sparsity, speedups over our dense mode and each
+peer, and the ratio of the speedup to the bound 2/(2-s).
+"""
+import argparse
+import csv
+import ctypes
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import Args, RunInfo, Tensor  # noqa: E402  (the C ABI structs, shared)
+
+BF16 = 2
+ENGINE_CUDA = 2
+
+
+def tensor_view(t, dtype_code, batch_stride, token_stride, head_stride):
+    return Tensor(t.data_ptr(), dtype_code, batch_stride, token_stride, head_stride, t.numel())
+
+
+class Decoder:
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(path)
+        self.lib.blasst_decode.argtypes = [ctypes.POINTER(Args), ctypes.POINTER(RunInfo)]
+        self.lib.blasst_decode.restype = ctypes.c_int
+        self.lib.blasst_last_error.restype = ctypes.c_char_p
+        self.lib.blasst_args_init.argtypes = [ctypes.POINTER(Args)]
+        self.lib.blasst_run_info_init.argtypes = [ctypes.POINTER(RunInfo)]
+        self.lib.blasst_workspace_size.argtypes = [ctypes.POINTER(Args), ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
+        self.lib.blasst_workspace_size.restype = ctypes.c_int
+
+    def args(self, q, k, v, out, lk, sf, order, table=None, page=0):
+        """q/out [B, 1, Hq, D]; k/v [B, Lk, Hkv, D] or pages [P, page, Hkv, D] with table [B, pages]."""
+        a = Args()
+        self.lib.blasst_args_init(ctypes.byref(a))
+        b, lq, hq, d = q.shape
+        hkv = k.shape[2]
+        a.batch, a.num_q_heads, a.num_kv_heads = b, hq, hkv
+        a.head_dim_qk = a.head_dim_v = d
+        a.max_seqlen_q, a.max_seqlen_k = lq, lk
+        a.q = tensor_view(q, BF16, lq * hq * d, hq * d, d)
+        a.out = tensor_view(out, BF16, lq * hq * d, hq * d, d)
+        a.k = tensor_view(k, BF16, k.stride(0), hkv * d, d)
+        a.v = tensor_view(v, BF16, v.stride(0), hkv * d, d)
+        if table is not None:
+            a.block_table = table.data_ptr()
+            a.block_table_stride = table.shape[1]
+            a.page_size = page
+            a.num_pages = k.shape[0]
+        a.causal = 1
+        a.threshold.threshold_scale_factor = sf
+        a.geometry.order = order
+        a.engine = ENGINE_CUDA
+        a.stream = torch.cuda.current_stream().cuda_stream
+        size = ctypes.c_size_t(0)
+        if self.lib.blasst_workspace_size(ctypes.byref(a), 1, ctypes.byref(size)) != 0:
+            sys.exit("blasst_workspace_size: " + self.lib.blasst_last_error().decode())
+        ws = torch.empty(max(size.value, 1), dtype=torch.uint8, device="cuda")
+        a.workspace, a.workspace_bytes = ws.data_ptr(), size.value
+        return a, ws
+
+    def run(self, a, info=None):
+        rc = self.lib.blasst_decode(ctypes.byref(a), ctypes.byref(info) if info is not None else None)
+        if rc != 0:
+            sys.exit("blasst_decode: " + self.lib.blasst_last_error().decode())
+
+
+def structured_inputs(b, lk, hq, hkv, d, gen):
+    """Sink at key 0, a local window over the last 256 keys, heavy-tailed keys elsewhere."""
+    direction = torch.randn(d, device="cuda", generator=gen)
+    q = (0.6 * torch.randn(b, 1, hq, d, device="cuda", generator=gen) + 0.25 * direction).to(torch.bfloat16)
+    k = torch.distributions.StudentT(torch.tensor(3.0, device="cuda")).sample((b, lk, hkv, d)) * 0.5
+    k[:, 0] += 3.0 * direction
+    k[:, max(lk - 256, 1):] += 1.2 * direction
+    v = torch.randn(b, lk, hkv, d, device="cuda", generator=gen)
+    return q, k.to(torch.bfloat16), v.to(torch.bfloat16)
+
+
+def paged(k, v, page, gen):
+    b, lk, hkv, d = k.shape
+    per_seq = (lk + page - 1) // page
+    pages = b * per_seq
+    order = torch.randperm(pages, device="cuda", generator=gen).to(torch.int32)
+    table = order.view(b, per_seq).contiguous()
+    kp = torch.zeros(pages, page, hkv, d, dtype=k.dtype, device="cuda")
+    vp = torch.zeros_like(kp)
+    pad = per_seq * page - lk
+    kpad = F.pad(k, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, d)
+    vpad = F.pad(v, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, d)
+    kp[table.long().flatten()] = kpad.flatten(0, 1)
+    vp[table.long().flatten()] = vpad.flatten(0, 1)
+    return kp, vp, table
+
+
+def time_ms(fn, reps, warmup=5):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(20000)  # keep host launch cost out of the timed span
+        start.record()
+        fn()
+        stop.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs():
+    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = time_ms(lambda: y.copy_(x), 10)
+    return 2 * x.numel() / ms / 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lib", default="build-gpu/src/libblasst.so", help="path of libblasst.so (CUDA build)")
+    ap.add_argument("--points", default="1x131072,8x32768,32x16384,64x8192", help="batch x context, comma separated")
+    ap.add_argument("--hq", type=int, default=32)
+    ap.add_argument("--hkv", type=int, default=8)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--page", type=int, default=64, help="page size of the paged KV cache (tokens)")
+    ap.add_argument("--sf", default="0.5,2,8,32,128", help="threshold_scale_factor values for the skip mode")
+    ap.add_argument("--order", default="ascending", choices=["ascending", "anchored"])
+    ap.add_argument("--reps", type=int, default=50, help="timed repetitions (median)")
+    ap.add_argument("--csv", default="bench/results/gpu_decode.csv")
+    ap.add_argument("--commit", default=None)
+    opts = ap.parse_args()
+
+    gpu = torch.cuda.get_device_name()
+    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                           text=True).stdout.strip() or "unknown"
+    dec = Decoder(opts.lib)
+    order = 1 if opts.order == "anchored" else 0
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"{gpu}: device copy {copy_gbs:.0f} GB/s (bytes read + written)")
+    rows = []
+    torch.manual_seed(0)  # StudentT samples from the global generator
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(0)
+    for point in opts.points.split(","):
+        b, lk = (int(x) for x in point.split("x"))
+        hq, hkv, d = opts.hq, opts.hkv, opts.d
+        q, k, v = structured_inputs(b, lk, hq, hkv, d, gen)
+        kp, vp, table = paged(k, v, opts.page, gen)
+        out = torch.empty_like(q)
+        kv_bytes = 2 * b * lk * hkv * d * 2
+
+        def record(kernel, sf, sparsity, ms):
+            gbs = kv_bytes / ms / 1e6
+            tflops = 4.0 * b * lk * d * hq / ms / 1e9
+            rows.append(dict(gpu=gpu, date=date, commit=commit, phase="decode", kernel=kernel, dtype="bf16", batch=b,
+                             lq=1, lk=lk, hq=hq, hkv=hkv, d=d, causal=1, sf=sf, sparsity=f"{sparsity:.4f}",
+                             ms=f"{ms:.4f}", tflops=f"{tflops:.2f}", gbs=f"{gbs:.1f}"))
+            return gbs
+
+        # peers: GQA packed as Hkv heads x G query rows
+        qp = q.view(b, hkv, hq // hkv, d)  # [B, 1, Hq, D] -> [B, Hkv, G, D]
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, Lk, D] views
+        peers = {}
+        ref = None
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+            try:
+                with sdpa_kernel(backend):
+                    ref = F.scaled_dot_product_attention(qp, kt, vt)
+                    peers[name] = time_ms(lambda: F.scaled_dot_product_attention(qp, kt, vt), opts.reps)
+            except RuntimeError as err:
+                print(f"  {name}: not available ({str(err).splitlines()[0][:80]})")
+        dense_args = {}
+        for layout in ("paged", "contiguous"):
+            a, ws = dec.args(q, kp if layout == "paged" else k, vp if layout == "paged" else v, out, lk, 0.0, order,
+                             table if layout == "paged" else None, opts.page)
+            dense_args[layout] = (a, ws)
+        a, _ = dense_args["paged"]
+        dec.run(a)
+        torch.cuda.synchronize()
+        err = float("nan") if ref is None else (out.view(b, hkv, hq // hkv, d).float() - ref.float()).abs().max().item()
+        dense_ms = {lay: time_ms(lambda a=args[0]: dec.run(a), opts.reps) for lay, args in dense_args.items()}
+        print(f"\nB={b} Lk={lk} Hq={hq} Hkv={hkv} D={d} page={opts.page}: dense max |ours - peer| = {err:.2e}")
+        print(f"  {'kernel':<22}{'sf':>8}{'sparsity':>10}{'ms':>10}{'GB/s':>9}{'%copy':>7}{'vs dense':>9}"
+              f"{'vs cudnn':>9}{'vs fa2':>8}{'/bound':>8}")
+
+        def line(kernel, sf, s, ms):
+            gbs = record(kernel, sf, s, ms)
+            vs = lambda p: f"{peers[p] / ms:.2f}x" if p in peers else "-"  # noqa: E731
+            bound = 2.0 / (2.0 - s)
+            print(f"  {kernel:<22}{sf:>8}{s:>10.3f}{ms:>10.3f}{gbs:>9.0f}{100 * gbs / copy_gbs:>6.0f}%"
+                  f"{dense_ms['paged'] / ms:>8.2f}x{vs('cudnn'):>9}{vs('fa2'):>8}"
+                  f"{dense_ms['paged'] / ms / bound:>8.2f}")
+
+        for name, ms in peers.items():
+            line(name, 0, 0.0, ms)
+        line("blasst-dense", 0, 0.0, dense_ms["paged"])
+        line("blasst-dense-contig", 0, 0.0, dense_ms["contiguous"])
+        for sf in (float(x) for x in opts.sf.split(",")):
+            a, ws = dec.args(q, kp, vp, out, lk, sf, order, table, opts.page)
+            info = RunInfo()
+            dec.lib.blasst_run_info_init(ctypes.byref(info))
+            dec.run(a, info)
+            s = info.skipped / max(info.visited, 1)
+            ms = time_ms(lambda a=a: dec.run(a), opts.reps)
+            line("blasst-skip", sf, s, ms)
+        del q, k, v, kp, vp, out
+        torch.cuda.empty_cache()
+
+    os.makedirs(os.path.dirname(opts.csv) or ".", exist_ok=True)
+    new = not os.path.exists(opts.csv)
+    with open(opts.csv, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    print(f"\n{len(rows)} rows appended to {opts.csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+// Host side of the CUDA decode engine: checks what this kernel supports, picks the number of
+// KV splits, sizes the workspace, launches the decode and combine kernels, collects statistics.
+#include "cuda/decode/decode_launch.hpp"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <string>
+
+#include "cuda/decode/decode_kernel.cuh"
+
+namespace blasst::cuda::decode {
+namespace {
+
+Status unsupported(const std::string& what) { return {BLASST_ERROR_UNSUPPORTED, "cuda decode: " + what}; }
+
+Status cuda_error(cudaError_t err, const char* where) {
+  return {BLASST_ERROR_CUDA, std::string("cuda decode: ") + where + ": " + cudaGetErrorString(err)};
+}
+
+// Rows of a decision group padded to the m16 tiles of the kernel: 1, 2 or 4 tiles.
+int m_tiles_for(int rows_max) {
+  const int tiles = (rows_max + 15) / 16;
+  return tiles <= 1 ? 1 : (tiles <= 2 ? 2 : 4);
+}
+
+bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
+// Enough blocks to fill the GPU twice, at least 4 tiles per split.
+int pick_splits(const blasst_args& a, int sm_count) {
+  const int tiles = ceil_div_int(a.max_seqlen_k, kBlockN);
+  const int groups = a.batch * a.num_kv_heads;
+  const int wanted = ceil_div_int(2 * sm_count, std::max(groups, 1));
+  return std::max(1, std::min({wanted, ceil_div_int(tiles, 4), 256}));
+}
+
+struct Buffers {
+  std::mutex mutex;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  unsigned long long* totals = nullptr;
+  unsigned long long* host_totals = nullptr;
+};
+Buffers& buffers() {
+  static Buffers b;
+  return b;
+}
+
+template <class T, int D, int MT, bool kSkip>
+cudaError_t launch_typed(const DecodeParams& p, cudaStream_t stream) {
+  auto kernel = decode_kernel<T, D, MT, kSkip>;
+  const int smem = DecodeSmem<D, MT>::kBytes;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  kernel<<<dim3(p.splits, p.num_kv_heads, p.batch), kThreads, smem, stream>>>(p);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || p.splits == 1) return err;
+  decode_combine_kernel<T, D><<<dim3(p.rows_max, p.num_kv_heads, p.batch), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <class T, int D>
+cudaError_t launch_d(const DecodeParams& p, int m_tiles, bool skip, cudaStream_t stream) {
+  switch (m_tiles) {
+    case 1: return skip ? launch_typed<T, D, 1, true>(p, stream) : launch_typed<T, D, 1, false>(p, stream);
+    case 2: return skip ? launch_typed<T, D, 2, true>(p, stream) : launch_typed<T, D, 2, false>(p, stream);
+    default: return skip ? launch_typed<T, D, 4, true>(p, stream) : launch_typed<T, D, 4, false>(p, stream);
+  }
+}
+
+template <class T>
+cudaError_t launch_t(const DecodeParams& p, int d, int m_tiles, bool skip, cudaStream_t stream) {
+  return d == 64 ? launch_d<T, 64>(p, m_tiles, skip, stream) : launch_d<T, 128>(p, m_tiles, skip, stream);
+}
+
+}  // namespace
+
+Status check_supported(const blasst_args& a) {
+  if (a.q.dtype != BLASST_DTYPE_BFLOAT16 && a.q.dtype != BLASST_DTYPE_FLOAT16)
+    return unsupported("dtype must be bfloat16 or float16");
+  if (a.head_dim_qk != a.head_dim_v || (a.head_dim_qk != 64 && a.head_dim_qk != 128))
+    return unsupported("head dims must be 64/64 or 128/128 (got " + std::to_string(a.head_dim_qk) + "/" +
+                       std::to_string(a.head_dim_v) + ")");
+  const int rows_max = (a.num_q_heads / a.num_kv_heads) * a.max_seqlen_q;
+  if (rows_max > 64)
+    return unsupported("query heads per KV head x query rows must be <= 64 (got " + std::to_string(rows_max) + ")");
+  // 16-byte vector loads of Q, K and V rows; 4-byte stores of output pairs.
+  for (auto [name, t] : {std::pair{"q", &a.q}, std::pair{"k", &a.k}, std::pair{"v", &a.v}}) {
+    if (!aligned(t->data, 16) || t->batch_stride % 8 || t->token_stride % 8 || t->head_stride % 8)
+      return unsupported(std::string(name) + " must be 16-byte aligned with strides that are multiples of 8 elements");
+  }
+  if (!aligned(a.out.data, 4) || a.out.batch_stride % 2 || a.out.token_stride % 2 || a.out.head_stride % 2)
+    return unsupported("out must be 4-byte aligned with even strides");
+  return Status::ok();
+}
+
+// Split partials: one (m, l) pair and one row of Dv floats per (entry, KV head, split, row).
+size_t partial_rows(const blasst_args& a, int splits) {
+  const size_t rows_max = size_t(a.num_q_heads / a.num_kv_heads) * size_t(a.max_seqlen_q);
+  return size_t(a.batch) * a.num_kv_heads * size_t(splits) * rows_max;
+}
+
+size_t workspace_bytes(const blasst_args& a, int splits) {
+  if (splits <= 1) return 0;
+  return partial_rows(a, splits) * (size_t(a.head_dim_v) + 2) * sizeof(float);
+}
+
+int resolve_splits(const blasst_args& a) {
+  if (a.geometry.splits > 0) return std::min(a.geometry.splits, std::max(1, ceil_div_int(a.max_seqlen_k, kBlockN)));
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return pick_splits(a, sms);
+}
+
+Status run_decode(const blasst_args& a, blasst_run_info* info) {
+  if (Status s = check_supported(a); !s) return s;
+  if (a.geometry.block_n != 0 && a.geometry.block_n != kBlockN)
+    return unsupported("block_n must be 128 (or 0 for the default)");
+  if (a.max_seqlen_q == 0) return Status::ok();
+  const int splits = resolve_splits(a);
+  const size_t ws_bytes = workspace_bytes(a, splits);
+  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
+
+  Buffers& buf = buffers();
+  std::lock_guard<std::mutex> lock(buf.mutex);
+  if (!buf.totals) {
+    if (cudaError_t e = cudaMalloc(&buf.totals, 2 * sizeof(unsigned long long)); e != cudaSuccess)
+      return cuda_error(e, "allocating statistics");
+    if (cudaError_t e = cudaMallocHost(&buf.host_totals, 2 * sizeof(unsigned long long)); e != cudaSuccess)
+      return cuda_error(e, "allocating statistics");
+  }
+  void* workspace = a.workspace;
+  if (ws_bytes > 0 && workspace == nullptr) {
+    if (buf.workspace_bytes < ws_bytes) {
+      cudaFree(buf.workspace);
+      buf.workspace = nullptr;
+      buf.workspace_bytes = 0;
+      if (cudaError_t e = cudaMalloc(&buf.workspace, ws_bytes); e != cudaSuccess) return cuda_error(e, "allocating workspace");
+      buf.workspace_bytes = ws_bytes;
+    }
+    workspace = buf.workspace;
+  } else if (ws_bytes > 0 && a.workspace_bytes < ws_bytes) {
+    return {BLASST_ERROR_INVALID_ARGUMENT, "workspace_bytes is " + std::to_string(a.workspace_bytes) +
+                                               ", this call needs " + std::to_string(ws_bytes) +
+                                               " (blasst_workspace_size)"};
+  }
+
+  DecodeParams p{};
+  p.q = a.q.data;
+  p.k = a.k.data;
+  p.v = a.v.data;
+  p.out = a.out.data;
+  p.lse = static_cast<float*>(a.lse.data);
+  p.q_batch_stride = a.q.batch_stride, p.q_token_stride = a.q.token_stride, p.q_head_stride = a.q.head_stride;
+  p.k_batch_stride = a.k.batch_stride, p.k_token_stride = a.k.token_stride, p.k_head_stride = a.k.head_stride;
+  p.v_batch_stride = a.v.batch_stride, p.v_token_stride = a.v.token_stride, p.v_head_stride = a.v.head_stride;
+  p.o_batch_stride = a.out.batch_stride, p.o_token_stride = a.out.token_stride, p.o_head_stride = a.out.head_stride;
+  p.lse_batch_stride = a.lse.batch_stride, p.lse_token_stride = a.lse.token_stride;
+  p.lse_head_stride = a.lse.head_stride;
+  p.cu_seqlens_q = a.cu_seqlens_q;
+  p.seqlens_q = a.seqlens_q;
+  p.cu_seqlens_k = a.cu_seqlens_k;
+  p.seqlens_k = a.seqlens_k;
+  p.block_table = a.block_table;
+  p.block_table_stride = a.block_table_stride;
+  p.page_size = a.page_size;
+  p.batch = a.batch;
+  p.num_q_heads = a.num_q_heads;
+  p.num_kv_heads = a.num_kv_heads;
+  p.group = a.num_q_heads / a.num_kv_heads;
+  p.max_seqlen_q = a.max_seqlen_q;
+  p.max_seqlen_k = a.max_seqlen_k;
+  p.causal = a.causal;
+  p.scale = a.scale != 0.0f ? a.scale : float(1.0 / std::sqrt(double(a.head_dim_qk)));
+  p.threshold_scale_factor = a.threshold.threshold_scale_factor;
+  p.per_kv_head_factor = a.threshold.per_kv_head_factor;
+  p.anchored = a.geometry.order == BLASST_ORDER_ANCHORED;
+  p.splits = splits;
+  p.rows_max = p.group * a.max_seqlen_q;
+  p.ws_ml = static_cast<float*>(workspace);
+  p.ws_o = ws_bytes > 0 ? p.ws_ml + 2 * partial_rows(a, splits) : nullptr;
+  p.stats_per_head = reinterpret_cast<unsigned long long*>(a.stats_per_head);
+  p.totals = buf.totals;
+  p.decisions = a.decisions;
+  p.tiles_max = ceil_div_int(a.max_seqlen_k, kBlockN);
+
+  if (cudaError_t e = cudaMemsetAsync(buf.totals, 0, 2 * sizeof(unsigned long long), stream); e != cudaSuccess)
+    return cuda_error(e, "clearing statistics");
+  if (a.stats_per_head) {
+    if (cudaError_t e = cudaMemsetAsync(a.stats_per_head, 0, size_t(a.num_kv_heads) * 2 * sizeof(int64_t), stream);
+        e != cudaSuccess)
+      return cuda_error(e, "clearing stats_per_head");
+  }
+  if (a.decisions) {
+    const size_t n = size_t(a.batch) * a.num_kv_heads * size_t(p.tiles_max);
+    if (cudaError_t e = cudaMemsetAsync(a.decisions, 0, n, stream); e != cudaSuccess)
+      return cuda_error(e, "clearing decisions");
+  }
+
+  const bool skip = a.threshold.threshold_scale_factor > 0.0f || a.threshold.per_kv_head_factor != nullptr;
+  const int m_tiles = m_tiles_for(p.rows_max);
+  cudaError_t err = a.q.dtype == BLASST_DTYPE_BFLOAT16
+                        ? launch_t<__nv_bfloat16>(p, a.head_dim_qk, m_tiles, skip, stream)
+                        : launch_t<__half>(p, a.head_dim_qk, m_tiles, skip, stream);
+  if (err != cudaSuccess) return cuda_error(err, "launch");
+
+  if (!info) return Status::ok();
+  info->engine = BLASST_ENGINE_CUDA;
+  info->geometry.block_m = 16 * m_tiles;
+  info->geometry.block_n = kBlockN;
+  info->geometry.order = a.geometry.order;
+  info->geometry.splits = splits;
+  // Totals need the device: read them unless the stream is being captured into a graph.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture == cudaStreamCaptureStatusNone) {
+    if (cudaError_t e = cudaMemcpyAsync(buf.host_totals, buf.totals, 2 * sizeof(unsigned long long),
+                                        cudaMemcpyDeviceToHost, stream);
+        e != cudaSuccess)
+      return cuda_error(e, "reading statistics");
+    if (cudaError_t e = cudaStreamSynchronize(stream); e != cudaSuccess) return cuda_error(e, "decode kernel");
+    info->visited = int64_t(buf.host_totals[0]);
+    info->skipped = int64_t(buf.host_totals[1]);
+  } else {
+    info->visited = -1;
+    info->skipped = -1;
+  }
+  return Status::ok();
+}
+
+size_t decode_workspace_size(const blasst_args& a) {
+  if (!check_supported(a)) return 0;
+  return workspace_bytes(a, resolve_splits(a));
+}
+
+}  // namespace blasst::cuda::decode
