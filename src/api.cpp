@@ -61,7 +61,8 @@ Status run_checked(blasst_phase phase, const blasst_args& args, blasst_run_info*
       return {BLASST_ERROR_UNSUPPORTED, "engine cuda: this build of blasst has no CUDA engine (built without nvcc)"};
     if (!cuda_ready()) return {BLASST_ERROR_UNSUPPORTED, "engine cuda: no usable CUDA device"};
 #ifdef BLASST_HAVE_CUDA
-    status = cuda::run(args, phase, &local);
+    // CUDA engines synchronize to read the totals only when the caller asked for them.
+    status = cuda::run(args, phase, info ? &local : nullptr);
 #endif
   } else {
     if (args_on_device(args))

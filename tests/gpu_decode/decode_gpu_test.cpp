@@ -265,7 +265,7 @@ TEST_F(DecodeGpu, SkipMatchesCpuAcrossGqaRatiosOrdersAndSplits) {
     for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED}) {
       for (int splits : {1, 3, 0}) {
         Problem pr{2, 1, 2 * g, 2, 128, {2, 5000}};
-        pr.factor = 2.0f;
+        pr.factor = 200.0f;
         pr.order = order;
         pr.splits = splits;
         const Inputs in = make_inputs(pr, 10 + uint64_t(g));

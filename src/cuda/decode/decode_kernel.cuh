@@ -3,13 +3,13 @@
 // One block = one decision group (all G query heads of KV head hk times the Lq query rows of
 // entry b, padded to 16 * MT rows) over one contiguous chunk of its KV tiles (split).
 // Per tile of kBlockN = 128 keys:
-//   S [rows, 128] = scale * Q K^T      warp w: keys [32w, 32w + 32), mma.sync
+//   S [rows, 128] = scale * Q K^T      warp w of D/16: 128/(D/16) keys, mma.sync
 //   vote                               row maxima across warps in shared memory; the tile is
 //                                      skipped iff every existing row votes skip (SPEC 3)
 //   if kept: V load is issued now      so bytes of V are read only for kept tiles
 //            P = exp(S - m_new) -> shared memory, l and m updated at once
 //   O = O * alpha + P V                deferred by one tile: V's latency hides behind the
-//                                      next tile's Q K^T. warp w: columns [w Dv/4, (w+1) Dv/4)
+//                                      next tile's Q K^T. warp w: 16 output columns
 // K tiles stream through a kStages-deep cp.async pipeline. Every iteration commits exactly
 // two cp.async groups (V of this tile, possibly empty; K of tile + kStages, possibly empty),
 // which is what the wait_group counts below rely on.
@@ -26,6 +26,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 template <int D, int MT>
 struct DecodeSmem {
+  static constexpr int kWarps = decode_threads<D>() / 32;
   static constexpr int kRowsPad = 16 * MT;
   static constexpr int kStages = (MT <= 2 || D == 64) ? 3 : 2;
   static constexpr int kTileBytes = kBlockN * D * 2;
@@ -33,9 +34,9 @@ struct DecodeSmem {
   static constexpr int kOffV = kOffK + kStages * kTileBytes;
   static constexpr int kOffP = kOffV + 2 * kTileBytes;
   static constexpr int kOffQ = kOffP + 2 * kRowsPad * kBlockN * 2;
-  static constexpr int kOffMax = kOffQ + kRowsPad * D * 2;  // float [4 warps][rows]
-  static constexpr int kOffSum = kOffMax + 4 * kRowsPad * 4;
-  static constexpr int kBytes = kOffSum + 4 * kRowsPad * 4;
+  static constexpr int kOffMax = kOffQ + kRowsPad * D * 2;  // float [warps][rows]
+  static constexpr int kOffSum = kOffMax + kWarps * kRowsPad * 4;
+  static constexpr int kBytes = kOffSum + kWarps * kRowsPad * 4;
 };
 
 __device__ __forceinline__ int entry_len(const int32_t* cu, const int32_t* lens, int b, int max_len) {
@@ -48,8 +49,10 @@ __device__ __forceinline__ int entry_len(const int32_t* cu, const int32_t* lens,
 __device__ __forceinline__ int64_t kv_offset(const DecodeParams& p, int64_t batch_stride, int64_t token_stride,
                                              int64_t head_stride, int b, int key, int hk) {
   if (p.block_table) {
-    const int64_t page = p.block_table[b * p.block_table_stride + key / p.page_size];
-    return page * batch_stride + int64_t(key % p.page_size) * token_stride + hk * head_stride;
+    const int page_index = p.page_shift >= 0 ? key >> p.page_shift : key / p.page_size;
+    const int slot = p.page_shift >= 0 ? key & (p.page_size - 1) : key % p.page_size;
+    const int64_t page = p.block_table[b * p.block_table_stride + page_index];
+    return page * batch_stride + int64_t(slot) * token_stride + hk * head_stride;
   }
   const int64_t token = p.cu_seqlens_k ? int64_t(p.cu_seqlens_k[b]) + key : key;
   const int64_t base = p.cu_seqlens_k ? 0 : int64_t(b) * batch_stride;
@@ -64,30 +67,43 @@ __device__ __forceinline__ int64_t q_side_offset(const DecodeParams& p, int64_t 
 }
 
 // Issues the cp.async copies of one [128 keys, D] tile of K or V into a swizzled buffer.
-// Keys at or past seqlen_k are zero-filled.
+// Keys at or past seqlen_k are zero-filled. Each thread copies one 16-byte chunk column of
+// kPasses rows: all row offsets (and page lookups) are computed first, so their loads are in
+// flight together, then the copies are issued.
 template <class T, int D>
 __device__ __forceinline__ void load_kv_tile(const DecodeParams& p, const T* base, int64_t batch_stride,
                                              int64_t token_stride, int64_t head_stride, int b, int hk, int tile,
                                              int seqlen_k, unsigned char* dst) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per key
-  for (int c = threadIdx.x; c < kBlockN * kChunks; c += kThreads) {
-    const int row = c / kChunks, chunk = c % kChunks;
-    const int key = tile * kBlockN + row;
-    const bool valid = key < seqlen_k;
-    const T* src = base;
-    if (valid) src = base + kv_offset(p, batch_stride, token_stride, head_stride, b, key, hk) + chunk * 8;
-    mma::cp_async_16(mma::smem_addr(dst + mma::swizzled_offset<D>(row, chunk * 8)), src, valid);
+  constexpr int kRowsPerPass = decode_threads<D>() / kChunks;
+  constexpr int kPasses = kBlockN / kRowsPerPass;
+  const int chunk = threadIdx.x % kChunks;
+  const int row0 = threadIdx.x / kChunks;
+  int64_t offset[kPasses];
+  for (int i = 0; i < kPasses; ++i) {
+    const int key = tile * kBlockN + row0 + i * kRowsPerPass;
+    offset[i] = key < seqlen_k ? kv_offset(p, batch_stride, token_stride, head_stride, b, key, hk) + chunk * 8 : -1;
+  }
+  for (int i = 0; i < kPasses; ++i) {
+    const int row = row0 + i * kRowsPerPass;
+    mma::cp_async_16(mma::smem_addr(dst + mma::swizzled_offset<D>(row, chunk * 8)),
+                     offset[i] >= 0 ? base + offset[i] : base, offset[i] >= 0);
   }
 }
 
 template <class T, int D, int MT, bool kSkip>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const DecodeParams p) {
   using Smem = DecodeSmem<D, MT>;
   using E = mma::Element<T>;
+  constexpr int kThreads = decode_threads<D>();
+  constexpr int kWarps = Smem::kWarps;
   constexpr int kStages = Smem::kStages;
   constexpr int kRowsPad = Smem::kRowsPad;
-  constexpr int kVCols = D / 4;      // output columns per warp
-  constexpr int kVTiles = kVCols / 8;  // n-tiles of 8 columns per warp
+  constexpr int kKeys = kBlockN / kWarps;  // keys each warp scores per tile
+  constexpr int kNT = kKeys / 8;           // their n-tiles of 8 keys
+  constexpr int kVCols = D / kWarps;       // output columns per warp (16)
+  constexpr int kVTiles = kVCols / 8;      // their n-tiles (2)
+  static_assert(kNT % 2 == 0 && kVTiles % 2 == 0, "ldmatrix.x4 loads two n-tiles at a time");
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* k_smem = smem + Smem::kOffK;
   unsigned char* v_smem = smem + Smem::kOffV;
@@ -143,17 +159,17 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
   const int ld_row = (lane & 7) + ((lane >> 3) & 1) * 8;  // ldmatrix row of this lane (A operands)
   const int ld_col = (lane >> 4) * 8;                     // ldmatrix column of this lane (A operands)
 
-  // s[mt][nt][e]: scores of rows (mt, lane/4 + 8 (e/2)) and key 32 warp + 8 nt + 2 (lane%4) + e%2.
-  float s[MT][4][4];
+  // s[mt][nt][e]: scores of rows (mt, lane/4 + 8 (e/2)) and key kKeys warp + 8 nt + 2 (lane%4) + e%2.
+  float s[MT][kNT][4];
   auto compute_scores = [&](const unsigned char* kbuf, int tile) {
     for (int mt = 0; mt < MT; ++mt)
-      for (int nt = 0; nt < 4; ++nt)
+      for (int nt = 0; nt < kNT; ++nt)
         for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
     for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t bfrag[4][2];
-      for (int np = 0; np < 2; ++np) {
+      uint32_t bfrag[kNT][2];
+      for (int np = 0; np < kNT / 2; ++np) {
         uint32_t r[4];
-        const int key = warp * 32 + np * 16 + (lane >> 4) * 8 + (lane & 7);
+        const int key = warp * kKeys + np * 16 + (lane >> 4) * 8 + (lane & 7);
         const int col = ks * 16 + ((lane >> 3) & 1) * 8;
         mma::ldmatrix_x4(r, mma::smem_addr(kbuf + mma::swizzled_offset<D>(key, col)));
         bfrag[2 * np][0] = r[0];
@@ -164,13 +180,13 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
       for (int mt = 0; mt < MT; ++mt) {
         uint32_t a[4];
         mma::ldmatrix_x4(a, mma::smem_addr(q_smem + mma::swizzled_offset<D>(mt * 16 + ld_row, ks * 16 + ld_col)));
-        for (int nt = 0; nt < 4; ++nt) E::mma(s[mt][nt], a, bfrag[nt][0], bfrag[nt][1]);
+        for (int nt = 0; nt < kNT; ++nt) E::mma(s[mt][nt], a, bfrag[nt][0], bfrag[nt][1]);
       }
     }
     // scale, and -inf for keys a row does not see
-    const int key0 = tile * kBlockN + warp * 32 + 2 * (lane % 4);
+    const int key0 = tile * kBlockN + warp * kKeys + 2 * (lane % 4);
     for (int mt = 0; mt < MT; ++mt)
-      for (int nt = 0; nt < 4; ++nt)
+      for (int nt = 0; nt < kNT; ++nt)
         for (int e = 0; e < 4; ++e) {
           const int key = key0 + nt * 8 + (e & 1);
           s[mt][nt][e] = key < key_end[mt][e >> 1] ? s[mt][nt][e] * p.scale : -INFINITY;
@@ -183,7 +199,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
     for (int mt = 0; mt < MT; ++mt)
       for (int h = 0; h < 2; ++h) {
         float mx = -INFINITY;
-        for (int nt = 0; nt < 4; ++nt) mx = mma::max_nan(mx, mma::max_nan(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        for (int nt = 0; nt < kNT; ++nt) mx = mma::max_nan(mx, mma::max_nan(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
         mx = mma::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = mma::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         if (lane % 4 == 0) red_max[warp * kRowsPad + mt * 16 + lane / 4 + 8 * h] = mx;
@@ -193,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
       for (int h = 0; h < 2; ++h) {
         const int r = mt * 16 + lane / 4 + 8 * h;
         float mx = red_max[r];
-        for (int w = 1; w < 4; ++w) mx = mma::max_nan(mx, red_max[w * kRowsPad + r]);
+        for (int w = 1; w < kWarps; ++w) mx = mma::max_nan(mx, red_max[w * kRowsPad + r]);
         tile_max[mt][h] = mx;
       }
   };
@@ -315,12 +331,12 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
           const float m_use = m_new == -INFINITY ? 0.0f : m_new;
           alpha_cur[mt][h] = exp2f((m[mt][h] - m_use) * kLog2e);
           float sum = 0.0f;
-          for (int nt = 0; nt < 4; ++nt) {
+          for (int nt = 0; nt < kNT; ++nt) {
             const float p0 = exp2f((s[mt][nt][2 * h] - m_use) * kLog2e);
             const float p1 = exp2f((s[mt][nt][2 * h + 1] - m_use) * kLog2e);
             sum += p0 + p1;
             const int r = mt * 16 + lane / 4 + 8 * h;
-            const int key = warp * 32 + nt * 8 + 2 * (lane % 4);
+            const int key = warp * kKeys + nt * 8 + 2 * (lane % 4);
             *reinterpret_cast<uint32_t*>(pbuf + mma::swizzled_offset<kBlockN>(r, key)) = E::pack(p0, p1);
           }
           sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -332,7 +348,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
       for (int mt = 0; mt < MT; ++mt)
         for (int h = 0; h < 2; ++h) {
           const int r = mt * 16 + lane / 4 + 8 * h;
-          const float total = red_sum[r] + red_sum[kRowsPad + r] + red_sum[2 * kRowsPad + r] + red_sum[3 * kRowsPad + r];
+          float total = 0.0f;
+          for (int w = 0; w < kWarps; ++w) total += red_sum[w * kRowsPad + r];
           l[mt][h] = l[mt][h] * alpha_cur[mt][h] + total;
         }
     }
@@ -395,10 +412,12 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
     }
 }
 
+constexpr int kCombineThreads = 128;
+
 // Merges the split partials of every row through their log-sum-exp.
-// grid (rows_max, Hkv, batch), block kThreads.
+// grid (rows_max, Hkv, batch), block kCombineThreads.
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) decode_combine_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const DecodeParams p) {
   const int r = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int lq = entry_len(p.cu_seqlens_q, p.seqlens_q, b, p.max_seqlen_q);
   if (r >= lq * p.group) return;
@@ -408,7 +427,7 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(const DecodePa
   for (int sp = 0; sp < p.splits; ++sp) big = mma::max_nan(big, p.ws_ml[2 * (part0 + int64_t(sp) * p.rows_max)]);
   T* out = static_cast<T*>(p.out) + q_side_offset(p, p.o_batch_stride, p.o_token_stride, p.o_head_stride, b, i, head);
   if (big == -INFINITY) {
-    for (int d = threadIdx.x; d < D; d += kThreads) out[d] = T(0.0f);
+    for (int d = threadIdx.x; d < D; d += kCombineThreads) out[d] = T(0.0f);
     if (p.lse && threadIdx.x == 0)
       p.lse[q_side_offset(p, p.lse_batch_stride, p.lse_token_stride, p.lse_head_stride, b, i, head)] = -INFINITY;
     return;
@@ -419,7 +438,7 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(const DecodePa
     const float ms = p.ws_ml[2 * part];
     if (ms != -INFINITY) total += p.ws_ml[2 * part + 1] * exp2f((ms - big) * kLog2e);
   }
-  for (int d = threadIdx.x; d < D; d += kThreads) {
+  for (int d = threadIdx.x; d < D; d += kCombineThreads) {
     float acc = 0.0f;
     for (int sp = 0; sp < p.splits; ++sp) {
       const int64_t part = part0 + int64_t(sp) * p.rows_max;

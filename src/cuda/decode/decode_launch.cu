@@ -54,10 +54,10 @@ cudaError_t launch_typed(const DecodeParams& p, cudaStream_t stream) {
   const int smem = DecodeSmem<D, MT>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(p.splits, p.num_kv_heads, p.batch), kThreads, smem, stream>>>(p);
+  kernel<<<dim3(p.splits, p.num_kv_heads, p.batch), decode_threads<D>(), smem, stream>>>(p);
   err = cudaGetLastError();
   if (err != cudaSuccess || p.splits == 1) return err;
-  decode_combine_kernel<T, D><<<dim3(p.rows_max, p.num_kv_heads, p.batch), kThreads, 0, stream>>>(p);
+  decode_combine_kernel<T, D><<<dim3(p.rows_max, p.num_kv_heads, p.batch), kCombineThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -119,6 +119,11 @@ Status run_decode(const blasst_args& a, blasst_run_info* info) {
   if (a.geometry.block_n != 0 && a.geometry.block_n != kBlockN)
     return unsupported("block_n must be 128 (or 0 for the default)");
   if (a.max_seqlen_q == 0) return Status::ok();
+  const int64_t trace_needed = int64_t(a.batch) * a.num_kv_heads * ceil_div_int(a.max_seqlen_k, kBlockN);
+  if (a.decisions && a.decisions_numel < trace_needed)
+    return {BLASST_ERROR_INVALID_ARGUMENT, "decisions_numel is " + std::to_string(a.decisions_numel) +
+                                               ", expected >= batch * num_kv_heads * tiles = " +
+                                               std::to_string(trace_needed)};
   const int splits = resolve_splits(a);
   const size_t ws_bytes = workspace_bytes(a, splits);
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
@@ -166,6 +171,9 @@ Status run_decode(const blasst_args& a, blasst_run_info* info) {
   p.block_table = a.block_table;
   p.block_table_stride = a.block_table_stride;
   p.page_size = a.page_size;
+  p.page_shift = -1;
+  for (int shift = 0; shift < 31; ++shift)
+    if (a.page_size == (1 << shift)) p.page_shift = shift;
   p.batch = a.batch;
   p.num_q_heads = a.num_q_heads;
   p.num_kv_heads = a.num_kv_heads;

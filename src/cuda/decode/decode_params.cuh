@@ -6,8 +6,14 @@
 
 namespace blasst::cuda::decode {
 
-constexpr int kBlockN = 128;   // keys per KV tile (the decision tile width)
-constexpr int kThreads = 128;  // 4 warps; warp w scores keys [32w, 32w + 32) of a tile
+constexpr int kBlockN = 128;  // keys per KV tile (the decision tile width)
+
+// D / 16 warps per block (8 for D = 128): with one block per SM (its pipeline fills most of
+// shared memory), more warps are what keeps the copies and the math issuing.
+template <int D>
+constexpr int decode_threads() {
+  return 32 * (D / 16);
+}
 
 struct DecodeParams {
   // Tensors (element strides; the last dimension is contiguous).
@@ -30,6 +36,7 @@ struct DecodeParams {
   const int32_t* block_table;
   int64_t block_table_stride;
   int page_size;
+  int page_shift;  // log2(page_size) when it is a power of two, else -1
 
   int batch, num_q_heads, num_kv_heads, group;  // group = G = Hq / Hkv
   int max_seqlen_q, max_seqlen_k;

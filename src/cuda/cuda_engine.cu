@@ -1,0 +1,265 @@
+// The CUDA engine behind the API layer: device queries, the checks only the GPU kernels
+// impose (dtype, head dims, alignment, device memory), and the prefill launch.
+#include "cuda/cuda_engine.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <climits>
+#include <mutex>
+#include <cstdlib>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cuda/decode/decode_launch.hpp"
+#include "cuda/prefill_dispatch.hpp"
+
+namespace blasst::cuda {
+namespace {
+
+Status cuda_error(const char* what, cudaError_t err) {
+  return {BLASST_ERROR_CUDA, std::string("engine cuda: ") + what + ": " + cudaGetErrorString(err)};
+}
+Status unsupported(const std::string& why) { return {BLASST_ERROR_UNSUPPORTED, "engine cuda: " + why}; }
+Status invalid(const std::string& why) { return {BLASST_ERROR_INVALID_ARGUMENT, "engine cuda: " + why}; }
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Per-head counters the engine uses when the caller wants totals but gave no stats_per_head.
+int64_t* internal_stats(size_t heads) {
+  static std::mutex mutex;
+  static int64_t* buffer = nullptr;
+  static size_t capacity = 0;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (capacity < heads) {
+    cudaFree(buffer);
+    buffer = nullptr;
+    capacity = 0;
+    if (cudaMalloc(&buffer, 2 * heads * sizeof(int64_t)) != cudaSuccess) return nullptr;
+    capacity = heads;
+  }
+  return buffer;
+}
+
+// 16-byte cp.async needs 16-byte aligned rows: the base pointer and every stride a multiple
+// of 8 elements.
+bool aligned16(const blasst_tensor& t) {
+  return (reinterpret_cast<uintptr_t>(t.data) % 16) == 0 && t.batch_stride % 8 == 0 && t.token_stride % 8 == 0 &&
+         t.head_stride % 8 == 0;
+}
+
+Status check_device_pointer(const char* name, const void* p) {
+  if (p && !is_device_pointer(p)) return invalid(std::string(name) + " is not device memory");
+  return Status::ok();
+}
+
+// When skip mode loads V (prefill_kernel.cuh): BLASST_CUDA_V_PREFETCH=1 (default) before the
+// vote when the previous tile was kept, 0 only after the vote (no skipped tile reads V),
+// 2 always before the vote (skipped tiles still save the exponentials and P.V).
+int v_prefetch_mode() {
+  static const int mode = [] {
+    const char* env = std::getenv("BLASST_CUDA_V_PREFETCH");
+    if (env && (env[0] == '0' || env[0] == '2') && env[1] == 0) return env[0] - '0';
+    return 1;
+  }();
+  return mode;
+}
+
+Status run_prefill(const blasst_args& a, blasst_run_info* info) {
+  if (a.q.dtype != BLASST_DTYPE_BFLOAT16 && a.q.dtype != BLASST_DTYPE_FLOAT16)
+    return unsupported("prefill takes bfloat16 or float16 inputs");
+  if (a.head_dim_qk != a.head_dim_v) return unsupported("prefill needs head_dim_qk == head_dim_v");
+  const PrefillTiles tiles = prefill_tiles(a.head_dim_qk);
+  if (tiles.block_m == 0)
+    return unsupported("prefill head dim " + std::to_string(a.head_dim_qk) + " is not built (64, 128, 256)");
+#if !BLASST_CUDA_BUILD_FP16
+  if (a.q.dtype == BLASST_DTYPE_FLOAT16) return unsupported("float16 kernels are not built (BLASST_CUDA_FP16=OFF)");
+#endif
+  if (a.scale < 0) return unsupported("a negative scale");
+  if (a.batch > 65535) return unsupported("batch > 65535");
+  if (ceil_div(a.max_seqlen_q, tiles.block_m) * a.num_q_heads > int64_t(INT32_MAX))
+    return unsupported("num_q_heads * ceil(max_seqlen_q / block_m) too large for one launch");
+  for (auto [name, t] : {std::pair{"q", &a.q}, std::pair{"k", &a.k}, std::pair{"v", &a.v}, std::pair{"out", &a.out}})
+    if (!aligned16(*t))
+      return unsupported(std::string(name) + " must be 16-byte aligned with strides that are multiples of 8 elements");
+  for (auto [name, ptr] : {std::pair{"q.data", a.q.data}, std::pair{"k.data", a.k.data}, std::pair{"v.data", a.v.data},
+                           std::pair{"out.data", a.out.data}, std::pair{"lse.data", a.lse.data},
+                           std::pair<const char*, void*>{"stats_per_head", a.stats_per_head},
+                           std::pair<const char*, void*>{"decisions", a.decisions}})
+    if (Status s = check_device_pointer(name, ptr); !s) return s;
+  for (auto [name, ptr] :
+       {std::pair{"cu_seqlens_q", a.cu_seqlens_q}, std::pair{"seqlens_q", a.seqlens_q},
+        std::pair{"cu_seqlens_k", a.cu_seqlens_k}, std::pair{"seqlens_k", a.seqlens_k},
+        std::pair{"block_table", a.block_table}})
+    if (Status s = check_device_pointer(name, ptr); !s) return s;
+  if (a.threshold.per_kv_head_factor)
+    if (Status s = check_device_pointer("threshold.per_kv_head_factor", a.threshold.per_kv_head_factor); !s) return s;
+
+  const int64_t row_blocks = ceil_div(a.max_seqlen_q, tiles.block_m);
+  const int64_t tiles_per_group = ceil_div(a.max_seqlen_k, tiles.block_n);
+  const int64_t trace_bytes = int64_t(a.batch) * a.num_q_heads * row_blocks * tiles_per_group;
+  if (a.decisions && a.decisions_numel < trace_bytes)
+    return invalid("decisions_numel is " + std::to_string(a.decisions_numel) +
+                   ", expected >= batch * groups * tiles = " + std::to_string(trace_bytes));
+
+  PrefillParams p{};
+  p.q = a.q.data;
+  p.k = a.k.data;
+  p.v = a.v.data;
+  p.out = a.out.data;
+  p.lse = static_cast<float*>(a.lse.data);
+  p.q_batch_stride = a.q.batch_stride, p.q_token_stride = a.q.token_stride, p.q_head_stride = a.q.head_stride;
+  p.k_batch_stride = a.k.batch_stride, p.k_token_stride = a.k.token_stride, p.k_head_stride = a.k.head_stride;
+  p.v_batch_stride = a.v.batch_stride, p.v_token_stride = a.v.token_stride, p.v_head_stride = a.v.head_stride;
+  p.o_batch_stride = a.out.batch_stride, p.o_token_stride = a.out.token_stride, p.o_head_stride = a.out.head_stride;
+  p.lse_batch_stride = a.lse.batch_stride, p.lse_token_stride = a.lse.token_stride, p.lse_head_stride = a.lse.head_stride;
+  p.cu_seqlens_q = a.cu_seqlens_q;
+  p.seqlens_q = a.seqlens_q;
+  p.cu_seqlens_k = a.cu_seqlens_k;
+  p.seqlens_k = a.seqlens_k;
+  p.block_table = a.block_table;
+  p.block_table_stride = a.block_table_stride;
+  p.page_size = a.page_size;
+  p.page_shift = -1;
+  for (int sh = 0; sh < 31; ++sh)
+    if (a.page_size == (1 << sh)) p.page_shift = sh;
+  p.batch = a.batch;
+  p.num_q_heads = a.num_q_heads;
+  p.num_kv_heads = a.num_kv_heads;
+  p.q_per_kv = a.num_q_heads / a.num_kv_heads;
+  p.max_seqlen_q = a.max_seqlen_q;
+  p.max_seqlen_k = a.max_seqlen_k;
+  p.row_blocks = int32_t(row_blocks);
+  p.tiles_per_group = int32_t(tiles_per_group);
+  p.scale = a.scale != 0.0f ? a.scale : float(1.0 / std::sqrt(double(a.head_dim_qk)));
+  p.scale_log2 = float(double(p.scale) * 1.4426950408889634);
+  p.causal = a.causal;
+  p.anchored = a.geometry.order == BLASST_ORDER_ANCHORED;
+  p.v_prefetch = v_prefetch_mode();
+  p.threshold_scale_factor = a.threshold.threshold_scale_factor;
+  p.per_kv_head_factor = a.threshold.per_kv_head_factor;
+  // Totals for info come from per-head counts: the caller's buffer, or the engine's own.
+  int64_t* stats = a.stats_per_head;
+  if (!stats && info) {
+    stats = internal_stats(size_t(a.num_q_heads));
+    if (!stats) return cuda_error("allocating statistics", cudaErrorMemoryAllocation);
+  }
+  p.stats_per_head = stats;
+  p.decisions = a.decisions;
+  // The dense instantiation when nothing can be skipped: factor 0 and no per-head factors.
+  const bool skip = a.threshold.threshold_scale_factor > 0.0f || a.threshold.per_kv_head_factor != nullptr;
+
+  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
+  cudaError_t err;
+  if (stats) {
+    err = cudaMemsetAsync(stats, 0, sizeof(int64_t) * 2 * size_t(a.num_q_heads), stream);
+    if (err != cudaSuccess) return cuda_error("clearing stats_per_head", err);
+  }
+  if (a.decisions && trace_bytes > 0) {
+    err = cudaMemsetAsync(a.decisions, BLASST_TILE_NOT_VISITED, size_t(trace_bytes), stream);
+    if (err != cudaSuccess) return cuda_error("clearing decisions", err);
+  }
+  if (row_blocks > 0) {
+    const Elem elem = a.q.dtype == BLASST_DTYPE_BFLOAT16 ? Elem::kBf16 : Elem::kFp16;
+    err = launch_prefill(elem, a.head_dim_qk, skip, p, stream);
+    if (err != cudaSuccess) return cuda_error("prefill launch", err);
+  }
+
+  if (!info) return Status::ok();
+  info->engine = BLASST_ENGINE_CUDA;
+  info->geometry.block_m = tiles.block_m;
+  info->geometry.block_n = tiles.block_n;
+  info->geometry.order = a.geometry.order;
+  info->geometry.splits = 1;
+  info->visited = -1;
+  info->skipped = -1;
+  // Totals need the counts on the host: the caller asked for them (info), and never while the
+  // stream is captured into a graph (then they stay -1: read stats_per_head instead).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture == cudaStreamCaptureStatusNone) {
+    std::vector<int64_t> counts(2 * size_t(a.num_q_heads));
+    err = cudaMemcpyAsync(counts.data(), stats, counts.size() * sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+    if (err != cudaSuccess) return cuda_error("reading statistics", err);
+    info->visited = info->skipped = 0;
+    for (size_t h = 0; h < size_t(a.num_q_heads); ++h) {
+      info->visited += counts[2 * h];
+      info->skipped += counts[2 * h + 1];
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+PrefillTiles prefill_tiles(int head_dim) {
+  switch (head_dim) {
+#if BLASST_CUDA_BUILD_D64
+    case 64: return {128, 128};
+#endif
+#if BLASST_CUDA_BUILD_D128
+    case 128: return {128, 64};
+#endif
+#if BLASST_CUDA_BUILD_D256
+    case 256: return {128, 64};
+#endif
+    default: return {};
+  }
+}
+
+cudaError_t launch_prefill(Elem elem, int head_dim, bool skip, const PrefillParams& p, cudaStream_t stream) {
+  switch (head_dim) {
+#if BLASST_CUDA_BUILD_D64
+    case 64: return launch_prefill_d64(elem, skip, p, stream);
+#endif
+#if BLASST_CUDA_BUILD_D128
+    case 128: return launch_prefill_d128(elem, skip, p, stream);
+#endif
+#if BLASST_CUDA_BUILD_D256
+    case 256: return launch_prefill_d256(elem, skip, p, stream);
+#endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+bool device_available() {
+  static const bool available = [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      return false;
+    }
+    return true;
+  }();
+  if (!available) return false;
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major >= 8;
+}
+
+bool is_device_pointer(const void* p) {
+  if (!p) return false;
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+
+// Prefill runs unsplit and needs no workspace; decode keeps split partials in it.
+size_t workspace_size(const blasst_args& args, blasst_phase phase) {
+  return phase == BLASST_PHASE_DECODE ? decode::decode_workspace_size(args) : 0;
+}
+
+Status run(const blasst_args& args, blasst_phase phase, blasst_run_info* info) {
+  if (phase == BLASST_PHASE_DECODE) return decode::run_decode(args, info);
+  return run_prefill(args, info);
+}
+
+}  // namespace blasst::cuda

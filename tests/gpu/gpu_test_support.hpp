@@ -1,0 +1,63 @@
+// Support for the GPU engine tests: structured random inputs in every K/V layout, a GPU run
+// (device copies, poisoned outputs) and the comparison with the CPU engine at the geometry
+// the GPU reported.
+#pragma once
+
+#include <blasst/blasst.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace blasst::gpu_test {
+
+enum class Layout { Contiguous, Padded, Ragged, Paged };
+
+struct Case {
+  std::vector<int64_t> lq{128}, lk{128};  // per batch entry
+  int hq = 2, hkv = 1, d = 128;
+  int causal = 0;
+  blasst_order order = BLASST_ORDER_ASCENDING;
+  blasst_dtype dtype = BLASST_DTYPE_BFLOAT16;
+  Layout layout = Layout::Contiguous;
+  int page_size = 16;
+  float factor = 0.0f;
+  std::vector<float> per_head;  // empty = scalar factor
+  uint64_t seed = 1;
+  std::string name() const;
+};
+
+// Inputs of one case in its layout (16-bit values) and the float values they hold.
+struct Inputs {
+  std::vector<uint16_t> q, k, v;       // layout buffers
+  int64_t q_rows = 0, kv_rows = 0;     // token rows (or page slots) in the buffers
+  std::vector<int32_t> cu_q, cu_k, seq_q, seq_k, block_table;
+  int32_t max_lq = 0, max_lk = 0, num_pages = 0, bt_stride = 0;
+  // Offsets (in tokens) of entry b's first row in the Q and K buffers (not paged).
+  std::vector<int64_t> q_row0, k_row0;
+  int64_t q_batch_rows = 0, k_batch_rows = 0;  // padded layouts: rows per entry
+};
+
+Inputs make_inputs(const Case& c);
+
+struct GpuRun {
+  blasst_status status = BLASST_ERROR_INTERNAL;
+  std::string message;
+  blasst_run_info info{};
+  std::vector<uint16_t> out;
+  std::vector<float> lse;
+  std::vector<uint8_t> decisions;
+  std::vector<int64_t> stats;
+};
+
+// Runs the case on the given engine (CUDA: device copies; CPU: host buffers) at `geometry`.
+GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_geometry geometry,
+                  blasst_phase phase = BLASST_PHASE_PREFILL);
+inline GpuRun run_gpu(const Case& c, const Inputs& in, blasst_phase phase = BLASST_PHASE_PREFILL) {
+  return run_engine(c, in, BLASST_ENGINE_CUDA, blasst_geometry{0, 0, c.order, 0}, phase);
+}
+
+// GPU run, CPU run at the GPU's geometry, and every comparison (gtest failures on mismatch).
+void check_against_cpu(const Case& c);
+
+}  // namespace blasst::gpu_test

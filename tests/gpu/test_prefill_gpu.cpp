@@ -1,0 +1,235 @@
+// GPU prefill engine against the CPU engine run at the geometry the GPU reported: decisions
+// tile for tile (differences allowed only where the rule's margin is within fp32 rounding),
+// outputs, LSE and statistics. Skips cleanly when no CUDA device is usable.
+#include <blasst/blasst.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gpu_test_support.hpp"
+
+namespace blasst::gpu_test {
+namespace {
+
+class PrefillGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!blasst_cuda_available()) GTEST_SKIP() << "no usable CUDA device";
+  }
+};
+
+struct ShapeCase {
+  int64_t lq, lk;
+};
+
+// Odd shapes of the issue; the largest ones are only run for some configurations.
+const ShapeCase kShapes[] = {{1, 1}, {1, 239}, {3, 799}, {113, 203}, {128, 128}, {239, 4096}, {4224, 4224}};
+
+TEST_F(PrefillGpu, OddShapesAgainstCpuEngine) {
+  int index = 0;
+  for (const ShapeCase& sc : kShapes) {
+    for (int causal = 0; causal < 2; ++causal) {
+      for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED}) {
+        const int g = (index % 3 == 0) ? 1 : (index % 3 == 1 ? 4 : 8);
+        const int d = (index % 2 == 0) ? 128 : 64;
+        ++index;
+        Case c;
+        c.lq = {sc.lq};
+        c.lk = {sc.lk};
+        c.hkv = sc.lq >= 4096 ? 1 : 2;
+        c.hq = c.hkv * g;
+        c.d = d;
+        c.causal = causal;
+        c.order = order;
+        c.factor = float(0.5 * double(sc.lk));  // ln(lambda) = ln(0.5): skips are frequent
+        c.seed = 1000 + uint64_t(index);
+        SCOPED_TRACE(c.name());
+        check_against_cpu(c);
+      }
+    }
+  }
+}
+
+TEST_F(PrefillGpu, HeadDim256AndFp16) {
+  for (int causal = 0; causal < 2; ++causal) {
+    Case c;
+    c.lq = {333};
+    c.lk = {1000};
+    c.hq = 4;
+    c.hkv = 2;
+    c.d = 256;
+    c.causal = causal;
+    c.factor = 400.0f;
+    c.seed = 77 + uint64_t(causal);
+    SCOPED_TRACE(c.name());
+    check_against_cpu(c);
+    c.d = 128;
+    c.dtype = BLASST_DTYPE_FLOAT16;
+    c.order = BLASST_ORDER_ANCHORED;
+    SCOPED_TRACE(c.name());
+    check_against_cpu(c);
+  }
+}
+
+TEST_F(PrefillGpu, DenseMode) {
+  for (int causal = 0; causal < 2; ++causal) {
+    Case c;
+    c.lq = {300};
+    c.lk = {700};
+    c.hq = 8;
+    c.hkv = 2;
+    c.d = 128;
+    c.causal = causal;
+    c.factor = 0.0f;
+    c.seed = 5 + uint64_t(causal);
+    SCOPED_TRACE(c.name());
+    check_against_cpu(c);
+  }
+}
+
+TEST_F(PrefillGpu, RaggedBatch) {
+  for (int causal = 0; causal < 2; ++causal) {
+    for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED}) {
+      Case c;
+      c.lq = {100, 1, 777, 0, 260};
+      c.lk = {300, 50, 777, 20, 130};  // last entry: Lq > Lk, early causal rows see nothing
+      c.hq = 8;
+      c.hkv = 2;
+      c.d = 128;
+      c.causal = causal;
+      c.order = order;
+      c.layout = Layout::Ragged;
+      c.factor = 300.0f;
+      c.seed = 40 + uint64_t(causal * 2 + int(order));
+      SCOPED_TRACE(c.name());
+      check_against_cpu(c);
+    }
+  }
+}
+
+TEST_F(PrefillGpu, PaddedBatchWithSeqlens) {
+  Case c;
+  c.lq = {200, 57};
+  c.lk = {513, 1000};
+  c.hq = 4;
+  c.hkv = 4;
+  c.d = 64;
+  c.causal = 1;
+  c.layout = Layout::Padded;
+  c.factor = 400.0f;
+  c.seed = 91;
+  SCOPED_TRACE(c.name());
+  check_against_cpu(c);
+}
+
+TEST_F(PrefillGpu, PagedKv) {
+  for (int page_size : {16, 64, 100}) {
+    for (int causal = 0; causal < 2; ++causal) {
+      Case c;
+      c.lq = {150, 64};
+      c.lk = {1500, 333};
+      c.hq = 8;
+      c.hkv = 1;
+      c.d = 128;
+      c.causal = causal;
+      c.order = causal ? BLASST_ORDER_ANCHORED : BLASST_ORDER_ASCENDING;
+      c.layout = Layout::Paged;
+      c.page_size = page_size;
+      c.factor = 600.0f;
+      c.seed = 300 + uint64_t(page_size + causal);
+      SCOPED_TRACE(c.name());
+      check_against_cpu(c);
+    }
+  }
+}
+
+TEST_F(PrefillGpu, PerKvHeadFactors) {
+  Case c;
+  c.lq = {600};
+  c.lk = {1800};
+  c.hq = 16;
+  c.hkv = 4;
+  c.d = 128;
+  c.causal = 1;
+  c.per_head = {0.0f, 500.0f, 1e9f, 900.0f};  // off, on, lambda >= 1 (off), on
+  c.seed = 123;
+  SCOPED_TRACE(c.name());
+  check_against_cpu(c);
+}
+
+// With no tile skipped, the skip kernel does the dense kernel's arithmetic: same bits.
+TEST_F(PrefillGpu, SkipKernelWithoutSkipsIsBitIdenticalToDense) {
+  for (int causal = 0; causal < 2; ++causal) {
+    Case c;
+    c.lq = {513};
+    c.lk = {1025};
+    c.hq = 4;
+    c.hkv = 2;
+    c.d = 128;
+    c.causal = causal;
+    c.seed = 8 + uint64_t(causal);
+    Inputs in = make_inputs(c);
+    c.factor = 0.0f;
+    const GpuRun dense = run_gpu(c, in);
+    ASSERT_EQ(dense.status, BLASST_OK) << dense.message;
+    for (int variant = 0; variant < 2; ++variant) {
+      Case s = c;
+      if (variant == 0) s.per_head = {0.0f, 0.0f};   // skip kernel, skipping off
+      else s.factor = 1e-30f;                          // skip kernel, votes that always keep
+      const GpuRun skip = run_gpu(s, in);
+      ASSERT_EQ(skip.status, BLASST_OK) << skip.message;
+      EXPECT_EQ(skip.info.skipped, 0);
+      EXPECT_EQ(0, std::memcmp(dense.out.data(), skip.out.data(), dense.out.size() * sizeof(uint16_t)))
+          << "variant " << variant << " causal " << causal;
+      EXPECT_EQ(0, std::memcmp(dense.lse.data(), skip.lse.data(), dense.lse.size() * sizeof(float)))
+          << "variant " << variant << " causal " << causal;
+    }
+  }
+}
+
+TEST_F(PrefillGpu, RejectsWhatItCannotRun) {
+  Case c;
+  c.lq = {10};
+  c.lk = {10};
+  c.d = 96;
+  Inputs in = make_inputs(c);
+  GpuRun r = run_gpu(c, in);
+  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+  c.d = 64;
+  in = make_inputs(c);
+  r = run_gpu(c, in, BLASST_PHASE_DECODE);
+  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+}
+
+// Small problems for compute-sanitizer (memcheck, racecheck): every feature once.
+TEST_F(PrefillGpu, SanitizerSubset) {
+  Case c;
+  c.lq = {70, 1, 130};
+  c.lk = {200, 3, 129};
+  c.hq = 4;
+  c.hkv = 2;
+  c.d = 64;
+  c.causal = 1;
+  c.order = BLASST_ORDER_ANCHORED;
+  c.layout = Layout::Paged;
+  c.page_size = 16;
+  c.factor = 80.0f;
+  c.seed = 9;
+  check_against_cpu(c);
+  c.layout = Layout::Ragged;
+  c.d = 128;
+  c.causal = 0;
+  c.order = BLASST_ORDER_ASCENDING;
+  check_against_cpu(c);
+}
+
+}  // namespace
+}  // namespace blasst::gpu_test
