@@ -203,10 +203,13 @@ TEST_F(PrefillGpu, RejectsWhatItCannotRun) {
   Inputs in = make_inputs(c);
   GpuRun r = run_gpu(c, in);
   EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+  // decode groups hold at most 64 rows (query heads per KV head x query rows)
   c.d = 64;
+  c.lq = {70};
   in = make_inputs(c);
   r = run_gpu(c, in, BLASST_PHASE_DECODE);
   EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+  EXPECT_NE(r.message.find("<= 64"), std::string::npos) << r.message;
 }
 
 // Small problems for compute-sanitizer (memcheck, racecheck): every feature once.

@@ -45,20 +45,6 @@ __device__ __forceinline__ int entry_len(const int32_t* cu, const int32_t* lens,
   return max_len;
 }
 
-// Offset of (entry b, key position key, KV head hk, 0) in K or V (contiguous, ragged, paged).
-__device__ __forceinline__ int64_t kv_offset(const DecodeParams& p, int64_t batch_stride, int64_t token_stride,
-                                             int64_t head_stride, int b, int key, int hk) {
-  if (p.block_table) {
-    const int page_index = p.page_shift >= 0 ? key >> p.page_shift : key / p.page_size;
-    const int slot = p.page_shift >= 0 ? key & (p.page_size - 1) : key % p.page_size;
-    const int64_t page = p.block_table[b * p.block_table_stride + page_index];
-    return page * batch_stride + int64_t(slot) * token_stride + hk * head_stride;
-  }
-  const int64_t token = p.cu_seqlens_k ? int64_t(p.cu_seqlens_k[b]) + key : key;
-  const int64_t base = p.cu_seqlens_k ? 0 : int64_t(b) * batch_stride;
-  return base + token * token_stride + hk * head_stride;
-}
-
 __device__ __forceinline__ int64_t q_side_offset(const DecodeParams& p, int64_t batch_stride, int64_t token_stride,
                                                  int64_t head_stride, int b, int i, int h) {
   const int64_t token = p.cu_seqlens_q ? int64_t(p.cu_seqlens_q[b]) + i : i;
@@ -66,28 +52,51 @@ __device__ __forceinline__ int64_t q_side_offset(const DecodeParams& p, int64_t 
   return base + token * token_stride + h * head_stride;
 }
 
-// Issues the cp.async copies of one [128 keys, D] tile of K or V into a swizzled buffer.
-// Keys at or past seqlen_k are zero-filled. Each thread copies one 16-byte chunk column of
-// kPasses rows: all row offsets (and page lookups) are computed first, so their loads are in
-// flight together, then the copies are issued.
+// Rows of a [128 keys, D] tile copied by this thread: one 16-byte chunk column, kPasses rows.
+template <int D>
+struct TileCopy {
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per key
+  static constexpr int kRowsPerPass = decode_threads<D>() / kChunks;
+  static constexpr int kPasses = kBlockN / kRowsPerPass;
+};
+
+// Page of each row this thread copies in `tile` (-1 past seqlen_k; 0 when K/V are not paged).
+// Issued a while before the copies so that the block-table loads are in flight meanwhile.
+template <int D>
+__device__ __forceinline__ void lookup_pages(const DecodeParams& p, int b, int tile, int seqlen_k,
+                                             int (&pages)[TileCopy<D>::kPasses]) {
+  using C = TileCopy<D>;
+  const int row0 = threadIdx.x / C::kChunks;
+  for (int i = 0; i < C::kPasses; ++i) {
+    const int key = tile * kBlockN + row0 + i * C::kRowsPerPass;
+    const int page_index = p.page_shift >= 0 ? key >> p.page_shift : key / max(p.page_size, 1);
+    pages[i] = key >= seqlen_k ? -1 : (p.block_table ? p.block_table[b * p.block_table_stride + page_index] : 0);
+  }
+}
+
+// Issues the cp.async copies of one [128 keys, D] tile of K or V into a swizzled buffer; rows
+// past seqlen_k (page -1) are zero-filled.
 template <class T, int D>
 __device__ __forceinline__ void load_kv_tile(const DecodeParams& p, const T* base, int64_t batch_stride,
                                              int64_t token_stride, int64_t head_stride, int b, int hk, int tile,
-                                             int seqlen_k, unsigned char* dst) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per key
-  constexpr int kRowsPerPass = decode_threads<D>() / kChunks;
-  constexpr int kPasses = kBlockN / kRowsPerPass;
-  const int chunk = threadIdx.x % kChunks;
-  const int row0 = threadIdx.x / kChunks;
-  int64_t offset[kPasses];
-  for (int i = 0; i < kPasses; ++i) {
-    const int key = tile * kBlockN + row0 + i * kRowsPerPass;
-    offset[i] = key < seqlen_k ? kv_offset(p, batch_stride, token_stride, head_stride, b, key, hk) + chunk * 8 : -1;
-  }
-  for (int i = 0; i < kPasses; ++i) {
-    const int row = row0 + i * kRowsPerPass;
-    mma::cp_async_16(mma::smem_addr(dst + mma::swizzled_offset<D>(row, chunk * 8)),
-                     offset[i] >= 0 ? base + offset[i] : base, offset[i] >= 0);
+                                             const int (&pages)[TileCopy<D>::kPasses], unsigned char* dst) {
+  using C = TileCopy<D>;
+  const int chunk = threadIdx.x % C::kChunks;
+  const int row0 = threadIdx.x / C::kChunks;
+  for (int i = 0; i < C::kPasses; ++i) {
+    const int row = row0 + i * C::kRowsPerPass;
+    const int key = tile * kBlockN + row;
+    int64_t offset;
+    if (p.block_table) {
+      const int slot = p.page_shift >= 0 ? key & (p.page_size - 1) : key % p.page_size;
+      offset = int64_t(pages[i]) * batch_stride + int64_t(slot) * token_stride;
+    } else {
+      const int64_t token = p.cu_seqlens_k ? int64_t(p.cu_seqlens_k[b]) + key : key;
+      offset = (p.cu_seqlens_k ? 0 : int64_t(b) * batch_stride) + token * token_stride;
+    }
+    const bool valid = pages[i] >= 0;
+    const T* src = valid ? base + offset + hk * head_stride + chunk * 8 : base;
+    mma::cp_async_16(mma::smem_addr(dst + mma::swizzled_offset<D>(row, chunk * 8)), src, valid);
   }
 }
 
@@ -225,7 +234,9 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
   if (p.anchored && first < last) {
     for (int a = 0; a < (tiles > 1 ? 2 : 1); ++a) {
       const int tile = a == 0 ? 0 : tiles - 1;
-      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, tile, lk, k_smem);
+      int pages[TileCopy<D>::kPasses];
+      lookup_pages<D>(p, b, tile, lk, pages);
+      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, tile, pages, k_smem);
       mma::cp_async_commit();
       mma::cp_async_wait<0>();
       __syncthreads();
@@ -271,9 +282,12 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
 
   unsigned long long visited = 0, skipped = 0;
   for (int j = 0; j < kStages; ++j) {
-    if (first + j < last)
-      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, first + j, lk,
+    if (first + j < last) {
+      int pages[TileCopy<D>::kPasses];
+      lookup_pages<D>(p, b, first + j, lk, pages);
+      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, first + j, pages,
                          k_smem + j * Smem::kTileBytes);
+    }
     mma::cp_async_commit();
   }
 
@@ -287,6 +301,11 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
       mma::cp_async_wait<kStages - 1>();
     }
     __syncthreads();
+    // pages of this tile (for V) and of the tile the K pipeline copies next, looked up now so
+    // the block-table loads overlap Q K^T
+    int v_pages[TileCopy<D>::kPasses], k_pages[TileCopy<D>::kPasses];
+    lookup_pages<D>(p, b, t, lk, v_pages);
+    if (t + kStages < last) lookup_pages<D>(p, b, t + kStages, lk, k_pages);
     const unsigned char* kbuf = k_smem + (j % kStages) * Smem::kTileBytes;
     compute_scores(kbuf, t);
     reduce_row_max();  // barrier inside: every warp is done reading kbuf
@@ -311,15 +330,15 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
 
     const int slot = j & 1;
     if (keep) {
-      load_kv_tile<T, D>(p, vbase, p.v_batch_stride, p.v_token_stride, p.v_head_stride, b, hk, t, lk,
+      load_kv_tile<T, D>(p, vbase, p.v_batch_stride, p.v_token_stride, p.v_head_stride, b, hk, t, v_pages,
                          v_smem + slot * Smem::kTileBytes);
     } else {
       ++skipped;
     }
     mma::cp_async_commit();
     if (t + kStages < last)
-      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, t + kStages, lk,
-                         k_smem + (j % kStages) * Smem::kTileBytes);
+      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, t + kStages,
+                         k_pages, k_smem + (j % kStages) * Smem::kTileBytes);
     mma::cp_async_commit();
 
     if (keep) {

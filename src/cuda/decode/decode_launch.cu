@@ -28,12 +28,24 @@ int m_tiles_for(int rows_max) {
 
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
-// Enough blocks to fill the GPU twice, at least 4 tiles per split.
+// Splits that fill whole waves of one block per SM: the fewest splits whose last wave is at
+// least 90% full (every split keeps >= 4 tiles); else the best-filled wave count.
 int pick_splits(const blasst_args& a, int sm_count) {
   const int tiles = ceil_div_int(a.max_seqlen_k, kBlockN);
-  const int groups = a.batch * a.num_kv_heads;
-  const int wanted = ceil_div_int(2 * sm_count, std::max(groups, 1));
-  return std::max(1, std::min({wanted, ceil_div_int(tiles, 4), 256}));
+  const int groups = std::max(a.batch * a.num_kv_heads, 1);
+  const int most = std::max(1, std::min(ceil_div_int(tiles, 4), 256));
+  int best = 1;
+  double best_fill = 0.0;
+  for (int s = 1; s <= most; ++s) {
+    const double blocks = double(groups) * s;
+    const double fill = blocks / (std::ceil(blocks / sm_count) * sm_count);
+    if (blocks >= sm_count && fill >= 0.9) return s;
+    if (fill > best_fill + 1e-9) {
+      best_fill = fill;
+      best = s;
+    }
+  }
+  return best;
 }
 
 struct Buffers {
