@@ -101,5 +101,24 @@ TEST(DenseAccuracy, EngineBeatsPlainBf16OnLongRows) {
   EXPECT_LT(acc.err_o, acc.plain_err_o);
 }
 
+// Scores in the thousands (a large explicit scale) must not overflow exp or the sums.
+TEST(DenseAccuracy, HugeScoresStayFiniteAndAccurate) {
+  ref::Problem p = make_problem(shape(40, 500, 2, 1, 32, 32, true), BLASST_DTYPE_BFLOAT16, 6);
+  p.scale = 300.0f;
+  for (float factor : {0.0f, 100.0f}) {
+    RunSpec spec;
+    spec.dtype = BLASST_DTYPE_BFLOAT16;
+    spec.geometry = {16, 32, BLASST_ORDER_ANCHORED, 2};
+    spec.factor = factor;
+    const Checked r = run_and_check(p, spec, "scale 300, factor " + std::to_string(factor));
+    ASSERT_EQ(r.engine.status, BLASST_OK);
+    if (factor == 0.0f) {
+      expect_close(p, BLASST_DTYPE_BFLOAT16, r.engine, ref::dense(p), ref::plain(p, BLASST_DTYPE_BFLOAT16), "huge scores");
+    } else {
+      EXPECT_GT(r.engine.info.skipped, 0);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace blasst::test

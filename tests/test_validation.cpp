@@ -337,6 +337,20 @@ TEST(Validation, BaselineCallSucceedsInEveryLayout) {
   }
 }
 
+// A decisions buffer larger than [batch, groups, tiles] is written only in that prefix.
+TEST(Validation, OversizedDecisionsBufferIsWrittenOnlyWhereTheLayoutSays) {
+  for (blasst_phase phase : {BLASST_PHASE_PREFILL, BLASST_PHASE_DECODE}) {
+    Call c;
+    const size_t tiles = (Call::LK + 7) / 8;
+    const size_t groups = phase == BLASST_PHASE_PREFILL ? size_t(Call::HQ) * ((Call::LQ + 3) / 4) : size_t(Call::HKV);
+    const size_t used = size_t(Call::B) * groups * tiles;
+    const blasst_status st = phase == BLASST_PHASE_PREFILL ? blasst_prefill(&c.a, nullptr) : blasst_decode(&c.a, nullptr);
+    ASSERT_EQ(st, BLASST_OK) << blasst_last_error();
+    for (size_t n = 0; n < used; ++n) ASSERT_LE(c.dec[n], BLASST_TILE_SKIPPED) << "phase " << phase << " byte " << n;
+    for (size_t n = used; n < c.dec.size(); ++n) ASSERT_EQ(c.dec[n], 0xEE) << "phase " << phase << " byte " << n;
+  }
+}
+
 TEST(Validation, NullArgsIsRejectedThroughTheCAbi) {
   EXPECT_EQ(blasst_prefill(nullptr, nullptr), BLASST_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(blasst_last_error()).find("args"), std::string::npos) << blasst_last_error();
@@ -404,9 +418,8 @@ TEST(Validation, WorkspaceSizeIsZeroForTheCpuEngineAndChecksItsArguments) {
 TEST(Validation, StatusNamesAndInitHelpers) {
   EXPECT_STREQ(blasst_status_name(BLASST_OK), "ok");
   EXPECT_STRNE(blasst_status_name(BLASST_ERROR_INVALID_ARGUMENT), blasst_status_name(BLASST_OK));
-  blasst_status unknown;
-  set_raw(unknown, 99);
-  EXPECT_GT(std::strlen(blasst_status_name(unknown)), 0u);
+  for (blasst_status st : {BLASST_ERROR_UNSUPPORTED, BLASST_ERROR_OUT_OF_MEMORY, BLASST_ERROR_CUDA, BLASST_ERROR_INTERNAL})
+    EXPECT_GT(std::strlen(blasst_status_name(st)), 0u);
   blasst_args_init(nullptr);
   blasst_run_info_init(nullptr);
   blasst_args a;

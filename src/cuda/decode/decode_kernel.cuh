@@ -28,7 +28,8 @@ template <int D, int MT>
 struct DecodeSmem {
   static constexpr int kWarps = decode_threads<D>() / 32;
   static constexpr int kRowsPad = 16 * MT;
-  static constexpr int kStages = (MT <= 2 || D == 64) ? 3 : 2;
+  // K tiles in flight: as many as shared memory allows next to two V buffers (<= 227 KB)
+  static constexpr int kStages = (MT == 1 || D == 64) ? 4 : (MT == 2 ? 3 : 2);
   static constexpr int kTileBytes = kBlockN * D * 2;
   static constexpr int kOffK = 0;
   static constexpr int kOffV = kOffK + kStages * kTileBytes;
@@ -69,8 +70,11 @@ __device__ __forceinline__ void lookup_pages(const DecodeParams& p, int b, int t
   const int row0 = threadIdx.x / C::kChunks;
   for (int i = 0; i < C::kPasses; ++i) {
     const int key = tile * kBlockN + row0 + i * C::kRowsPerPass;
-    const int page_index = p.page_shift >= 0 ? key >> p.page_shift : key / max(p.page_size, 1);
-    pages[i] = key >= seqlen_k ? -1 : (p.block_table ? p.block_table[b * p.block_table_stride + page_index] : 0);
+    pages[i] = key >= seqlen_k ? -1 : 0;
+    if (p.block_table && key < seqlen_k) {
+      const int page_index = p.page_shift >= 0 ? key >> p.page_shift : key / p.page_size;
+      pages[i] = p.block_table[b * p.block_table_stride + page_index];
+    }
   }
 }
 
