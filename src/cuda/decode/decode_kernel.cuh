@@ -71,11 +71,9 @@ __device__ __forceinline__ void lookup_pages(const DecodeParams& p, int b, int t
   const int row0 = threadIdx.x / C::kChunks;
   for (int i = 0; i < C::kPasses; ++i) {
     const int key = tile * kBlockN + row0 + i * C::kRowsPerPass;
-    pages[i] = key >= seqlen_k ? -1 : 0;
-    if (p.block_table && key < seqlen_k) {
-      const int page_index = p.page_shift >= 0 ? key >> p.page_shift : key / p.page_size;
-      pages[i] = p.block_table[b * p.block_table_stride + page_index];
-    }
+    // computed unconditionally (no branch around the load) so the compiler batches the loads
+    const int page_index = p.page_shift >= 0 ? key >> p.page_shift : (p.block_table ? key / p.page_size : 0);
+    pages[i] = key >= seqlen_k ? -1 : (p.block_table ? p.block_table[b * p.block_table_stride + page_index] : 0);
   }
 }
 
