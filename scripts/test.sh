@@ -2,11 +2,12 @@
 # The test suite on a fresh machine: install dependencies, then
 #   1. Release build with -Werror, all CTest tests (GPU tests skip themselves with no GPU);
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build of the CPU library and tests;
-#   3. the libFuzzer target over the C ABI's argument validation, for a bounded time.
-# BLASST_TEST_STAGES selects stages (default "release sanitize fuzz").
+#   3. the libFuzzer target over the C ABI's argument validation, for a bounded time;
+#   4. the Python package (pip install from this checkout, then pytest; torch comes from PyPI).
+# BLASST_TEST_STAGES selects stages (default "release sanitize fuzz python").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-stages=${BLASST_TEST_STAGES:-release sanitize fuzz}
+stages=${BLASST_TEST_STAGES:-release sanitize fuzz python}
 jobs=${BLASST_JOBS:-$(nproc)}
 "$root/scripts/setup.sh"
 
@@ -28,8 +29,11 @@ for stage in $stages; do
         -DBLASST_BUILD_TESTS=OFF -DBLASST_BUILD_FUZZERS=ON -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
       ctest --test-dir "$root/build-fuzz" --output-on-failure -L fuzz
       ;;
+    python)
+      "$root/python/run_tests.sh"
+      ;;
     *)
-      echo "unknown stage '$stage' (expected release, sanitize or fuzz)" >&2
+      echo "unknown stage '$stage' (expected release, sanitize, fuzz or python)" >&2
       exit 2
       ;;
   esac

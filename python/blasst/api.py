@@ -1,0 +1,110 @@
+"""blasst.attention: the friendly entry point over the blasst::prefill / blasst::decode ops."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _core, _lib, ops  # noqa: F401  (ops registers torch.ops.blasst.*)
+from .schema import Formula
+
+DECODE_MAX_QUERY_LEN = 8
+
+
+def resolve_phase(phase: str, seqlen_q: int, seqlen_k: int, decode_max_query_len: int = DECODE_MAX_QUERY_LEN) -> str:
+    """'auto' is decode for 1..decode_max_query_len query rows attending a longer KV (a cache)."""
+    if phase in ("prefill", "decode"):
+        return phase
+    if phase != "auto":
+        raise ValueError(f"blasst: phase is {phase!r}, expected 'auto', 'prefill' or 'decode'")
+    return "decode" if 1 <= seqlen_q <= decode_max_query_len and seqlen_k > seqlen_q else "prefill"
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = True,
+    scale: Optional[float] = None,
+    threshold_scale_factor: Union[float, Sequence[float], Tensor, None] = None,
+    target_sparsity: Optional[float] = None,
+    formula: Union[Formula, tuple, dict, None] = None,
+    phase: str = "auto",
+    order: str = "ascending",
+    block_m: int = 0,
+    block_n: int = 0,
+    splits: int = 0,
+    return_stats: bool = False,
+    engine: str = "auto",
+    num_threads: int = 0,
+    cu_seqlens_q: Optional[Tensor] = None,
+    cu_seqlens_k: Optional[Tensor] = None,
+    seqlens_q: Optional[Tensor] = None,
+    seqlens_k: Optional[Tensor] = None,
+    block_table: Optional[Tensor] = None,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
+):
+    """BLASST attention.
+
+    q [B, Lq, Hq, Dqk], k [B, Lk, Hkv, Dqk], v [B, Lk, Hkv, Dv] (Hq = G * Hkv), or the ragged /
+    paged layouts of blasst.ops. Returns (out [B, Lq, Hq, Dv], lse [B, Lq, Hq] fp32) and, with
+    return_stats, stats [H, 2] int64 of (visited, skipped) tiles per query head (prefill) or per
+    KV head (decode).
+
+    threshold_scale_factor: lambda = factor / Lk per batch entry (0 or None = dense); a sequence
+    or tensor of num_kv_heads values gives one factor per KV head. target_sparsity with formula
+    ((a, b) for a * exp(b * s), a dict of coefficients, or a schema.Formula) is the alternative.
+    """
+    if threshold_scale_factor is not None and target_sparsity is not None:
+        raise ValueError("blasst: give threshold_scale_factor or target_sparsity, not both")
+    per_head = None
+    factor = 0.0
+    if target_sparsity is not None:
+        if formula is None:
+            raise ValueError("blasst: target_sparsity needs a calibrated formula (formula=(a, b) for a * exp(b * s))")
+        if isinstance(formula, tuple):
+            formula = Formula(coefficients={"a": float(formula[0]), "b": float(formula[1])})
+        elif isinstance(formula, dict):
+            formula = Formula(coefficients=formula)
+        if not 0.0 <= target_sparsity < 1.0:
+            raise ValueError(f"blasst: target_sparsity is {target_sparsity}, expected a value in [0, 1)")
+        factor = formula.factor(target_sparsity) if target_sparsity > 0 else 0.0
+    elif isinstance(threshold_scale_factor, Tensor):
+        per_head = threshold_scale_factor.to(device=q.device, dtype=torch.float32).reshape(-1)
+    elif isinstance(threshold_scale_factor, (list, tuple)):
+        per_head = torch.tensor([float(x) for x in threshold_scale_factor], dtype=torch.float32, device=q.device)
+    elif threshold_scale_factor is not None:
+        factor = float(threshold_scale_factor)
+
+    # lengths for the automatic phase choice: the padded bounds, or for ragged / paged layouts the
+    # totals (an upper bound on every entry's length)
+    seqlen_q = max_seqlen_q or (q.shape[1] if q.dim() == 4 else q.shape[0])
+    if max_seqlen_k:
+        seqlen_k = max_seqlen_k
+    elif block_table is not None:
+        seqlen_k = block_table.shape[1] * k.shape[1]
+    else:
+        seqlen_k = k.shape[1] if k.dim() == 4 else k.shape[0]
+    resolved = resolve_phase(phase, seqlen_q, seqlen_k)
+    op = torch.ops.blasst.prefill if resolved == "prefill" else torch.ops.blasst.decode
+    out, lse, stats = op(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q, max_seqlen_k,
+        float(scale) if scale is not None else 0.0, bool(causal), factor, per_head, int(block_m), int(block_n),
+        _core.order_code(order), int(splits), _core.engine_code(engine), int(num_threads), bool(return_stats),
+    )
+    return (out, lse, stats) if return_stats else (out, lse)
+
+
+def run_with_decisions(q: Tensor, k: Tensor, v: Tensor, *, phase: str = "prefill", **kw):
+    """Eager call that also returns the tile decision trace (blasst.h `decisions`) and the
+    engine's run info: (out, lse, stats, decisions uint8 [batch * groups * tiles], RunInfo).
+    For tests and tools; not a torch op."""
+    for key in ("order", "engine"):
+        if key in kw and isinstance(kw[key], str):
+            kw[key] = getattr(_core, f"{key}_code")(kw[key])
+    code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
+    return _core.run(code, q, k, v, return_stats=True, return_decisions=True, **kw)

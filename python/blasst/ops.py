@@ -1,0 +1,92 @@
+"""PyTorch custom ops `blasst::prefill` and `blasst::decode`.
+
+Both take the layouts of blasst._core (dense, ragged through cu_seqlens, paged through a block
+table) and return (out, lse, stats):
+  out   like q with Dv as its last dim, q's dtype
+  lse   like q without its last dim, float32 (ln of the softmax denominator; -inf for empty rows)
+  stats [H, 2] int64 (visited, skipped) tiles per query head (prefill) or KV head (decode), or an
+        empty [0, 2] tensor when return_stats is False.
+The ops are opaque to torch.compile (fake implementations give the shapes), take the current
+CUDA stream and allocate their workspace through torch, so CUDA graphs can capture them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _core, _lib
+
+
+def _impl(phase, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q,
+          max_seqlen_k, scale, causal, threshold_scale_factor, per_kv_head_factor, block_m, block_n, order,
+          splits, engine, num_threads, return_stats):
+    out, lse, stats, _, _ = _core.run(
+        phase, q, k, v,
+        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqlens_q=seqlens_q, seqlens_k=seqlens_k,
+        block_table=block_table, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, scale=scale,
+        causal=causal, threshold_scale_factor=threshold_scale_factor, per_kv_head_factor=per_kv_head_factor,
+        block_m=block_m, block_n=block_n, order=order, splits=splits, engine=engine, num_threads=num_threads,
+        return_stats=return_stats,
+    )
+    return out, lse, stats
+
+
+def _fake(phase, q, v, return_stats):
+    out_shape, lse_shape, stats_shape = _core.output_shapes(q, v, phase, v.shape[-2], return_stats)
+    return (q.new_empty(out_shape), q.new_empty(lse_shape, dtype=torch.float32),
+            q.new_empty(stats_shape, dtype=torch.int64))
+
+
+@torch.library.custom_op("blasst::prefill", mutates_args=())
+def prefill(
+    q: Tensor, k: Tensor, v: Tensor,
+    cu_seqlens_q: Optional[Tensor] = None, cu_seqlens_k: Optional[Tensor] = None,
+    seqlens_q: Optional[Tensor] = None, seqlens_k: Optional[Tensor] = None,
+    block_table: Optional[Tensor] = None,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
+    scale: float = 0.0, causal: bool = True,
+    threshold_scale_factor: float = 0.0, per_kv_head_factor: Optional[Tensor] = None,
+    block_m: int = 0, block_n: int = 0, order: int = 0, splits: int = 0,
+    engine: int = 0, num_threads: int = 0, return_stats: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Prefill attention (decision group: block_m query rows of one query head)."""
+    return _impl(_lib.PHASE_PREFILL, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
+                 max_seqlen_q, max_seqlen_k, scale, causal, threshold_scale_factor, per_kv_head_factor, block_m,
+                 block_n, order, splits, engine, num_threads, return_stats)
+
+
+@torch.library.custom_op("blasst::decode", mutates_args=())
+def decode(
+    q: Tensor, k: Tensor, v: Tensor,
+    cu_seqlens_q: Optional[Tensor] = None, cu_seqlens_k: Optional[Tensor] = None,
+    seqlens_q: Optional[Tensor] = None, seqlens_k: Optional[Tensor] = None,
+    block_table: Optional[Tensor] = None,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
+    scale: float = 0.0, causal: bool = True,
+    threshold_scale_factor: float = 0.0, per_kv_head_factor: Optional[Tensor] = None,
+    block_m: int = 0, block_n: int = 0, order: int = 0, splits: int = 0,
+    engine: int = 0, num_threads: int = 0, return_stats: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Decode attention (decision group: all G query heads of one KV head x all query rows)."""
+    return _impl(_lib.PHASE_DECODE, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
+                 max_seqlen_q, max_seqlen_k, scale, causal, threshold_scale_factor, per_kv_head_factor, block_m,
+                 block_n, order, splits, engine, num_threads, return_stats)
+
+
+@prefill.register_fake
+def _prefill_fake(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None, block_table=None,
+                  max_seqlen_q=0, max_seqlen_k=0, scale=0.0, causal=True, threshold_scale_factor=0.0,
+                  per_kv_head_factor=None, block_m=0, block_n=0, order=0, splits=0, engine=0, num_threads=0,
+                  return_stats=False):
+    return _fake(_lib.PHASE_PREFILL, q, v, return_stats)
+
+
+@decode.register_fake
+def _decode_fake(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None, block_table=None,
+                 max_seqlen_q=0, max_seqlen_k=0, scale=0.0, causal=True, threshold_scale_factor=0.0,
+                 per_kv_head_factor=None, block_m=0, block_n=0, order=0, splits=0, engine=0, num_threads=0,
+                 return_stats=False):
+    return _fake(_lib.PHASE_DECODE, q, v, return_stats)

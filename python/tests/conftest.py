@@ -1,0 +1,76 @@
+"""Shared fixtures: small structured inputs and a tiny randomly initialised Llama (no download)."""
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def structured_qkv(batch, lq, lk, hq, hkv, d, dv=None, dtype=torch.float32, spread=1.0, sink=16.0, seed=0):
+    """q [B, Lq, Hq, D], k [B, Lk, Hkv, D], v [B, Lk, Hkv, Dv] with an attention sink: key 0 adds
+    about `sink` to every score (scale 1/sqrt(D)), the other scores are noise of std ~spread^2,
+    so that many tiles are skippable at moderate thresholds."""
+    g = torch.Generator().manual_seed(seed)
+    dv = dv or d
+    u = torch.randn(d, generator=g)
+    u = u / u.norm()
+    q = torch.randn(batch, lq, hq, d, generator=g) * spread + u * d ** 0.5
+    k = torch.randn(batch, lk, hkv, d, generator=g) * spread
+    v = torch.randn(batch, lk, hkv, dv, generator=g)
+    k[:, 0] = u * sink
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def sdpa_reference(q, k, v, causal=True, scale=None, key_mask=None):
+    """fp64 attention with bottom-right causal alignment; q [B, Lq, Hq, D] etc. key_mask
+    [B, Hq, Lq, Lk] bool of keys to keep (on top of causality)."""
+    qd, kd, vd = (t.double().transpose(1, 2) for t in (q, k, v))
+    g = qd.shape[1] // kd.shape[1]
+    kd = kd.repeat_interleave(g, dim=1)
+    vd = vd.repeat_interleave(g, dim=1)
+    scale = scale or q.shape[-1] ** -0.5
+    s = (qd @ kd.transpose(-1, -2)) * scale
+    lq, lk = q.shape[1], k.shape[1]
+    allowed = torch.ones(lq, lk, dtype=torch.bool)
+    if causal:
+        allowed = torch.arange(lk)[None, :] <= (torch.arange(lq)[:, None] + lk - lq)
+    allowed = allowed.expand_as(s)
+    if key_mask is not None:
+        allowed = allowed & key_mask
+    s = s.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return (p @ vd).transpose(1, 2)
+
+
+def tiny_llama_config(**kw):
+    from transformers import LlamaConfig
+
+    base = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6)
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def tiny_llama(sharpen=1.0, seed=0, **kw):
+    """A tiny random Llama; sharpen > 1 scales the q/k projections so attention is peaked (as in
+    trained models) and skipping happens."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(**kw)).eval()
+    if sharpen != 1.0:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight.mul_(sharpen)
+                layer.self_attn.k_proj.weight.mul_(sharpen)
+    return model
+
+
+@pytest.fixture
+def llama():
+    return tiny_llama()
+
+
+@pytest.fixture
+def sharp_llama():
+    return tiny_llama(sharpen=32.0)

@@ -1,0 +1,88 @@
+"""CUDA paths (skipped without a GPU and a CUDA build): the ops on device tensors, the current
+stream, torch-allocated workspace, CUDA graph capture, and the HF integration on the GPU."""
+
+import pytest
+import torch
+
+import blasst
+from conftest import sdpa_reference, structured_qkv
+
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and blasst.cuda_available()),
+                                reason="needs a GPU and blasst built with its CUDA engines")
+
+
+def cuda(*ts):
+    return [t.cuda() for t in ts]
+
+
+def _run_or_skip(fn):
+    try:
+        return fn()
+    except blasst.BlasstUnsupported as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_prefill_matches_reference(d):
+    q, k, v = structured_qkv(2, 300, 300, 8, 2, d, dtype=torch.bfloat16)
+    out, lse = blasst.attention(*cuda(q, k, v), causal=True)
+    assert blasst.last_run_info().engine == "cuda"
+    ref = sdpa_reference(q.float(), k.float(), v.float())
+    assert (out.cpu().double() - ref).abs().max() < 3e-2
+
+
+def test_prefill_skip_decisions_match_cpu_engine():
+    q, k, v = structured_qkv(1, 256, 512, 4, 2, 64, dtype=torch.bfloat16)
+    out, _, stats = blasst.attention(*cuda(q, k, v), threshold_scale_factor=20.0, return_stats=True)
+    info = blasst.last_run_info()
+    assert stats.is_cuda and stats[:, 1].sum() > 0
+    # replay on the CPU engine at the geometry the GPU reported
+    _, _, cpu_stats = blasst.attention(q, k, v, threshold_scale_factor=20.0, return_stats=True,
+                                       block_m=info.block_m, block_n=info.block_n, order=info.order)
+    assert (stats.cpu() - cpu_stats).abs().sum() <= 2  # decisions may differ within rounding only
+
+
+def test_cuda_graph_capture():
+    q, k, v = cuda(*structured_qkv(1, 128, 128, 4, 2, 64, dtype=torch.bfloat16))
+    static_q = q.clone()
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        blasst.attention(static_q, k, v, threshold_scale_factor=5.0)  # warm-up
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, _ = blasst.attention(static_q, k, v, threshold_scale_factor=5.0)
+    static_q.copy_(q * 0.5)
+    g.replay()
+    torch.cuda.synchronize()
+    expected, _ = blasst.attention(q * 0.5, k, v, threshold_scale_factor=5.0)
+    assert torch.equal(out, expected)
+
+
+def test_decode_on_gpu():
+    q, k, v = structured_qkv(2, 1, 700, 8, 2, 128, dtype=torch.bfloat16)
+    out, _ = _run_or_skip(lambda: blasst.attention(*cuda(q, k, v), phase="decode"))
+    ref = sdpa_reference(q.float(), k.float(), v.float())
+    assert (out.cpu().double() - ref).abs().max() < 3e-2
+
+
+def test_hf_tiny_llama_on_gpu():
+    pytest.importorskip("transformers")
+    import blasst.hf
+    from conftest import tiny_llama
+
+    model = tiny_llama(head_dim=64, hidden_size=256, num_attention_heads=4, num_key_value_heads=2).cuda().to(
+        torch.bfloat16)
+    ids = torch.randint(0, 96, (2, 200), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[0, :50] = 0
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits.float()
+    blasst.hf.enable(model, blasst.BlasstConfig())
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask).logits.float()
+    assert (out[0, 50:] - ref[0, 50:]).abs().max() < 0.15
+    assert (out[1] - ref[1]).abs().max() < 0.15

@@ -1,0 +1,147 @@
+"""sparse_attention_config: read what ModelOpt writes, write what TensorRT-LLM reads, round-trip."""
+
+import json
+import math
+
+import pytest
+
+import blasst
+from blasst import schema
+
+# The checkpoint block of prior-art section 4 (ModelOpt export read by TensorRT-LLM / vLLM).
+PRIOR_ART_EXAMPLE = {
+    "config_groups": {
+        "group_0": {
+            "algorithm": "skip_softmax", "targets": ["LlamaAttention"], "ignore": ["model.layers.0.self_attn"],
+            "initial_disabled_steps": 16,
+            "threshold_scale_factor": {"formula": "a * exp(b * target_sparsity)",
+                                       "prefill": {"a": 7.93, "b": 8.61}, "decode": {"a": 0.12, "b": 9.85}},
+            "target_sparsity": {"prefill": 0.5, "decode": 0.3}},
+        "group_1": {"algorithm": "sparse_softmax", "sparsity_n": 2, "sparsity_m": 4, "dense_sink_tokens": 0,
+                    "dense_recent_tokens": 64}},
+    "producer": {"name": "modelopt", "version": "0.xx"},
+}
+
+# ModelOpt's older export: the formula beside config_groups, the group names the algorithm
+# "softmax_skip" under "sparse_algo".
+MODELOPT_LEGACY = {
+    "config_groups": {"group_0": {"sparse_algo": "softmax_skip", "targets": ["LlamaAttention"]}},
+    "threshold_scale_factor": {"formula": "a * exp(b * target_sparsity)",
+                               "prefill": {"a": 7.93, "b": 8.61}, "decode": {"a": 0.12, "b": 9.85}},
+    "producer": {"name": "modelopt", "version": "0.37.0"},
+}
+
+
+def test_reads_prior_art_example():
+    spec = schema.read_sparse_attention_config(PRIOR_ART_EXAMPLE)
+    assert spec.group_name == "group_0"
+    assert spec.ignore == ["model.layers.0.self_attn"] and spec.targets == ["LlamaAttention"]
+    assert spec.target_sparsity == {"prefill": 0.5, "decode": 0.3}
+    assert spec.formulas["prefill"].factor(0.5) == pytest.approx(7.93 * math.exp(8.61 * 0.5))
+    assert spec.formulas["decode"].factor(0.3) == pytest.approx(0.12 * math.exp(9.85 * 0.3))
+    assert spec.extra == {"initial_disabled_steps": 16}
+    cfg = blasst.BlasstConfig.from_sparse_attention_config(PRIOR_ART_EXAMPLE)
+    assert cfg.factor("prefill") == pytest.approx(7.93 * math.exp(8.61 * 0.5))  # about 587 (blog16)
+    assert not cfg.applies_to("model.layers.0.self_attn", "LlamaAttention")
+    assert cfg.applies_to("model.layers.3.self_attn", "LlamaAttention")
+    assert not cfg.applies_to("model.layers.3.self_attn", "MistralAttention")
+
+
+def test_reads_modelopt_legacy_export():
+    spec = schema.read_sparse_attention_config(MODELOPT_LEGACY)
+    assert spec.formulas["prefill"].coefficients == {"a": 7.93, "b": 8.61}
+    assert spec.target_sparsity == {}
+    cfg = blasst.BlasstConfig.from_sparse_attention_config(MODELOPT_LEGACY, target_sparsity=0.5)
+    assert cfg.factor("decode") == pytest.approx(0.12 * math.exp(9.85 * 0.5))
+    assert cfg.factor("prefill") == pytest.approx(7.93 * math.exp(8.61 * 0.5))
+
+
+@pytest.mark.parametrize("tsf, expected", [
+    (1000.0, {"prefill": 1000.0, "decode": 1000.0}),
+    ({"prefill": 1000.0, "decode": 500.0}, {"prefill": 1000.0, "decode": 500.0}),
+])
+def test_reads_fixed_factors_and_flat_user_form(tsf, expected):
+    flat = {"algorithm": "skip_softmax", "threshold_scale_factor": tsf}
+    spec = schema.read_sparse_attention_config(flat)
+    assert spec.factors == expected
+
+
+def test_reads_other_formula_forms():
+    shared = {"config_groups": {"g": {"algorithm": "skip_softmax", "target_sparsity": 0.45, "threshold_scale_factor": {
+        "formula": "a * exp(b * target_sparsity)", "coefficients": {"a": 2142.7, "b": 4.28}}}}}
+    spec = schema.read_sparse_attention_config(shared)
+    assert spec.formulas["decode"].factor(0.45) == pytest.approx(2142.7 * math.exp(4.28 * 0.45))
+    per_phase = {"config_groups": {"g": {"algorithm": "skip_softmax", "threshold_scale_factor": {
+        "prefill": {"formula": "c * 10 ** (d * target_sparsity)", "c": 2.0, "d": 1.0},
+        "decode": {"formula": "sqrt(k) + target_sparsity", "k": 4.0}}}}}
+    spec = schema.read_sparse_attention_config(per_phase)
+    assert spec.formulas["prefill"].factor(1.0) == pytest.approx(20.0)
+    assert spec.formulas["decode"].factor(0.5) == pytest.approx(2.5)
+
+
+def test_writes_what_tensorrt_llm_reads_and_round_trips(tmp_path):
+    formulas = {"prefill": schema.Formula(coefficients={"a": 7.92, "b": 8.615}),
+                "decode": schema.Formula(coefficients={"a": 0.12, "b": 9.857})}
+    sac = schema.write_sparse_attention_config(
+        PRIOR_ART_EXAMPLE, formulas=formulas, target_sparsity={"prefill": 0.6, "decode": 0.4},
+        producer={"name": "blasst", "version": "0.1.0"})
+    group = sac["config_groups"]["group_0"]
+    # the documented TensorRT-LLM layout
+    assert group["algorithm"] == "skip_softmax"
+    assert group["threshold_scale_factor"] == {"formula": "a * exp(b * target_sparsity)",
+                                               "prefill": {"a": 7.92, "b": 8.615}, "decode": {"a": 0.12, "b": 9.857}}
+    assert group["target_sparsity"] == {"prefill": 0.6, "decode": 0.4}
+    assert group["ignore"] == ["model.layers.0.self_attn"] and group["initial_disabled_steps"] == 16
+    assert sac["config_groups"]["group_1"] == PRIOR_ART_EXAMPLE["config_groups"]["group_1"]
+    assert sac["producer"]["name"] == "blasst"
+    skip_groups = [g for g in sac["config_groups"].values() if g.get("algorithm") == "skip_softmax"]
+    assert len(skip_groups) == 1
+    # into a config.json and back
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    schema.update_config_json(path, sac)
+    config = json.loads(path.read_text())
+    assert config["model_type"] == "llama"
+    spec = schema.read_sparse_attention_config(config["sparse_attention_config"])
+    assert spec.formulas["prefill"].factor(0.6) == pytest.approx(7.92 * math.exp(8.615 * 0.6))
+    assert spec.target_sparsity == {"prefill": 0.6, "decode": 0.4}
+
+
+def test_write_converts_legacy_layout():
+    formulas = {"prefill": schema.Formula(coefficients={"a": 1.0, "b": 2.0})}
+    sac = schema.write_sparse_attention_config(MODELOPT_LEGACY, formulas=formulas)
+    assert "threshold_scale_factor" not in sac  # moved into the group
+    assert sac["config_groups"]["group_0"]["algorithm"] == "skip_softmax"
+    assert "sparse_algo" not in sac["config_groups"]["group_0"]
+    assert sac["config_groups"]["group_0"]["targets"] == ["LlamaAttention"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"config_groups": {"a": {"algorithm": "skip_softmax"}, "b": {"algorithm": "skip_softmax"}}}, "at most one"),
+    ({"config_groups": {"a": {"algorithm": "skip_softmax", "threshold_scale_factor": {
+        "formula": "a * exp(b * target_sparsity)", "prefill": {"a": 1.0}}}}}, "neither target_sparsity"),
+    ({"config_groups": {"a": {"algorithm": "skip_softmax", "threshold_scale_factor": {
+        "formula": "__import__('os')", "coefficients": {}}}}}, "not supported"),
+    ({"config_groups": {"a": {"algorithm": "skip_softmax", "target_sparsity": 1.2}}}, r"\[0, 1\)"),
+    ({"config_groups": {"a": {"algorithm": "skip_softmax", "threshold_scale_factor": {"prefil": 3.0}}}}, "prefil"),
+    ({"config_groups": {"a": {"algorithm": "skip_softmax", "threshold_scale_factor": "big"}}}, "finite number"),
+    ({"config_groups": {"a": {"algorithm": "skip_softmax", "ignore": 3}}}, "list of strings"),
+])
+def test_bad_schemas_give_clear_errors(bad, match):
+    with pytest.raises(schema.SchemaError, match=match):
+        schema.read_sparse_attention_config(bad)
+
+
+def test_no_skip_group_means_dense():
+    only_other = {"config_groups": {"group_1": PRIOR_ART_EXAMPLE["config_groups"]["group_1"]}}
+    assert schema.read_sparse_attention_config(only_other) is None
+    cfg = blasst.BlasstConfig.from_sparse_attention_config(only_other)
+    assert cfg.factor("prefill") == 0.0 and cfg.factor("decode") == 0.0
+    with pytest.raises(blasst.ConfigError, match="needs a calibrated formula"):
+        blasst.BlasstConfig.from_sparse_attention_config(only_other, target_sparsity=0.5)
+
+
+def test_user_threshold_takes_precedence():
+    cfg = blasst.BlasstConfig.from_sparse_attention_config(PRIOR_ART_EXAMPLE, threshold_scale_factor={"decode": 5.0})
+    assert cfg.factor("decode") == 5.0
+    assert cfg.factor("prefill") == pytest.approx(7.93 * math.exp(8.61 * 0.5))
