@@ -18,11 +18,17 @@
 #include <cmath>
 
 #include "cuda/decode/decode_params.cuh"
-#include "cuda/decode/mma_utils.cuh"
+#include "cuda/decode/tile_layout.cuh"
+#include "cuda/ptx.cuh"
 
 namespace blasst::cuda::decode {
 
 constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) { ptx::ldmatrix_x4(addr, r[0], r[1], r[2], r[3]); }
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  ptx::ldmatrix_x4_trans(addr, r[0], r[1], r[2], r[3]);
+}
 
 template <int D, int MT>
 struct DecodeSmem {
@@ -99,15 +105,14 @@ __device__ __forceinline__ void load_kv_tile(const DecodeParams& p, const T* bas
     }
     const bool valid = pages[i] >= 0;
     const T* src = valid ? base + offset + hk * head_stride + chunk * 8 : base;
-    mma::cp_async_16(mma::smem_addr(dst + mma::swizzled_offset<D>(row, chunk * 8)), src, valid);
+    ptx::cp_async_16(ptx::smem_addr(dst + layout::swizzled_offset<D>(row, chunk * 8)), src, valid);
   }
 }
 
 template <class T, int D, int MT, bool kSkip>
 __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const DecodeParams p) {
   using Smem = DecodeSmem<D, MT>;
-  using E = mma::Element<T>;
-  constexpr int kThreads = decode_threads<D>();
+    constexpr int kThreads = decode_threads<D>();
   constexpr int kWarps = Smem::kWarps;
   constexpr int kStages = Smem::kStages;
   constexpr int kRowsPad = Smem::kRowsPad;
@@ -162,7 +167,7 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
         value = *reinterpret_cast<const uint4*>(
             q + q_side_offset(p, p.q_batch_stride, p.q_token_stride, p.q_head_stride, b, i, h) + chunk * 8);
       }
-      *reinterpret_cast<uint4*>(q_smem + mma::swizzled_offset<D>(r, chunk * 8)) = value;
+      *reinterpret_cast<uint4*>(q_smem + layout::swizzled_offset<D>(r, chunk * 8)) = value;
     }
   }
 
@@ -183,7 +188,7 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
         uint32_t r[4];
         const int key = warp * kKeys + np * 16 + (lane >> 4) * 8 + (lane & 7);
         const int col = ks * 16 + ((lane >> 3) & 1) * 8;
-        mma::ldmatrix_x4(r, mma::smem_addr(kbuf + mma::swizzled_offset<D>(key, col)));
+        ldsm_x4(r, ptx::smem_addr(kbuf + layout::swizzled_offset<D>(key, col)));
         bfrag[2 * np][0] = r[0];
         bfrag[2 * np][1] = r[1];
         bfrag[2 * np + 1][0] = r[2];
@@ -191,8 +196,8 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
       }
       for (int mt = 0; mt < MT; ++mt) {
         uint32_t a[4];
-        mma::ldmatrix_x4(a, mma::smem_addr(q_smem + mma::swizzled_offset<D>(mt * 16 + ld_row, ks * 16 + ld_col)));
-        for (int nt = 0; nt < kNT; ++nt) E::mma(s[mt][nt], a, bfrag[nt][0], bfrag[nt][1]);
+        ldsm_x4(a, ptx::smem_addr(q_smem + layout::swizzled_offset<D>(mt * 16 + ld_row, ks * 16 + ld_col)));
+        for (int nt = 0; nt < kNT; ++nt) ptx::mma_16816<T>(s[mt][nt], a, bfrag[nt][0], bfrag[nt][1]);
       }
     }
     // scale, and -inf for keys a row does not see
@@ -211,9 +216,9 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
     for (int mt = 0; mt < MT; ++mt)
       for (int h = 0; h < 2; ++h) {
         float mx = -INFINITY;
-        for (int nt = 0; nt < kNT; ++nt) mx = mma::max_nan(mx, mma::max_nan(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-        mx = mma::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = mma::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        for (int nt = 0; nt < kNT; ++nt) mx = layout::max_nan(mx, layout::max_nan(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        mx = layout::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = layout::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         if (lane % 4 == 0) red_max[warp * kRowsPad + mt * 16 + lane / 4 + 8 * h] = mx;
       }
     __syncthreads();
@@ -221,7 +226,7 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
       for (int h = 0; h < 2; ++h) {
         const int r = mt * 16 + lane / 4 + 8 * h;
         float mx = red_max[r];
-        for (int w = 1; w < kWarps; ++w) mx = mma::max_nan(mx, red_max[w * kRowsPad + r]);
+        for (int w = 1; w < kWarps; ++w) mx = layout::max_nan(mx, red_max[w * kRowsPad + r]);
         tile_max[mt][h] = mx;
       }
   };
@@ -240,13 +245,13 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
       int pages[TileCopy<D>::kPasses];
       lookup_pages<D>(p, b, tile, lk, pages);
       load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, tile, pages, k_smem);
-      mma::cp_async_commit();
-      mma::cp_async_wait<0>();
+      ptx::cp_async_commit();
+      ptx::cp_async_wait<0>();
       __syncthreads();
       compute_scores(k_smem, tile);
       reduce_row_max();
       for (int mt = 0; mt < MT; ++mt)
-        for (int h = 0; h < 2; ++h) m[mt][h] = mma::max_nan(m[mt][h], tile_max[mt][h]);
+        for (int h = 0; h < 2; ++h) m[mt][h] = layout::max_nan(m[mt][h], tile_max[mt][h]);
       __syncthreads();  // k_smem and red_max are reused
     }
   }
@@ -269,7 +274,7 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
         uint32_t r[4];
         const int key = ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
         const int col = warp * kVCols + np * 16 + (lane >> 4) * 8;
-        mma::ldmatrix_x4_trans(r, mma::smem_addr(vbuf + mma::swizzled_offset<D>(key, col)));
+        ldsm_x4_trans(r, ptx::smem_addr(vbuf + layout::swizzled_offset<D>(key, col)));
         bfrag[2 * np][0] = r[0];
         bfrag[2 * np][1] = r[1];
         bfrag[2 * np + 1][0] = r[2];
@@ -277,8 +282,8 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
       }
       for (int mt = 0; mt < MT; ++mt) {
         uint32_t a[4];
-        mma::ldmatrix_x4(a, mma::smem_addr(pbuf + mma::swizzled_offset<kBlockN>(mt * 16 + ld_row, ks * 16 + ld_col)));
-        for (int nt = 0; nt < kVTiles; ++nt) E::mma(o[mt][nt], a, bfrag[nt][0], bfrag[nt][1]);
+        ldsm_x4(a, ptx::smem_addr(pbuf + layout::swizzled_offset<kBlockN>(mt * 16 + ld_row, ks * 16 + ld_col)));
+        for (int nt = 0; nt < kVTiles; ++nt) ptx::mma_16816<T>(o[mt][nt], a, bfrag[nt][0], bfrag[nt][1]);
       }
     }
   };
@@ -291,7 +296,7 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
       load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, first + j, pages,
                          k_smem + j * Smem::kTileBytes);
     }
-    mma::cp_async_commit();
+    ptx::cp_async_commit();
   }
 
   bool pending = false;  // the previous tile was kept and its P V is still to be applied
@@ -299,9 +304,9 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
   for (int t = first; t < last; ++t) {
     const int j = t - first;
     if (j >= kStages) {
-      mma::cp_async_wait<2 * kStages - 2>();
+      ptx::cp_async_wait<2 * kStages - 2>();
     } else {
-      mma::cp_async_wait<kStages - 1>();
+      ptx::cp_async_wait<kStages - 1>();
     }
     __syncthreads();
     // pages of this tile (for V) and of the tile the K pipeline copies next, looked up now so
@@ -338,18 +343,18 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
     } else {
       ++skipped;
     }
-    mma::cp_async_commit();
+    ptx::cp_async_commit();
     if (t + kStages < last)
       load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, t + kStages,
                          k_pages, k_smem + (j % kStages) * Smem::kTileBytes);
-    mma::cp_async_commit();
+    ptx::cp_async_commit();
 
     if (keep) {
       // online softmax statistics now (the next vote needs m); P to shared memory
       unsigned char* pbuf = p_smem + slot * kRowsPad * kBlockN * 2;
       for (int mt = 0; mt < MT; ++mt)
         for (int h = 0; h < 2; ++h) {
-          const float m_new = mma::max_nan(m[mt][h], tile_max[mt][h]);
+          const float m_new = layout::max_nan(m[mt][h], tile_max[mt][h]);
           const float m_use = m_new == -INFINITY ? 0.0f : m_new;
           alpha_cur[mt][h] = exp2f((m[mt][h] - m_use) * kLog2e);
           float sum = 0.0f;
@@ -359,7 +364,7 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
             sum += p0 + p1;
             const int r = mt * 16 + lane / 4 + 8 * h;
             const int key = warp * kKeys + nt * 8 + 2 * (lane % 4);
-            *reinterpret_cast<uint32_t*>(pbuf + mma::swizzled_offset<kBlockN>(r, key)) = E::pack(p0, p1);
+            *reinterpret_cast<uint32_t*>(pbuf + layout::swizzled_offset<kBlockN>(r, key)) = ptx::pack2<T>(p0, p1);
           }
           sum += __shfl_xor_sync(0xffffffffu, sum, 1);
           sum += __shfl_xor_sync(0xffffffffu, sum, 2);
@@ -377,7 +382,7 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
     }
 
     if (pending) {
-      mma::cp_async_wait<3>();  // V of the previous tile (3 groups were committed after it)
+      ptx::cp_async_wait<3>();  // V of the previous tile (3 groups were committed after it)
       __syncthreads();
       apply_pv(slot ^ 1, alpha_prev);
     }
@@ -386,11 +391,11 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
       for (int h = 0; h < 2; ++h) alpha_prev[mt][h] = alpha_cur[mt][h];
   }
   if (pending) {
-    mma::cp_async_wait<0>();
+    ptx::cp_async_wait<0>();
     __syncthreads();
     apply_pv((last - first - 1) & 1, alpha_prev);
   }
-  mma::cp_async_wait<0>();
+  ptx::cp_async_wait<0>();
 
   if (threadIdx.x == 0 && first < last) {
     if (p.stats_per_head) {
@@ -414,7 +419,7 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
         const float inv = empty ? 0.0f : 1.0f / l[mt][h];
         for (int nt = 0; nt < kVTiles; ++nt) {
           const int col = warp * kVCols + nt * 8 + 2 * (lane % 4);
-          *reinterpret_cast<uint32_t*>(out + col) = E::pack(o[mt][nt][2 * h] * inv, o[mt][nt][2 * h + 1] * inv);
+          *reinterpret_cast<uint32_t*>(out + col) = ptx::pack2<T>(o[mt][nt][2 * h] * inv, o[mt][nt][2 * h + 1] * inv);
         }
         if (p.lse && warp == 0 && lane % 4 == 0)
           p.lse[q_side_offset(p, p.lse_batch_stride, p.lse_token_stride, p.lse_head_stride, b, i, head)] =
@@ -446,7 +451,7 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const D
   const int i = r / p.group, head = hk * p.group + r % p.group;
   const int64_t part0 = (int64_t(b) * p.num_kv_heads + hk) * p.splits * p.rows_max + r;
   float big = -INFINITY;
-  for (int sp = 0; sp < p.splits; ++sp) big = mma::max_nan(big, p.ws_ml[2 * (part0 + int64_t(sp) * p.rows_max)]);
+  for (int sp = 0; sp < p.splits; ++sp) big = layout::max_nan(big, p.ws_ml[2 * (part0 + int64_t(sp) * p.rows_max)]);
   T* out = static_cast<T*>(p.out) + q_side_offset(p, p.o_batch_stride, p.o_token_stride, p.o_head_stride, b, i, head);
   if (big == -INFINITY) {
     for (int d = threadIdx.x; d < D; d += kCombineThreads) out[d] = T(0.0f);
