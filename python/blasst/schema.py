@@ -236,6 +236,21 @@ def read_sparse_attention_config(sac: Any) -> Optional[SkipSoftmaxSpec]:
     return spec
 
 
+def _group_formulas(group: dict) -> dict[str, Formula]:
+    """Per-phase formulas of an existing skip_softmax group in the layout written below (shared
+    "formula" with per-phase coefficients, or a formula per phase); {} when there are none."""
+    tsf = group.get("threshold_scale_factor")
+    if not isinstance(tsf, dict):
+        return {}
+    out = {}
+    for phase in PHASES:
+        entry = tsf.get(phase)
+        expr = entry.get("formula", tsf.get("formula")) if isinstance(entry, dict) else None
+        if isinstance(expr, str):
+            out[phase] = Formula(expr, {k: v for k, v in entry.items() if k != "formula"})
+    return out
+
+
 def write_sparse_attention_config(
     existing: Optional[dict] = None,
     *,
@@ -254,7 +269,7 @@ def write_sparse_attention_config(
      "producer": {"name": "blasst", "version": ..}}
 
     Groups of other algorithms in `existing` are kept; an existing skip_softmax group (either
-    form) is replaced under its own name.
+    form) is replaced under its own name, keeping the formula and target of a phase not given.
     """
     sac = json.loads(json.dumps(existing)) if existing else {}
     groups = sac.setdefault("config_groups", {})
@@ -273,6 +288,11 @@ def write_sparse_attention_config(
     for k, v in old.items():  # keep fields we do not manage (e.g. initial_disabled_steps)
         if k not in ("algorithm", "sparse_algo", "targets", "ignore", "threshold_scale_factor", "target_sparsity"):
             group[k] = v
+    # A calibration of one phase keeps the other phase's formula and target from the old group.
+    formulas = {**_group_formulas(old), **(formulas or {})}
+    old_targets = old.get("target_sparsity")
+    if isinstance(old_targets, dict):
+        target_sparsity = {**{p: v for p, v in old_targets.items() if p in PHASES}, **(target_sparsity or {})}
     if formulas:
         exprs = {f.expr for f in formulas.values()}
         if len(exprs) == 1:

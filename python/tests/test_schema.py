@@ -145,3 +145,20 @@ def test_user_threshold_takes_precedence():
     cfg = blasst.BlasstConfig.from_sparse_attention_config(PRIOR_ART_EXAMPLE, threshold_scale_factor={"decode": 5.0})
     assert cfg.factor("decode") == 5.0
     assert cfg.factor("prefill") == pytest.approx(7.93 * math.exp(8.61 * 0.5))
+
+
+def test_calibrating_one_phase_keeps_the_other_phases_formula():
+    decode_only = schema.write_sparse_attention_config(
+        formulas={"decode": schema.Formula(schema.DEFAULT_FORMULA, {"a": 0.36, "b": 10.7})}, target_sparsity={"decode": 0.3})
+    both = schema.write_sparse_attention_config(
+        decode_only, formulas={"prefill": schema.Formula(schema.DEFAULT_FORMULA, {"a": 54.3, "b": 6.76})},
+        target_sparsity={"prefill": 0.5})
+    spec = schema.read_sparse_attention_config(both)
+    assert spec.formulas["decode"].coefficients == {"a": 0.36, "b": 10.7}
+    assert spec.formulas["prefill"].coefficients == {"a": 54.3, "b": 6.76}
+    assert spec.target_sparsity == {"prefill": 0.5, "decode": 0.3}
+    # a new fit of a phase replaces only that phase
+    again = schema.write_sparse_attention_config(both, formulas={"decode": schema.Formula(schema.DEFAULT_FORMULA, {"a": 1.0, "b": 2.0})})
+    spec = schema.read_sparse_attention_config(again)
+    assert spec.formulas["decode"].coefficients == {"a": 1.0, "b": 2.0}
+    assert spec.formulas["prefill"].coefficients == {"a": 54.3, "b": 6.76}
