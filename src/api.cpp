@@ -52,8 +52,9 @@ Status run_checked(blasst_phase phase, const blasst_args& args, blasst_run_info*
                                                ", expected " + std::to_string(sizeof(blasst_run_info)) +
                                                " (initialize it with blasst_run_info_init)"};
 
+  const bool on_device = args_on_device(args);  // one pointer query per call
   blasst_engine engine = args.engine;
-  if (engine == BLASST_ENGINE_AUTO) engine = args_on_device(args) ? BLASST_ENGINE_CUDA : BLASST_ENGINE_CPU;
+  if (engine == BLASST_ENGINE_AUTO) engine = on_device ? BLASST_ENGINE_CUDA : BLASST_ENGINE_CPU;
 
   Status status;
   if (engine == BLASST_ENGINE_CUDA) {
@@ -65,7 +66,7 @@ Status run_checked(blasst_phase phase, const blasst_args& args, blasst_run_info*
     status = cuda::run(args, phase, info ? &local : nullptr);
 #endif
   } else {
-    if (args_on_device(args))
+    if (on_device)
       return {BLASST_ERROR_INVALID_ARGUMENT, "engine cpu: q.data is device memory; the CPU engine needs host memory"};
     const blasst_geometry geometry = detail::resolve_geometry(args.geometry);
     if (Status s = detail::validate_host_contents(args, phase, geometry); !s) return s;

@@ -140,7 +140,7 @@ class GroupRunner {
       write_empty_rows(sc);
       return stats;
     }
-    load_queries(grp, sc);
+    load_queries(sc);
 
     const bool anchored = g_.order == BLASST_ORDER_ANCHORED;
     if (anchored) {
@@ -211,7 +211,7 @@ class GroupRunner {
     }
   }
 
-  void load_queries(const Group&, Scratch& sc) const {
+  void load_queries(Scratch& sc) const {
     for_input_dtype([&](auto load) {
       for (size_t r = 0; r < sc.rows.size(); ++r) {
         float* dst = sc.q.data() + r * size_t(dqk_);
