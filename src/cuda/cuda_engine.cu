@@ -7,6 +7,8 @@
 #include <cmath>
 #include <climits>
 #include <mutex>
+#include <optional>
+#include <algorithm>
 #include <cstdlib>
 #include <cstdint>
 #include <string>
@@ -14,6 +16,7 @@
 
 #include "cuda/decode/decode_launch.hpp"
 #include "cuda/prefill_dispatch.hpp"
+#include "cuda/sm90/prefill_sm90.hpp"
 
 namespace blasst::cuda {
 namespace {
@@ -66,11 +69,71 @@ int v_prefetch_mode() {
   return mode;
 }
 
+// Prefill kernel choice: BLASST_CUDA_PREFILL_KERNEL=sm80 keeps Hopper on the sm_80 kernel
+// (for comparisons); anything else lets the engine pick the sm_90a kernel where it fits.
+bool sm90_allowed_by_env() {
+  static const bool allowed = [] {
+    const char* env = std::getenv("BLASST_CUDA_PREFILL_KERNEL");
+    return !(env && std::string(env) == "sm80");
+  }();
+  return allowed;
+}
+
+// sm_90a code runs on compute capability 9.0 only.
+bool device_is_sm90() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+}
+
+// Rows a TMA view (rows, D, heads) of a packed tensor may span within its numel.
+int64_t packed_rows(const blasst_tensor& t, int heads, int head_dim) {
+  if (t.token_stride <= 0) return 0;
+  const int64_t rest = t.numel - head_dim - int64_t(heads - 1) * t.head_stride;
+  return rest < 0 ? 0 : rest / t.token_stride + 1;
+}
+
+// The TMA extents for the sm_90a kernel, or nothing when the call does not fit it: a paged
+// cache needs pages of a multiple of 128 tokens (a power of two) laid out as consecutive
+// token rows; every extent must fit 32 bits and every stride the TMA limit of 2^40 bytes.
+std::optional<sm90::TmaExtents> sm90_extents(const blasst_args& a, Elem elem) {
+  if (!sm90_allowed_by_env() || !sm90::built(elem, a.head_dim_qk) || !device_is_sm90()) return std::nullopt;
+  sm90::TmaExtents e;
+  int64_t q_rows = a.cu_seqlens_q ? packed_rows(a.q, a.num_q_heads, a.head_dim_qk) : a.max_seqlen_q;
+  int64_t kv_rows = 0;
+  if (a.block_table) {
+    if (a.page_size % sm90::kBlockN != 0 || (a.page_size & (a.page_size - 1)) != 0) return std::nullopt;
+    if (a.k.batch_stride != int64_t(a.page_size) * a.k.token_stride ||
+        a.v.batch_stride != int64_t(a.page_size) * a.v.token_stride)
+      return std::nullopt;
+    kv_rows = int64_t(a.num_pages) * a.page_size;
+  } else if (a.cu_seqlens_k) {
+    kv_rows = std::min(packed_rows(a.k, a.num_kv_heads, a.head_dim_qk), packed_rows(a.v, a.num_kv_heads, a.head_dim_v));
+  } else {
+    kv_rows = a.max_seqlen_k;
+  }
+  if (q_rows <= 0 || kv_rows <= 0 || q_rows > INT32_MAX || kv_rows > INT32_MAX) return std::nullopt;
+  constexpr int64_t kMaxStride = (int64_t(1) << 40) / 2;
+  for (const blasst_tensor* t : {&a.q, &a.k, &a.v})
+    if (t->token_stride >= kMaxStride || t->head_stride >= kMaxStride || t->batch_stride >= kMaxStride) return std::nullopt;
+  e.q_rows = int32_t(q_rows);
+  e.q_batch = a.cu_seqlens_q ? 1 : a.batch;
+  e.kv_rows = int32_t(kv_rows);
+  e.kv_batch = (a.block_table || a.cu_seqlens_k) ? 1 : a.batch;
+  return e;
+}
+
 Status run_prefill(const blasst_args& a, blasst_run_info* info) {
   if (a.q.dtype != BLASST_DTYPE_BFLOAT16 && a.q.dtype != BLASST_DTYPE_FLOAT16)
     return unsupported("prefill takes bfloat16 or float16 inputs");
   if (a.head_dim_qk != a.head_dim_v) return unsupported("prefill needs head_dim_qk == head_dim_v");
-  const PrefillTiles tiles = prefill_tiles(a.head_dim_qk);
+  const Elem elem = a.q.dtype == BLASST_DTYPE_BFLOAT16 ? Elem::kBf16 : Elem::kFp16;
+  const std::optional<sm90::TmaExtents> sm90_tma = sm90_extents(a, elem);
+  const PrefillTiles tiles = sm90_tma ? PrefillTiles{sm90::kGroupRows, sm90::kBlockN} : prefill_tiles(a.head_dim_qk);
   if (tiles.block_m == 0)
     return unsupported("prefill head dim " + std::to_string(a.head_dim_qk) + " is not built (64, 128, 256)");
 #if !BLASST_CUDA_BUILD_FP16
@@ -161,8 +224,8 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
     if (err != cudaSuccess) return cuda_error("clearing decisions", err);
   }
   if (row_blocks > 0) {
-    const Elem elem = a.q.dtype == BLASST_DTYPE_BFLOAT16 ? Elem::kBf16 : Elem::kFp16;
-    err = launch_prefill(elem, a.head_dim_qk, skip, p, stream);
+    err = sm90_tma ? sm90::launch(elem, a.head_dim_qk, skip, p, *sm90_tma, stream)
+                   : launch_prefill(elem, a.head_dim_qk, skip, p, stream);
     if (err != cudaSuccess) return cuda_error("prefill launch", err);
   }
 
@@ -222,6 +285,39 @@ cudaError_t launch_prefill(Elem elem, int head_dim, bool skip, const PrefillPara
     default: return cudaErrorInvalidValue;
   }
 }
+
+namespace sm90 {
+
+bool built(Elem elem, int head_dim) {
+#if !BLASST_CUDA_BUILD_FP16
+  if (elem == Elem::kFp16) return false;
+#endif
+  (void)elem;
+  switch (head_dim) {
+#if BLASST_CUDA_BUILD_SM90_D64
+    case 64: return true;
+#endif
+#if BLASST_CUDA_BUILD_SM90_D128
+    case 128: return true;
+#endif
+    default: return false;
+  }
+}
+
+cudaError_t launch(Elem elem, int head_dim, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
+  (void)elem, (void)skip, (void)p, (void)e, (void)stream;
+  switch (head_dim) {
+#if BLASST_CUDA_BUILD_SM90_D64
+    case 64: return launch_d64(elem, skip, p, e, stream);
+#endif
+#if BLASST_CUDA_BUILD_SM90_D128
+    case 128: return launch_d128(elem, skip, p, e, stream);
+#endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace sm90
 
 bool device_available() {
   static const bool available = [] {

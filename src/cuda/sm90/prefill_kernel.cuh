@@ -1,0 +1,366 @@
+// The sm_90a prefill kernel: TMA loads by a producer warp, wgmma in two consumer warpgroups,
+// the SPEC skip rule per consumer warpgroup (decision group = its 64 query rows).
+//
+// Pipeline: K and V each have kStages shared-memory buffers with a "full" mbarrier (the TMA
+// transaction lands) and an "empty" mbarrier (all 8 consumer warps are done with it). The
+// producer streams the CTA's tile sequence (visit_plan.cuh) into them; each consumer warpgroup
+// walks the same sequence and per tile it processes:
+//   S = Q K^T (wgmma, smem x smem) -> release K -> mask (causal diagonal, keys past Lk) ->
+//   row max -> vote (each row: mt - m < ln(lambda) in fp32 on scaled scores; the warpgroup
+//   keeps the tile iff any existing row keeps it; one bar.red) -> skipped: release V, done ->
+//   kept: rescale O, P = exp2(...) in registers -> O += P V (wgmma, registers x smem) -> release V.
+// A skipped tile thus costs its QK^T and the vote only.
+#pragma once
+
+#include <cute/arch/cluster_sm90.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "cuda/prefill_params.hpp"
+#include "cuda/sm90/prefill_traits.cuh"
+#include "cuda/sm90/softmax_vote.cuh"
+#include "cuda/sm90/visit_plan.cuh"
+
+namespace blasst::cuda::sm90 {
+
+template <class Traits>
+struct KernelParams {
+  PrefillParams p;
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  typename Traits::GmemShape q_shape;  // (rows, D, Hq, batch) as the TMA descriptors see them
+  typename Traits::GmemShape k_shape;  // (rows, D, Hkv, batch)
+  int32_t row_blocks;                  // CTAs per (batch, head): ceil(max_seqlen_q / kBlockM)
+  int32_t group_blocks;                // decision groups per (batch, head): p.row_blocks
+};
+
+namespace detail {
+__device__ __forceinline__ int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
+}  // namespace detail
+
+template <class Traits, bool kSkip>
+__global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const __grid_constant__ KernelParams<Traits> P) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using T = typename Traits::Element;
+  using Barrier = cutlass::arch::ClusterTransactionBarrier;
+  using EmptyBarrier = cutlass::arch::ClusterBarrier;
+  constexpr int D = Traits::D;
+  constexpr int BM = Traits::kBlockM;
+  constexpr int BN = Traits::kBlockN;
+  constexpr int GR = Traits::kGroupRows;
+  constexpr int kStages = Traits::kStages;
+  const PrefillParams& p = P.p;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
+
+  // CTA order as in the sm_80 kernel: the query heads of one KV head for one row block are
+  // consecutive, then the next row block (causal: heaviest first), then the next KV head.
+  const int cta = blockIdx.x;
+  const int g_in = cta % p.q_per_kv;
+  const int blk_i = (cta / p.q_per_kv) % P.row_blocks;
+  const int h = (cta / p.q_per_kv / P.row_blocks) * p.q_per_kv + g_in;
+  const int blk = p.causal ? P.row_blocks - 1 - blk_i : blk_i;
+  const int b = blockIdx.y;
+
+  int q_start = 0, lq = p.max_seqlen_q, k_start = 0, lk = p.max_seqlen_k;
+  if (p.cu_seqlens_q) {
+    q_start = p.cu_seqlens_q[b];
+    lq = p.cu_seqlens_q[b + 1] - q_start;
+  } else if (p.seqlens_q) {
+    lq = p.seqlens_q[b];
+  }
+  if (p.cu_seqlens_k) {
+    k_start = p.cu_seqlens_k[b];
+    lk = p.cu_seqlens_k[b + 1] - k_start;
+  } else if (p.seqlens_k) {
+    lk = p.seqlens_k[b];
+  }
+  lq = detail::clampi(lq, 0, p.max_seqlen_q);
+  lk = detail::clampi(lk, 0, p.max_seqlen_k);
+  const int row0 = blk * BM;
+  if (row0 >= lq) return;
+  const int rows_here = min(BM, lq - row0);
+  const int kv_head = h / p.q_per_kv;
+  const int causal_shift = lk - lq + 1;  // row i sees keys < i + causal_shift (clamped)
+  auto key_end = [&](int i) { return p.causal ? detail::clampi(i + causal_shift, 0, lk) : lk; };
+
+  // Each group's last tile (-1: the group has no row or no row sees a key).
+  int last[Traits::kConsumerGroups];
+#pragma unroll
+  for (int g = 0; g < Traits::kConsumerGroups; ++g) {
+    const int rows_g = detail::clampi(rows_here - g * GR, 0, GR);
+    last[g] = rows_g > 0 ? (key_end(row0 + g * GR + rows_g - 1) + BN - 1) / BN - 1 : -1;
+  }
+
+  bool skip_on = false;
+  float log_lambda = kNegInf;
+  if constexpr (kSkip) {
+    const float f = p.per_kv_head_factor ? p.per_kv_head_factor[kv_head] : p.threshold_scale_factor;
+    const double lambda = double(f) / double(lk);
+    if (f > 0.0f && lambda < 1.0) {
+      skip_on = true;
+      log_lambda = float(log(lambda));
+    }
+  }
+  VisitPlan plan;
+  plan.anchored = kSkip && skip_on && p.anchored;
+  plan.last_max = max(last[0], last[1]);
+  plan.last_min = min(last[0], last[1]);
+  const int n_stream = plan.length();
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    Barrier::init(&ss.q_full, 1);
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      Barrier::init(&ss.k_full[s], 1);
+      Barrier::init(&ss.v_full[s], 1);
+      EmptyBarrier::init(&ss.k_empty[s], 4 * Traits::kConsumerGroups);
+      EmptyBarrier::init(&ss.v_empty[s], 4 * Traits::kConsumerGroups);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const bool paged = p.block_table != nullptr;
+  // Row of the TMA tensor where key `key` of this entry lives, and the batch coordinate.
+  const int kv_batch = (paged || p.cu_seqlens_k) ? 0 : b;
+  const int32_t* pages = paged ? p.block_table + int64_t(b) * p.block_table_stride : nullptr;
+  auto kv_row = [&](int key) -> int {
+    if (!paged) return (p.cu_seqlens_k ? k_start : 0) + key;
+    const int page = key >> p.page_shift;
+    return pages[page] * p.page_size + (key & (p.page_size - 1));
+  };
+
+  if (warp < 4) {
+    // ---------------- producer warpgroup ----------------
+    cutlass::arch::warpgroup_reg_dealloc<24>();
+    if (warp == 0 && cute::elect_one_sync()) {
+      Tensor mQ = P.tma_q.get_tma_tensor(P.q_shape);
+      Tensor mK = P.tma_k.get_tma_tensor(P.k_shape);
+      Tensor mV = P.tma_v.get_tma_tensor(P.k_shape);
+      Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+      Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+      Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+      const int q_batch = p.cu_seqlens_q ? 0 : b;
+      Tensor gQ = local_tile(domain_offset(make_coord(q_start + row0, 0), mQ(_, _, h, q_batch)),
+                            Shape<Int<BM>, Int<D>>{}, make_coord(0, 0));
+      auto cta_q = P.tma_q.get_slice(0);
+      Barrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
+      copy(P.tma_q.with(ss.q_full), cta_q.partition_S(gQ), cta_q.partition_D(sQ));
+
+      auto cta_k = P.tma_k.get_slice(0);
+      auto cta_v = P.tma_v.get_slice(0);
+      Tensor tKsK = cta_k.partition_D(sK);  // (TMA, 1, 1, stages)
+      Tensor tVsV = cta_v.partition_D(sV);
+      for (int i = 0; i < n_stream; ++i) {
+        const int t = plan.at(i);
+        const int s = i % kStages;
+        const uint32_t phase = uint32_t(i / kStages) & 1u;
+        const int row = kv_row(t * BN);
+        Tensor gK = local_tile(domain_offset(make_coord(row, 0), mK(_, _, kv_head, kv_batch)), Shape<Int<BN>, Int<D>>{},
+                               make_coord(0, 0));
+        Tensor gV = local_tile(domain_offset(make_coord(row, 0), mV(_, _, kv_head, kv_batch)), Shape<Int<BN>, Int<D>>{},
+                               make_coord(0, 0));
+        EmptyBarrier::wait(&ss.k_empty[s], phase ^ 1u);
+        Barrier::arrive_and_expect_tx(&ss.k_full[s], Traits::kTileBytes);
+        copy(P.tma_k.with(ss.k_full[s]), cta_k.partition_S(gK), tKsK(_, _, _, s));
+        EmptyBarrier::wait(&ss.v_empty[s], phase ^ 1u);
+        Barrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kTileBytes);
+        copy(P.tma_v.with(ss.v_full[s]), cta_v.partition_S(gV), tVsV(_, _, _, s));
+      }
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroups ----------------
+  cutlass::arch::warpgroup_reg_alloc<240>();
+  const int ct = threadIdx.x - 128;  // 0 .. 255
+  const int grp = ct / 128;          // decision group of this warpgroup
+  const int wt = ct % 128;           // thread within the warpgroup
+  GroupOrder order;
+  order.last = grp == 0 ? last[0] : last[1];
+  order.anchored = plan.anchored;
+  const int n_own = order.tiles();
+  const int group_row0 = row0 + grp * GR;
+  const int group_rows = detail::clampi(rows_here - grp * GR, 0, GR);
+  const int ke_first = key_end(group_row0);  // tiles from (ke_first / BN) on need the mask
+  const bool vote_on = kSkip && skip_on;
+
+  typename Traits::MmaS mma_s;
+  typename Traits::MmaO mma_o;
+  auto thr_s = mma_s.get_thread_slice(ct);
+  auto thr_o = mma_o.get_thread_slice(ct);
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
+  Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, D/16) descriptors
+  Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, 1, D/16, stages)
+  Tensor tOrVt = thr_o.partition_fragment_B(sVt); // (MMA, 1, BN/16, stages)
+  Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<BM>, Int<BN>>{});
+  Tensor tOrO = partition_fragment_C(mma_o, Shape<Int<BM>, Int<D>>{});
+  Tensor tScS = thr_s.partition_C(make_identity_tensor(Shape<Int<BM>, Int<BN>>{}));
+  Tensor s_rc = make_tensor(tSrS.data(), rowcol_layout(tSrS.layout()));
+  Tensor o_rc = make_tensor(tOrO.data(), rowcol_layout(tOrO.layout()));
+  Tensor c_rc = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
+  constexpr int R = decltype(size<0>(s_rc))::value;
+  clear(tOrO);
+  OnlineSoftmax<R> sm;
+  sm.init();
+
+  auto release = [&](uint64_t* bar) {
+    if (lane == 0) EmptyBarrier::arrive(bar);
+  };
+  const int trace_group = blk * Traits::kConsumerGroups + grp;
+  const int64_t trace_base =
+      p.decisions ? ((int64_t(b) * p.num_q_heads + h) * P.group_blocks + trace_group) * p.tiles_per_group : 0;
+  const float scale = p.scale;
+  const float scale_log2 = p.scale_log2;
+  int skipped = 0;
+  int j = 0;  // position in the group's own order
+
+  Barrier::wait(&ss.q_full, 0);
+  for (int i = 0; i < n_stream; ++i) {
+    const int t = plan.at(i);
+    const int s = i % kStages;
+    const uint32_t phase = uint32_t(i / kStages) & 1u;
+    if (j >= n_own || t != order.at(j)) {
+      // Not this group's tile here: let the loads land, then hand the buffers back.
+      Barrier::wait(&ss.k_full[s], phase);
+      release(&ss.k_empty[s]);
+      Barrier::wait(&ss.v_full[s], phase);
+      release(&ss.v_empty[s]);
+      continue;
+    }
+    ++j;
+
+    // S = Q K^T
+    Barrier::wait(&ss.k_full[s], phase);
+    warpgroup_fence_operand(tSrS);
+    warpgroup_arrive();
+    mma_s.accumulate_ = GMMA::ScaleOut::Zero;
+#pragma unroll
+    for (int kb = 0; kb < size<2>(tSrQ); ++kb) {
+      cute::gemm(mma_s, tSrQ(_, _, kb), tSrK(_, _, kb, s), tSrS);
+      mma_s.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tSrS);
+    release(&ss.k_empty[s]);
+
+    // Keys a row does not see become -inf (causal diagonal, keys past lk).
+    if ((t + 1) * BN > ke_first) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int ke = key_end(row0 + get<0>(c_rc(r, 0))) - t * BN;
+#pragma unroll
+        for (int c = 0; c < size<1>(s_rc); ++c)
+          if (get<1>(c_rc(r, c)) >= ke) s_rc(r, c) = kNegInf;
+      }
+    }
+    float mt[R];
+    row_max(s_rc, mt);
+
+    if (vote_on && !order.is_anchor(t)) {
+      // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda).
+      bool keep = false;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const bool exists = get<0>(c_rc(r, 0)) - grp * GR < group_rows;
+        const float x = mt[r];
+        if (exists && x != kNegInf && !(x * scale - sm.m[r] * scale < log_lambda)) keep = true;
+      }
+      if (!warpgroup_any(keep, 1 + grp)) {
+        ++skipped;
+        if (p.decisions && wt == 0) p.decisions[trace_base + t] = 2;  // BLASST_TILE_SKIPPED
+        Barrier::wait(&ss.v_full[s], phase);
+        release(&ss.v_empty[s]);
+        continue;
+      }
+    }
+    if (p.decisions && wt == 0) p.decisions[trace_base + t] = 1;  // BLASST_TILE_KEPT
+
+    sm.update(s_rc, o_rc, mt, scale_log2);
+    Tensor rP = convert_fragment<T>(tSrS);
+    Tensor tOrP = make_tensor(rP.data(), acc_as_a_layout(rP.layout()));
+
+    Barrier::wait(&ss.v_full[s], phase);
+    if ((t + 1) * BN > lk) {
+      // Rows of V past lk hold another entry's or padding values (maybe NaN): P is 0 there,
+      // but 0 * NaN is not, so zero them before P V.
+      Tensor sVs = sV(_, _, s);
+      const int first = lk - t * BN;
+      for (int idx = wt; idx < (BN - first) * (D / 8); idx += 128) {
+        const int r = first + idx / (D / 8);
+        const int c = (idx % (D / 8)) * 8;
+        *reinterpret_cast<uint4*>(&sVs(r, c)) = make_uint4(0, 0, 0, 0);
+      }
+      cutlass::arch::fence_view_async_shared();
+      cutlass::arch::NamedBarrier::sync(128, 3 + grp);
+    }
+    warpgroup_fence_operand(tOrO);
+    warpgroup_arrive();
+#pragma unroll
+    for (int kb = 0; kb < size<2>(tOrP); ++kb) cute::gemm(mma_o, tOrP(_, _, kb), tOrVt(_, _, kb, s), tOrO);
+    warpgroup_commit_batch();
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrO);
+    release(&ss.v_empty[s]);
+  }
+
+  // ---------------- epilogue: O = o / l, LSE = m * scale + ln(l) ----------------
+  float inv[R];
+  float lse[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    float sum = sm.l[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const bool empty = sm.m[r] == kNegInf || sum == 0.0f;
+    inv[r] = empty ? 0.0f : 1.0f / sum;
+    lse[r] = empty ? kNegInf : sm.m[r] * scale + logf(sum);
+#pragma unroll
+    for (int c = 0; c < size<1>(o_rc); ++c) o_rc(r, c) *= inv[r];
+  }
+  // O goes through this group's half of the Q buffer (no other warpgroup reads those rows)
+  // so that each thread then writes whole 16-byte row chunks.
+  Tensor rO = convert_fragment<T>(tOrO);
+  Tensor sO = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor tOsO = thr_o.partition_C(sO);
+#pragma unroll
+  for (int e = 0; e < size(rO); ++e) tOsO(e) = rO(e);
+  cutlass::arch::NamedBarrier::sync(128, 3 + grp);
+
+  const bool ragged_q = p.cu_seqlens_q != nullptr;
+  T* o_base = static_cast<T*>(p.out) + (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +
+              int64_t(h) * p.o_head_stride;
+  for (int idx = wt; idx < group_rows * (D / 8); idx += 128) {
+    const int r = idx / (D / 8);
+    const int c = (idx % (D / 8)) * 8;
+    const int row = grp * GR + r;
+    *reinterpret_cast<uint4*>(o_base + int64_t(row0 + row) * p.o_token_stride + c) =
+        *reinterpret_cast<const uint4*>(&sO(row, c));
+  }
+  if (p.lse && (lane & 3) == 0) {
+    float* lse_base = p.lse + (ragged_q ? int64_t(q_start) * p.lse_token_stride : int64_t(b) * p.lse_batch_stride) +
+                      int64_t(h) * p.lse_head_stride;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int row = get<0>(c_rc(r, 0));
+      if (row < rows_here) lse_base[int64_t(row0 + row) * p.lse_token_stride] = lse[r];
+    }
+  }
+  if (p.stats_per_head && wt == 0 && n_own > 0) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(p.stats_per_head + 2 * h), (unsigned long long)n_own);
+    if (skipped) atomicAdd(reinterpret_cast<unsigned long long*>(p.stats_per_head + 2 * h + 1), (unsigned long long)skipped);
+  }
+#endif
+}
+
+}  // namespace blasst::cuda::sm90

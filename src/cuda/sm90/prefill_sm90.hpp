@@ -1,0 +1,37 @@
+// Host-side entry of the sm_90a prefill kernel (Hopper: TMA + wgmma + warp specialization).
+// The engine uses it on compute capability 9.0 when the call fits it (sm90_supports), and the
+// sm_80 kernel otherwise.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/prefill_dispatch.hpp"
+#include "cuda/prefill_params.hpp"
+
+namespace blasst::cuda::sm90 {
+
+constexpr int kGroupRows = 64;  // block_m: rows of one decision group (a consumer warpgroup)
+constexpr int kBlockN = 128;    // block_n: keys of a tile
+constexpr int kCtaRows = 128;   // rows of a CTA (two decision groups)
+
+// Extents of the row and batch modes of the TMA views of Q and of K/V (see KernelParams).
+struct TmaExtents {
+  int32_t q_rows = 0, q_batch = 0;
+  int32_t kv_rows = 0, kv_batch = 0;
+};
+
+// Whether the sm_90a kernel for (elem, head_dim) is in this build.
+bool built(Elem elem, int head_dim);
+
+// Launches it; p.row_blocks counts 64-row decision groups.
+cudaError_t launch(Elem elem, int head_dim, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);
+
+#define BLASST_DECLARE_SM90_PREFILL(D) \
+  cudaError_t launch_d##D(Elem elem, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);
+BLASST_DECLARE_SM90_PREFILL(64)
+BLASST_DECLARE_SM90_PREFILL(128)
+#undef BLASST_DECLARE_SM90_PREFILL
+
+}  // namespace blasst::cuda::sm90

@@ -1,0 +1,10 @@
+// sm_90a prefill instantiations for head dimension 128: bf16/fp16 x dense/skip.
+#include "cuda/sm90/prefill_launch.cuh"
+
+namespace blasst::cuda::sm90 {
+
+cudaError_t launch_d128(Elem elem, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
+  return launch_for_dim<128>(elem, skip, p, e, stream);
+}
+
+}  // namespace blasst::cuda::sm90

@@ -1,0 +1,79 @@
+// Compile-time shape of the sm_90a prefill kernel: tiles, shared-memory layouts, the two
+// warpgroup MMAs and the TMA copy types, per (element type, head dimension).
+//
+// One CTA = 3 warpgroups: warpgroup 0 is the producer (one thread issues every TMA load),
+// warpgroups 1 and 2 are consumers, each owning 64 consecutive query rows of the CTA's
+// 128-row block. A consumer warpgroup's 64 rows are one SPEC decision group (block_m = 64).
+//   smem  Q [128, D] (reused for O in the epilogue), K [kStages][128, D], V [kStages][128, D],
+//         all K-major with the 128-byte swizzle that wgmma and TMA share.
+//   S = Q K^T : wgmma 64 x 128 x D per consumer warpgroup, A and B from shared memory.
+//   O += P V  : wgmma 64 x D x 128, P from registers (the S accumulators converted in place),
+//               V read transposed (MN-major) through a second view of the same shared memory.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/numeric_types.h>
+
+namespace blasst::cuda::sm90 {
+
+using namespace cute;
+
+template <class Element_, int D_>
+struct PrefillTraits {
+  using Element = Element_;  // cutlass::bfloat16_t or cutlass::half_t
+  static constexpr int D = D_;
+  static constexpr int kBlockM = 128;     // rows of a CTA
+  static constexpr int kGroupRows = 64;   // rows of a consumer warpgroup = one decision group
+  static constexpr int kBlockN = 128;     // keys of a tile
+  static constexpr int kStages = 2;       // K and V buffers each
+  static constexpr int kConsumerGroups = kBlockM / kGroupRows;
+  static constexpr int kThreads = 128 * (1 + kConsumerGroups);
+  static_assert(D == 64 || D == 128, "the sm_90a prefill kernel is built for head dims 64 and 128");
+
+  using TileS = Shape<Int<kBlockM>, Int<kBlockN>, Int<D>>;  // (M, N, K) of S = Q K^T
+  using TileO = Shape<Int<kBlockM>, Int<D>, Int<kBlockN>>;  // (M, N, K) of O = P V
+  // Two consumer warpgroups stacked along M, each one 64-row wgmma atom.
+  using AtomLayout = Layout<Shape<Int<kConsumerGroups>, _1, _1>>;
+  using MmaS = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<D>>>(), AtomLayout{}));
+  using MmaO = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<D>, Int<kBlockN>>, GMMA::Major::K,
+                           GMMA::Major::MN>(),
+      AtomLayout{}));
+
+  using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockM>, Int<D>>{}));
+  using SmemLayoutKV =
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>, Int<kStages>>{}));
+  using SmemLayoutKVStage = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>>{}));
+  // V^T [D, keys, stage]: the same bytes as V [keys, D, stage], viewed MN-major for P V.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutKV{}, make_ordered_layout(Shape<Int<D>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+
+  // Global tensors as TMA sees them: (rows, D, heads, batch) with the caller's strides; for
+  // ragged batches the batch mode has extent 1 and rows are packed tokens; for a paged cache,
+  // rows run over num_pages * page_size slots.
+  using GmemShape = Shape<int32_t, int32_t, int32_t, int32_t>;
+  using GmemStride = Stride<int64_t, _1, int64_t, int64_t>;
+  using GmemLayout = Layout<GmemShape, GmemStride>;
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{},
+                                      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+                                      SmemLayoutQ{}, Shape<Int<kBlockM>, Int<D>>{}, _1{}));
+  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{},
+                                       make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+                                       SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<D>>{}, _1{}));
+
+  static constexpr uint32_t kTileBytes = uint32_t(kBlockN * D * sizeof(Element));
+  static constexpr uint32_t kQBytes = uint32_t(kBlockM * D * sizeof(Element));
+
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> v;
+    uint64_t q_full;
+    uint64_t k_full[kStages], k_empty[kStages];
+    uint64_t v_full[kStages], v_empty[kStages];
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+};
+
+}  // namespace blasst::cuda::sm90
