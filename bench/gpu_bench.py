@@ -152,6 +152,29 @@ def time_ms(fn, warmup, reps):
     return statistics.median(times)
 
 
+def time_interleaved(fns, warmup, reps):
+    """Median per-call CUDA-event time of each function, measured round-robin: every repetition
+    times each function once, in an order rotated per repetition, so that clock and temperature
+    drift over the run (large on a GPU at full power) lands on all of them alike instead of
+    favouring whichever ran first."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    times = [[] for _ in fns]
+    for rep in range(reps):
+        for j in range(len(fns)):
+            i = (j + rep) % len(fns)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(200_000)
+            start.record()
+            fns[i]()
+            end.record()
+            end.synchronize()
+            times[i].append(start.elapsed_time(end))
+    return [statistics.median(t) for t in times]
+
+
 def sdpa_fn(backend, q, k, v, causal):
     from torch.nn.attention import sdpa_kernel
     import torch.nn.functional as F
@@ -252,37 +275,43 @@ def main():
                                  sparsity=f"{sparsity:.4f}", ms=f"{ms:.4f}", tflops=f"{flops / ms * 1e-9:.1f}",
                                  gbs=f"{io_bytes / ms * 1e-6:.1f}"))
 
+            # Every variant of this shape is set up first (and its sparsity measured), then all
+            # are timed together, interleaved.
             dense_args = lib.make_call(q, k, v, out, lse, causal, 0.0, order)
-            dense_ms = time_ms(lambda: lib.run(dense_args), args.warmup, args.reps)
+            lib.run(dense_args)
+            torch.cuda.synchronize()
             dense_out = out.clone()
-            record("blasst-dense", 0, 0.0, dense_ms)
-            peers = {}
+            variants = [("blasst-dense", 0, 0.0, lambda a=dense_args: lib.run(a), "")]
             if not args.no_peers:
                 for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
                     fn, ref, how = sdpa_fn(backend, q, k, v, causal)
                     if fn is None:
                         print(f"  {name}: {how}")
                         continue
-                    ms = time_ms(fn, args.warmup, args.reps)
                     err = (ref.transpose(1, 2).float() - dense_out.float()).abs().max().item()
-                    peers[name] = ms
-                    record(name, 0, 0.0, ms)
-                    table.append((L, causal, name, "-", 0.0, ms, flops / ms * 1e-9, dense_ms / ms, None, how,
-                                  f"max|ours-{name}|={err:.3g}"))
-            table.append((L, causal, "blasst-dense", "-", 0.0, dense_ms, flops / dense_ms * 1e-9, 1.0, None, "",
-                          " ".join(f"vs {n} {ms / dense_ms:.3f}x" for n, ms in peers.items())))
+                    variants.append((name, 0, 0.0, fn, f"{how} max|ours-{name}|={err:.3g}"))
             for sf in ([round(float(x) * L, 3) for x in args.lambdas.split(",")] if args.lambdas else sfs):
                 skip_args = lib.make_call(q, k, v, out, lse, causal, sf, order, stats)
                 info = lib.run(skip_args)
                 torch.cuda.synchronize()
                 s = info.skipped / info.visited if info.visited > 0 else 0.0
                 timed_args = lib.make_call(q, k, v, out, lse, causal, sf, order)
-                ms = time_ms(lambda: lib.run(timed_args), args.warmup, args.reps)
-                record("blasst-skip", sf, s, ms)
-                speedup = dense_ms / ms
-                bound = 2.0 / (2.0 - s)
-                table.append((L, causal, "blasst-skip", sf, s, ms, flops / ms * 1e-9, speedup, speedup / bound, "",
-                              " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
+                variants.append(("blasst-skip", sf, s, lambda a=timed_args: lib.run(a), ""))
+            times = time_interleaved([vt[3] for vt in variants], args.warmup, args.reps)
+            dense_ms = times[0]
+            peers = {vt[0]: ms for vt, ms in zip(variants, times) if vt[0] in ("cudnn", "fa2")}
+            for (kernel, sf, s, _, note), ms in zip(variants, times):
+                record(kernel, sf, s, ms)
+                if kernel in peers:
+                    table.append((L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, dense_ms / ms, None, "", note))
+                elif kernel == "blasst-dense":
+                    table.append((L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, 1.0, None, "",
+                                  " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
+                else:
+                    speedup = dense_ms / ms
+                    bound = 2.0 / (2.0 - s)
+                    table.append((L, causal, kernel, sf, s, ms, flops / ms * 1e-9, speedup, speedup / bound, "",
+                                  " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
         del q, k, v, out, lse
         torch.cuda.empty_cache()
 

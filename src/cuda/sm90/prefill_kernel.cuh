@@ -34,6 +34,7 @@ struct KernelParams {
   typename Traits::GmemShape k_shape;  // (rows, D, Hkv, batch)
   int32_t row_blocks;                  // CTAs per (batch, head): ceil(max_seqlen_q / kBlockM)
   int32_t group_blocks;                // decision groups per (batch, head): p.row_blocks
+  int32_t pingpong;                    // consumer warpgroups take turns issuing their products
 };
 
 namespace detail {
@@ -224,13 +225,52 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   int skipped = 0;
   int j = 0;  // position in the group's own order
 
+  // Each iteration issues S(t) = Q K^T and, behind it, the P V of the previous kept tile, so
+  // that the tensor cores run that product while the warpgroup masks, votes and exponentiates
+  // tile t. O is rescaled for tile t once the previous P V has landed.
+  // With P.pingpong the two warpgroups also take turns issuing their products (named barriers
+  // 5 and 6), so one warpgroup's softmax runs while the other's products use the tensor cores.
+  Tensor rP = make_tensor<T>(tSrS.layout());  // P of the pending tile, 16-bit
+  Tensor tOrP = make_tensor(rP.data(), acc_as_a_layout(rP.layout()));
+  bool pv_pending = false;
+  int pv_stage = 0;
+  auto issue_s = [&](int stage) {
+    warpgroup_fence_operand(tSrS);
+    warpgroup_arrive();
+    mma_s.accumulate_ = GMMA::ScaleOut::Zero;
+#pragma unroll
+    for (int kb = 0; kb < size<2>(tSrQ); ++kb) {
+      cute::gemm(mma_s, tSrQ(_, _, kb), tSrK(_, _, kb, stage), tSrS);
+      mma_s.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+  };
+  auto issue_pv = [&]() {
+    warpgroup_fence_operand(tOrO);
+    warpgroup_arrive();
+#pragma unroll
+    for (int kb = 0; kb < size<2>(tOrP); ++kb) cute::gemm(mma_o, tOrP(_, _, kb), tOrVt(_, _, kb, pv_stage), tOrO);
+    warpgroup_commit_batch();
+  };
+  const bool pingpong = P.pingpong != 0;
+  auto turn_begin = [&]() {
+    if (pingpong) cutlass::arch::NamedBarrier::sync(256, 5 + grp);
+  };
+  auto turn_end = [&](int i) {
+    // The last turn of warpgroup 1 is answered by nobody: skip that arrive.
+    if (uniform(pingpong && !(grp == 1 && i == n_stream - 1))) cutlass::arch::NamedBarrier::arrive(256, 5 + (1 - grp));
+  };
+  if (pingpong && grp == 1 && n_stream > 0) cutlass::arch::NamedBarrier::arrive(256, 5);  // group 0 goes first
+
   Barrier::wait(&ss.q_full, 0);
   for (int i = 0; i < n_stream; ++i) {
     const int t = plan.at(i);
     const int s = i % kStages;
     const uint32_t phase = uint32_t(i / kStages) & 1u;
-    if (j >= n_own || t != order.at(j)) {
+    if (uniform(j >= n_own || t != order.at(j))) {
       // Not this group's tile here: let the loads land, then hand the buffers back.
+      turn_begin();
+      turn_end(i);
       Barrier::wait(&ss.k_full[s], phase);
       release(&ss.k_empty[s]);
       Barrier::wait(&ss.v_full[s], phase);
@@ -239,23 +279,26 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     }
     ++j;
 
-    // S = Q K^T
+    // S = Q K^T, then the pending P V behind it.
     Barrier::wait(&ss.k_full[s], phase);
-    warpgroup_fence_operand(tSrS);
-    warpgroup_arrive();
-    mma_s.accumulate_ = GMMA::ScaleOut::Zero;
-#pragma unroll
-    for (int kb = 0; kb < size<2>(tSrQ); ++kb) {
-      cute::gemm(mma_s, tSrQ(_, _, kb), tSrK(_, _, kb, s), tSrS);
-      mma_s.accumulate_ = GMMA::ScaleOut::One;
+    turn_begin();
+    // (No branch may depend on data while products are in flight, or ptxas serializes them:
+    // every condition below is made warp-uniform for the compiler by uniform().)
+    if (uniform(pv_pending)) {
+      issue_s(s);
+      issue_pv();
+      turn_end(i);
+      warpgroup_wait<1>();
+    } else {
+      issue_s(s);
+      turn_end(i);
+      warpgroup_wait<0>();
     }
-    warpgroup_commit_batch();
-    warpgroup_wait<0>();
     warpgroup_fence_operand(tSrS);
     release(&ss.k_empty[s]);
 
     // Keys a row does not see become -inf (causal diagonal, keys past lk).
-    if ((t + 1) * BN > ke_first) {
+    if (uniform((t + 1) * BN > ke_first)) {
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const int ke = key_end(row0 + get<0>(c_rc(r, 0))) - t * BN;
@@ -267,7 +310,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     float mt[R];
     row_max(s_rc, mt);
 
-    if (vote_on && !order.is_anchor(t)) {
+    bool kept = true;
+    if (uniform(vote_on && !order.is_anchor(t))) {
       // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda).
       bool keep = false;
 #pragma unroll
@@ -276,20 +320,44 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
         const float x = mt[r];
         if (exists && x != kNegInf && !(x * scale - sm.m[r] * scale < log_lambda)) keep = true;
       }
-      if (!warpgroup_any(keep, 1 + grp)) {
-        ++skipped;
-        if (p.decisions && wt == 0) p.decisions[trace_base + t] = 2;  // BLASST_TILE_SKIPPED
-        Barrier::wait(&ss.v_full[s], phase);
-        release(&ss.v_empty[s]);
-        continue;
+      if (pingpong) {
+        // A warp with a keeping row knows the tile is kept: it posts its vote and goes on to
+        // the exponentials without waiting; only warps whose rows all vote skip wait for the
+        // others' votes. (The turn barrier of the next tile holds every warp of the group, so
+        // no warp posts the next vote before all posted this one.)
+        const bool warp_keep = __any_sync(0xffffffffu, keep);
+        volatile int* flags = ss.vote[j & 1][grp];
+        if (lane == 0) flags[warp % 4] = warp_keep;
+        if (warp_keep) {
+          cutlass::arch::NamedBarrier::arrive(128, 1 + grp);
+        } else {
+          cutlass::arch::NamedBarrier::sync(128, 1 + grp);
+          keep = (flags[0] | flags[1] | flags[2] | flags[3]) != 0;
+        }
+        kept = uniform(warp_keep || keep);
+      } else {
+        kept = uniform(warpgroup_any(keep, 1 + grp));
       }
     }
-    if (p.decisions && wt == 0) p.decisions[trace_base + t] = 1;  // BLASST_TILE_KEPT
+    float alpha[R];
+    if (kept) sm.exponentiate(s_rc, mt, scale_log2, alpha);
 
-    sm.update(s_rc, o_rc, mt, scale_log2);
-    Tensor rP = convert_fragment<T>(tSrS);
-    Tensor tOrP = make_tensor(rP.data(), acc_as_a_layout(rP.layout()));
-
+    // Unconditional, so that the compiler sees every P V completed before O is touched.
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrO);
+    if (pv_pending) {
+      release(&ss.v_empty[pv_stage]);
+      pv_pending = false;
+    }
+    if (p.decisions && wt == 0) p.decisions[trace_base + t] = kept ? 1 : 2;  // BLASST_TILE_KEPT / _SKIPPED
+    if (!kept) {
+      ++skipped;
+      Barrier::wait(&ss.v_full[s], phase);
+      release(&ss.v_empty[s]);
+      continue;
+    }
+    sm.rescale(o_rc, alpha);
+    convert_fragment_into(tSrS, rP);
     Barrier::wait(&ss.v_full[s], phase);
     if ((t + 1) * BN > lk) {
       // Rows of V past lk hold another entry's or padding values (maybe NaN): P is 0 there,
@@ -304,14 +372,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::sync(128, 3 + grp);
     }
-    warpgroup_fence_operand(tOrO);
-    warpgroup_arrive();
-#pragma unroll
-    for (int kb = 0; kb < size<2>(tOrP); ++kb) cute::gemm(mma_o, tOrP(_, _, kb), tOrVt(_, _, kb, s), tOrO);
-    warpgroup_commit_batch();
+    pv_pending = true;
+    pv_stage = s;
+  }
+  if (pv_pending) {
+    issue_pv();
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrO);
-    release(&ss.v_empty[s]);
+    release(&ss.v_empty[pv_stage]);
   }
 
   // ---------------- epilogue: O = o / l, LSE = m * scale + ln(l) ----------------

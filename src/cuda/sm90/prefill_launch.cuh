@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include "cuda/sm90/prefill_kernel.cuh"
 #include "cuda/sm90/prefill_sm90.hpp"
 
@@ -40,6 +42,12 @@ cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_
                            Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
   kp.row_blocks = (p.max_seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   kp.group_blocks = p.row_blocks;
+  // BLASST_CUDA_SM90_PINGPONG=0 lets both consumer warpgroups issue their products freely.
+  static const int pingpong = [] {
+    const char* env = std::getenv("BLASST_CUDA_SM90_PINGPONG");
+    return env && env[0] == '0' ? 0 : 1;
+  }();
+  kp.pingpong = pingpong;
 
   auto kernel = prefill_sm90_kernel<Traits, kSkip>;
   const int smem = Traits::kSmemBytes;

@@ -72,6 +72,7 @@ struct PrefillTraits {
     uint64_t q_full;
     uint64_t k_full[kStages], k_empty[kStages];
     uint64_t v_full[kStages], v_empty[kStages];
+    int vote[2][kConsumerGroups][4];  // per-warp keep votes, double-buffered by tile parity
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
 };

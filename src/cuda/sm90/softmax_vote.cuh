@@ -49,6 +49,21 @@ __device__ __forceinline__ auto convert_fragment(Frag const& in) {
   return out;
 }
 
+// The same, into an existing 16-bit fragment of the same layout.
+template <class FragIn, class FragOut>
+__device__ __forceinline__ void convert_fragment_into(FragIn const& in, FragOut& out) {
+  using To = typename FragOut::value_type;
+  constexpr int N = decltype(size(in))::value;
+#pragma unroll
+  for (int i = 0; i < N; i += 2) {
+    cutlass::Array<float, 2> pair{in(i), in(i + 1)};
+    cutlass::NumericArrayConverter<To, float, 2, cutlass::FloatRoundStyle::round_to_nearest> conv;
+    auto r = conv(pair);
+    out(i) = r[0];
+    out(i + 1) = r[1];
+  }
+}
+
 // Row maxima of a (rows, cols) fragment, reduced over the quad.
 template <int R, class Frag>
 __device__ __forceinline__ void row_max(Frag const& s, float (&mt)[R]) {
@@ -69,6 +84,10 @@ __device__ __forceinline__ void row_max(Frag const& s, float (&mt)[R]) {
     mt[r] = x;
   }
 }
+
+// A condition that is the same in every thread of the warp, rewritten so that the compiler
+// knows it (a vote yields a uniform predicate): branches on it are not divergent.
+__device__ __forceinline__ bool uniform(bool c) { return __any_sync(0xffffffffu, c); }
 
 // OR of `keep` over the 128 threads of a warpgroup, in one barrier instruction. Every thread
 // of the warpgroup must call it with the same barrier id.
@@ -95,14 +114,15 @@ struct OnlineSoftmax {
   }
 
   // Takes the tile's scores S (rows, cols) with their row maxima mt, turns S into
-  // P = exp(scale * (S - m_new)) in place and rescales O (rows, cols) by exp(scale * (m_old - m_new)).
-  template <class FragS, class FragO>
-  __device__ __forceinline__ void update(FragS& s, FragO& o, float const (&mt)[R], float scale_log2) {
+  // P = exp(scale * (S - m_new)) in place, folds P into l and returns the factor
+  // alpha = exp(scale * (m_old - m_new)) by which O must be rescaled (rescale()).
+  template <class FragS>
+  __device__ __forceinline__ void exponentiate(FragS& s, float const (&mt)[R], float scale_log2, float (&alpha)[R]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const float m_new = fmaxf(m[r], mt[r]);
       const float m_use = m_new == kNegInf ? 0.0f : m_new;
-      const float alpha = ptx::ex2((m[r] - m_use) * scale_log2);
+      alpha[r] = ptx::ex2((m[r] - m_use) * scale_log2);
       const float ms = m_use * scale_log2;
       float sum = 0.0f;
 #pragma unroll
@@ -111,11 +131,17 @@ struct OnlineSoftmax {
         s(r, c) = p;
         sum += p;
       }
-      l[r] = l[r] * alpha + sum;
-#pragma unroll
-      for (int c = 0; c < size<1>(o); ++c) o(r, c) *= alpha;
+      l[r] = l[r] * alpha[r] + sum;
       m[r] = m_new;
     }
+  }
+
+  template <class FragO>
+  __device__ __forceinline__ void rescale(FragO& o, float const (&alpha)[R]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int c = 0; c < size<1>(o); ++c) o(r, c) *= alpha[r];
   }
 };
 
