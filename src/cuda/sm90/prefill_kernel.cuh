@@ -1,7 +1,7 @@
 // The sm_90a prefill kernel: TMA loads by a producer warp, wgmma in two consumer warpgroups,
 // the SPEC skip rule per consumer warpgroup (decision group = its 64 query rows).
 //
-// Pipeline: K and V each have kStages shared-memory buffers with a "full" mbarrier (the TMA
+// Pipeline: K and V have kStagesK / kStagesV shared-memory buffers with a "full" mbarrier (the TMA
 // transaction lands) and an "empty" mbarrier (all 8 consumer warps are done with it). The
 // producer streams the CTA's tile sequence (visit_plan.cuh) into them; each consumer warpgroup
 // walks the same sequence and per tile it processes:
@@ -51,7 +51,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   constexpr int BM = Traits::kBlockM;
   constexpr int BN = Traits::kBlockN;
   constexpr int GR = Traits::kGroupRows;
-  constexpr int kStages = Traits::kStages;
+  constexpr int kStagesK = Traits::kStagesK;
+  constexpr int kStagesV = Traits::kStagesV;
   const PrefillParams& p = P.p;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -117,10 +118,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   if (threadIdx.x == 0) {
     Barrier::init(&ss.q_full, 1);
 #pragma unroll
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < kStagesK; ++s) {
       Barrier::init(&ss.k_full[s], 1);
-      Barrier::init(&ss.v_full[s], 1);
       EmptyBarrier::init(&ss.k_empty[s], 4 * Traits::kConsumerGroups);
+    }
+#pragma unroll
+    for (int s = 0; s < kStagesV; ++s) {
+      Barrier::init(&ss.v_full[s], 1);
       EmptyBarrier::init(&ss.v_empty[s], 4 * Traits::kConsumerGroups);
     }
     cutlass::arch::fence_barrier_init();
@@ -140,39 +144,45 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   if (warp < 4) {
     // ---------------- producer warpgroup ----------------
     cutlass::arch::warpgroup_reg_dealloc<24>();
-    if (warp == 0 && cute::elect_one_sync()) {
-      Tensor mQ = P.tma_q.get_tma_tensor(P.q_shape);
-      Tensor mK = P.tma_k.get_tma_tensor(P.k_shape);
-      Tensor mV = P.tma_v.get_tma_tensor(P.k_shape);
-      Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
-      Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
-      Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
-      const int q_batch = p.cu_seqlens_q ? 0 : b;
-      Tensor gQ = local_tile(domain_offset(make_coord(q_start + row0, 0), mQ(_, _, h, q_batch)),
-                            Shape<Int<BM>, Int<D>>{}, make_coord(0, 0));
-      auto cta_q = P.tma_q.get_slice(0);
-      Barrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
-      copy(P.tma_q.with(ss.q_full), cta_q.partition_S(gQ), cta_q.partition_D(sQ));
-
-      auto cta_k = P.tma_k.get_slice(0);
-      auto cta_v = P.tma_v.get_slice(0);
-      Tensor tKsK = cta_k.partition_D(sK);  // (TMA, 1, 1, stages)
-      Tensor tVsV = cta_v.partition_D(sV);
-      for (int i = 0; i < n_stream; ++i) {
-        const int t = plan.at(i);
-        const int s = i % kStages;
-        const uint32_t phase = uint32_t(i / kStages) & 1u;
-        const int row = kv_row(t * BN);
-        Tensor gK = local_tile(domain_offset(make_coord(row, 0), mK(_, _, kv_head, kv_batch)), Shape<Int<BN>, Int<D>>{},
-                               make_coord(0, 0));
-        Tensor gV = local_tile(domain_offset(make_coord(row, 0), mV(_, _, kv_head, kv_batch)), Shape<Int<BN>, Int<D>>{},
-                               make_coord(0, 0));
-        EmptyBarrier::wait(&ss.k_empty[s], phase ^ 1u);
-        Barrier::arrive_and_expect_tx(&ss.k_full[s], Traits::kTileBytes);
-        copy(P.tma_k.with(ss.k_full[s]), cta_k.partition_S(gK), tKsK(_, _, _, s));
-        EmptyBarrier::wait(&ss.v_empty[s], phase ^ 1u);
-        Barrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kTileBytes);
-        copy(P.tma_v.with(ss.v_full[s]), cta_v.partition_S(gV), tVsV(_, _, _, s));
+    // Warp 0 loads Q and the K tiles, warp 1 the V tiles, each at its own pace.
+    if (warp < 2 && cute::elect_one_sync()) {
+      const bool is_k = warp == 0;
+      if (is_k) {
+        Tensor mQ = P.tma_q.get_tma_tensor(P.q_shape);
+        Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+        const int q_batch = p.cu_seqlens_q ? 0 : b;
+        Tensor gQ = local_tile(domain_offset(make_coord(q_start + row0, 0), mQ(_, _, h, q_batch)),
+                              Shape<Int<BM>, Int<D>>{}, make_coord(0, 0));
+        auto cta_q = P.tma_q.get_slice(0);
+        Barrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
+        copy(P.tma_q.with(ss.q_full), cta_q.partition_S(gQ), cta_q.partition_D(sQ));
+        Tensor mK = P.tma_k.get_tma_tensor(P.k_shape);
+        Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
+        auto cta_k = P.tma_k.get_slice(0);
+        Tensor tKsK = cta_k.partition_D(sK);  // (TMA, 1, 1, stages)
+        for (int i = 0; i < n_stream; ++i) {
+          const int s = i % kStagesK;
+          const uint32_t phase = uint32_t(i / kStagesK) & 1u;
+          Tensor gK = local_tile(domain_offset(make_coord(kv_row(plan.at(i) * BN), 0), mK(_, _, kv_head, kv_batch)),
+                                 Shape<Int<BN>, Int<D>>{}, make_coord(0, 0));
+          EmptyBarrier::wait(&ss.k_empty[s], phase ^ 1u);
+          Barrier::arrive_and_expect_tx(&ss.k_full[s], Traits::kTileBytes);
+          copy(P.tma_k.with(ss.k_full[s]), cta_k.partition_S(gK), tKsK(_, _, _, s));
+        }
+      } else {
+        Tensor mV = P.tma_v.get_tma_tensor(P.k_shape);
+        Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
+        auto cta_v = P.tma_v.get_slice(0);
+        Tensor tVsV = cta_v.partition_D(sV);
+        for (int i = 0; i < n_stream; ++i) {
+          const int s = i % kStagesV;
+          const uint32_t phase = uint32_t(i / kStagesV) & 1u;
+          Tensor gV = local_tile(domain_offset(make_coord(kv_row(plan.at(i) * BN), 0), mV(_, _, kv_head, kv_batch)),
+                                 Shape<Int<BN>, Int<D>>{}, make_coord(0, 0));
+          EmptyBarrier::wait(&ss.v_empty[s], phase ^ 1u);
+          Barrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kTileBytes);
+          copy(P.tma_v.with(ss.v_full[s]), cta_v.partition_S(gV), tVsV(_, _, _, s));
+        }
       }
     }
     return;
@@ -197,8 +207,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   auto thr_s = mma_s.get_thread_slice(ct);
   auto thr_o = mma_o.get_thread_slice(ct);
   Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
-  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
-  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
   Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
   Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, D/16) descriptors
   Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, 1, D/16, stages)
@@ -265,16 +275,18 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   Barrier::wait(&ss.q_full, 0);
   for (int i = 0; i < n_stream; ++i) {
     const int t = plan.at(i);
-    const int s = i % kStages;
-    const uint32_t phase = uint32_t(i / kStages) & 1u;
+    const int s = i % kStagesK;  // K stage
+    const uint32_t phase = uint32_t(i / kStagesK) & 1u;
+    const int sv = i % kStagesV;  // V stage
+    const uint32_t phase_v = uint32_t(i / kStagesV) & 1u;
     if (uniform(j >= n_own || t != order.at(j))) {
       // Not this group's tile here: let the loads land, then hand the buffers back.
       turn_begin();
       turn_end(i);
       Barrier::wait(&ss.k_full[s], phase);
       release(&ss.k_empty[s]);
-      Barrier::wait(&ss.v_full[s], phase);
-      release(&ss.v_empty[s]);
+      Barrier::wait(&ss.v_full[sv], phase_v);
+      release(&ss.v_empty[sv]);
       continue;
     }
     ++j;
@@ -352,17 +364,17 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     if (p.decisions && wt == 0) p.decisions[trace_base + t] = kept ? 1 : 2;  // BLASST_TILE_KEPT / _SKIPPED
     if (!kept) {
       ++skipped;
-      Barrier::wait(&ss.v_full[s], phase);
-      release(&ss.v_empty[s]);
+      Barrier::wait(&ss.v_full[sv], phase_v);
+      release(&ss.v_empty[sv]);
       continue;
     }
     sm.rescale(o_rc, alpha);
     convert_fragment_into(tSrS, rP);
-    Barrier::wait(&ss.v_full[s], phase);
+    Barrier::wait(&ss.v_full[sv], phase_v);
     if ((t + 1) * BN > lk) {
       // Rows of V past lk hold another entry's or padding values (maybe NaN): P is 0 there,
       // but 0 * NaN is not, so zero them before P V.
-      Tensor sVs = sV(_, _, s);
+      Tensor sVs = sV(_, _, sv);
       const int first = lk - t * BN;
       for (int idx = wt; idx < (BN - first) * (D / 8); idx += 128) {
         const int r = first + idx / (D / 8);
@@ -373,7 +385,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       cutlass::arch::NamedBarrier::sync(128, 3 + grp);
     }
     pv_pending = true;
-    pv_stage = s;
+    pv_stage = sv;
   }
   if (pv_pending) {
     issue_pv();

@@ -4,7 +4,7 @@
 // One CTA = 3 warpgroups: warpgroup 0 is the producer (one thread issues every TMA load),
 // warpgroups 1 and 2 are consumers, each owning 64 consecutive query rows of the CTA's
 // 128-row block. A consumer warpgroup's 64 rows are one SPEC decision group (block_m = 64).
-//   smem  Q [128, D] (reused for O in the epilogue), K [kStages][128, D], V [kStages][128, D],
+//   smem  Q [128, D] (reused for O in the epilogue), K [kStagesK][128, D], V [kStagesV][128, D],
 //         all K-major with the 128-byte swizzle that wgmma and TMA share.
 //   S = Q K^T : wgmma 64 x 128 x D per consumer warpgroup, A and B from shared memory.
 //   O += P V  : wgmma 64 x D x 128, P from registers (the S accumulators converted in place),
@@ -25,7 +25,10 @@ struct PrefillTraits {
   static constexpr int kBlockM = 128;     // rows of a CTA
   static constexpr int kGroupRows = 64;   // rows of a consumer warpgroup = one decision group
   static constexpr int kBlockN = 128;     // keys of a tile
-  static constexpr int kStages = 2;       // K and V buffers each
+  // K runs ahead of V: a run of skipped tiles goes at the pace of QK^T alone, so K needs more
+  // tiles in flight than V (whose stage is held until the deferred P V is done).
+  static constexpr int kStagesK = 3;
+  static constexpr int kStagesV = 2;
   static constexpr int kConsumerGroups = kBlockM / kGroupRows;
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
   static_assert(D == 64 || D == 128, "the sm_90a prefill kernel is built for head dims 64 and 128");
@@ -42,12 +45,14 @@ struct PrefillTraits {
       AtomLayout{}));
 
   using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockM>, Int<D>>{}));
-  using SmemLayoutKV =
-      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>, Int<kStages>>{}));
+  using SmemLayoutK =
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>, Int<kStagesK>>{}));
+  using SmemLayoutV =
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>, Int<kStagesV>>{}));
   using SmemLayoutKVStage = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>>{}));
   // V^T [D, keys, stage]: the same bytes as V [keys, D, stage], viewed MN-major for P V.
   using SmemLayoutVt = decltype(composition(
-      SmemLayoutKV{}, make_ordered_layout(Shape<Int<D>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+      SmemLayoutV{}, make_ordered_layout(Shape<Int<D>, Int<kBlockN>, Int<kStagesV>>{}, Step<_2, _1, _3>{})));
 
   // Global tensors as TMA sees them: (rows, D, heads, batch) with the caller's strides; for
   // ragged batches the batch mode has extent 1 and rows are packed tokens; for a paged cache,
@@ -67,11 +72,11 @@ struct PrefillTraits {
 
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
-    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> k;
-    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> v;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> v;
     uint64_t q_full;
-    uint64_t k_full[kStages], k_empty[kStages];
-    uint64_t v_full[kStages], v_empty[kStages];
+    uint64_t k_full[kStagesK], k_empty[kStagesK];
+    uint64_t v_full[kStagesV], v_empty[kStagesV];
     int vote[2][kConsumerGroups][4];  // per-warp keep votes, double-buffered by tile parity
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
