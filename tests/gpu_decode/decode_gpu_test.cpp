@@ -291,8 +291,30 @@ TEST_F(DecodeGpu, SeveralQueryRowsCausalAndMqaAndHeadDim64) {
   }
 }
 
+// 32 and 64 rows per group (two and four m-tiles: key groups shared by several warps) at
+// d = 128, contiguous and paged (64-token pages: a table lookup per row pass for 64 rows).
+TEST_F(DecodeGpu, SeveralQueryRowsHeadDim128PagedAndContiguous) {
+  for (int lq : {4, 8}) {
+    for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED}) {
+      Problem pr{2, lq, 16, 2, 128, {130, 4500}};
+      pr.factor = 200.0f;  // the CPU engine skips 6 to 64 of 76 tiles here, 9 splits or 1
+      pr.order = order;
+      const Inputs in = make_inputs(pr, 60 + uint64_t(lq));
+      Result contiguous, paged, cpu1, cpu2;
+      run_both(pr, in, &contiguous, &cpu1);
+      pr.page_size = 64;
+      run_both(pr, in, &paged, &cpu2);
+      SCOPED_TRACE(testing::Message() << "lq " << lq << " order " << order);
+      expect_match(pr, contiguous, cpu1);
+      expect_match(pr, paged, cpu2);
+      EXPECT_EQ(0, std::memcmp(paged.out.data(), contiguous.out.data(), paged.out.size() * sizeof(float)));
+      EXPECT_GT(paged.info.skipped, 0);
+    }
+  }
+}
+
 TEST_F(DecodeGpu, PagedIsBitwiseEqualToContiguous) {
-  for (int page : {16, 32, 64, 128}) {
+  for (int page : {16, 32, 64, 100, 128}) {
     Problem pr{3, 1, 32, 8, 128, {1, 64, 2049}};
     pr.factor = 3.0f;
     pr.order = BLASST_ORDER_ANCHORED;

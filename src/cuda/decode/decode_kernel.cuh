@@ -2,17 +2,24 @@
 //
 // One block = one decision group (all G query heads of KV head hk times the Lq query rows of
 // entry b, padded to 16 * MT rows) over one contiguous chunk of its KV tiles (split).
-// Per tile of kBlockN = 128 keys:
-//   S [rows, 128] = scale * Q K^T      warp w of D/16: 128/(D/16) keys, mma.sync
-//   vote                               row maxima across warps in shared memory; the tile is
-//                                      skipped iff every existing row votes skip (SPEC 3)
-//   if kept: V load is issued now      so bytes of V are read only for kept tiles
-//            P = exp(S - m_new) -> shared memory, l and m updated at once
-//   O = O * alpha + P V                deferred by one tile: V's latency hides behind the
-//                                      next tile's Q K^T. warp w: 16 output columns
-// K tiles stream through a kStages-deep cp.async pipeline. Every iteration commits exactly
-// two cp.async groups (V of this tile, possibly empty; K of tile + kStages, possibly empty),
-// which is what the wait_group counts below rely on.
+// Four warps. Warp w owns one m-tile of 16 rows (rg = w % MT) and one key group of the tile
+// (kg = w / MT: keys [32 MT kg, 32 MT (kg + 1)) of every 128-key tile). A warp copies, scores
+// and multiplies only the K and V rows of its key group, together with the MT - 1 other warps
+// of that group (MT = 1: alone), so K and V readiness needs no block-wide barrier. Per tile:
+//   wait K(t)                          own key group's rows (cp.async + warp/group barrier)
+//   S = scale * Q K^T                  16 rows x 32 MT keys, mma.sync
+//   row maxima                         one block barrier: partial maxima of the key groups
+//   vote                               the tile is skipped iff every existing row votes skip
+//                                      (SPEC 3); MT = 1: every warp holds every row and
+//                                      decides alone, MT > 1: __syncthreads_or
+//   issue K(t + kKStages)              into the stage K(t) leaves
+//   O += P(t-1) V(t-1)                 the previous kept tile (its V had a tile to land)
+//   if kept: issue V(t)                so bytes of V are read only for kept tiles
+//            P(t) = exp(S - m_new)     kept in registers as the A operand of P V; m, l now
+// Each warp accumulates O and l over its own keys (all D columns); the key groups' partial O
+// and l, which share the running max, are summed once at the end. Every iteration commits
+// exactly two cp.async groups (K, possibly empty; V, possibly empty): the wait_group counts
+// below rely on it.
 #pragma once
 
 #include <cmath>
@@ -30,21 +37,24 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
   ptx::ldmatrix_x4_trans(addr, r[0], r[1], r[2], r[3]);
 }
 
-template <int D, int MT>
+// Shared memory of one block: kKStages K tiles, one V tile, Q, the partial row maxima
+// (double-buffered by tile parity), and the key groups' partial l and the rows' m for the
+// epilogue. The epilogue's partial O (fp32) reuses the K stages and the V buffer.
+template <int D, int MT, int kKStages>
 struct DecodeSmem {
-  static constexpr int kWarps = decode_threads<D>() / 32;
+  static constexpr int kWarps = kDecodeThreads / 32;
+  static constexpr int kGroups = kWarps / MT;  // key groups
   static constexpr int kRowsPad = 16 * MT;
-  // K tiles in flight next to two V buffers (<= 227 KB of shared memory). Four stages for
-  // one m-tile fit too but measured slower on paged caches (H100, 1fb00f3): three it is.
-  static constexpr int kStages = (MT <= 2 || D == 64) ? 3 : 2;
   static constexpr int kTileBytes = kBlockN * D * 2;
   static constexpr int kOffK = 0;
-  static constexpr int kOffV = kOffK + kStages * kTileBytes;
-  static constexpr int kOffP = kOffV + 2 * kTileBytes;
-  static constexpr int kOffQ = kOffP + 2 * kRowsPad * kBlockN * 2;
-  static constexpr int kOffMax = kOffQ + kRowsPad * D * 2;  // float [warps][rows]
-  static constexpr int kOffSum = kOffMax + kWarps * kRowsPad * 4;
-  static constexpr int kBytes = kOffSum + kWarps * kRowsPad * 4;
+  static constexpr int kOffV = kOffK + kKStages * kTileBytes;
+  static constexpr int kOffQ = kOffV + kTileBytes;
+  static constexpr int kOffMax = kOffQ + kRowsPad * D * 2;  // float [2][groups][rows]
+  static constexpr int kOffL = kOffMax + 2 * kGroups * kRowsPad * 4;  // float [groups][rows]
+  static constexpr int kOffM = kOffL + kGroups * kRowsPad * 4;        // float [rows]
+  static constexpr int kBytes = kOffM + kRowsPad * 4;
+  static constexpr int kOutStride = D + 4;  // floats per row of the epilogue's partial O
+  static_assert(kGroups * kRowsPad * kOutStride * 4 <= kOffQ, "partial O fits in the K stages and the V buffer");
 };
 
 __device__ __forceinline__ int entry_len(const int32_t* cu, const int32_t* lens, int b, int max_len) {
@@ -60,77 +70,103 @@ __device__ __forceinline__ int64_t q_side_offset(const DecodeParams& p, int64_t 
   return base + token * token_stride + h * head_stride;
 }
 
-// Rows of a [128 keys, D] tile copied by this thread: one 16-byte chunk column, kPasses rows.
-template <int D>
-struct TileCopy {
-  static constexpr int kChunks = D / 8;  // 16-byte chunks per key
-  static constexpr int kRowsPerPass = decode_threads<D>() / kChunks;
-  static constexpr int kPasses = kBlockN / kRowsPerPass;
+// Where the K (or V) rows of one (entry, KV head) live: contiguous rows from `base`, or pages.
+template <class T>
+struct KvSource {
+  const T* base;         // + hk * head_stride, and + the entry's first token when not paged
+  int64_t page_stride;   // batch stride of the tensor (= page stride when paged)
+  int64_t token_stride;
 };
 
-// Page of each row this thread copies in `tile` (-1 past seqlen_k; 0 when K/V are not paged).
-// Issued a while before the copies so that the block-table loads are in flight meanwhile.
-template <int D>
-__device__ __forceinline__ void lookup_pages(const DecodeParams& p, int b, int tile, int seqlen_k,
-                                             int (&pages)[TileCopy<D>::kPasses]) {
-  using C = TileCopy<D>;
-  const int row0 = threadIdx.x / C::kChunks;
-  for (int i = 0; i < C::kPasses; ++i) {
-    const int key = tile * kBlockN + row0 + i * C::kRowsPerPass;
-    // computed unconditionally (no branch around the load) so the compiler batches the loads
-    const int page_index = p.page_shift >= 0 ? key >> p.page_shift : (p.block_table ? key / p.page_size : 0);
-    pages[i] = key >= seqlen_k ? -1 : (p.block_table ? p.block_table[b * p.block_table_stride + page_index] : 0);
-  }
-}
-
-// Issues the cp.async copies of one [128 keys, D] tile of K or V into a swizzled buffer; rows
-// past seqlen_k (page -1) are zero-filled.
-template <class T, int D>
-__device__ __forceinline__ void load_kv_tile(const DecodeParams& p, const T* base, int64_t batch_stride,
-                                             int64_t token_stride, int64_t head_stride, int b, int hk, int tile,
-                                             const int (&pages)[TileCopy<D>::kPasses], unsigned char* dst) {
-  using C = TileCopy<D>;
-  const int chunk = threadIdx.x % C::kChunks;
-  const int row0 = threadIdx.x / C::kChunks;
-  for (int i = 0; i < C::kPasses; ++i) {
-    const int row = row0 + i * C::kRowsPerPass;
-    const int key = tile * kBlockN + row;
-    int64_t offset;
-    if (p.block_table) {
-      const int slot = p.page_shift >= 0 ? key & (p.page_size - 1) : key % p.page_size;
-      offset = int64_t(pages[i]) * batch_stride + int64_t(slot) * token_stride;
-    } else {
-      const int64_t token = p.cu_seqlens_k ? int64_t(p.cu_seqlens_k[b]) + key : key;
-      offset = (p.cu_seqlens_k ? 0 : int64_t(b) * batch_stride) + token * token_stride;
+// Issues the cp.async copies of the rows [32 MT kg, 32 MT (kg + 1)) of one [128 keys, D] tile
+// into a swizzled buffer, by the 32 MT threads of key group kg (tg = their index). Rows past
+// seqlen_k are zero-filled. A thread copies one 16-byte chunk column of D / 8 rows.
+template <class T, int D, int MT>
+__device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvSource<T>& src, int b, int tile,
+                                                int lk, int kg, int tg, unsigned char* dst) {
+  constexpr int kChunks = D / 8;
+  constexpr int kGroupRows = 32 * MT;
+  constexpr int kRowsPerPass = kGroupRows / kChunks;
+  constexpr int kPasses = kGroupRows / kRowsPerPass;
+  const int chunk = tg % kChunks;
+  const int r0 = tg / kChunks;
+  const int key0 = tile * kBlockN + kg * kGroupRows;  // first key of the group's rows
+  unsigned char* dst0 = dst + kg * kGroupRows * D * 2;
+  if (p.block_table && p.page_shift >= 0 && p.page_size >= kGroupRows) {
+    // the group's rows lie in one page (both are powers of two, the rows aligned): one lookup
+    const int page = key0 < lk ? p.block_table[b * p.block_table_stride + (key0 >> p.page_shift)] : 0;
+    const T* row0 = src.base + int64_t(page) * src.page_stride +
+                    int64_t(key0 & (p.page_size - 1)) * src.token_stride + chunk * 8;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = r0 + i * kRowsPerPass;
+      const bool valid = key0 + r < lk;
+      ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)),
+                       valid ? row0 + int64_t(r) * src.token_stride : src.base, valid);
     }
-    const bool valid = pages[i] >= 0;
-    const T* src = valid ? base + offset + hk * head_stride + chunk * 8 : base;
-    ptx::cp_async_16(ptx::smem_addr(dst + layout::swizzled_offset<D>(row, chunk * 8)), src, valid);
+  } else if (p.block_table) {
+    int pages[kPasses];
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {  // all lookups first, so that they are in flight together
+      const int key = min(key0 + r0 + i * kRowsPerPass, lk - 1);
+      const int page_index = p.page_shift >= 0 ? key >> p.page_shift : key / p.page_size;
+      pages[i] = p.block_table[b * p.block_table_stride + page_index];
+    }
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = r0 + i * kRowsPerPass;
+      const int key = key0 + r;
+      const int slot = p.page_shift >= 0 ? key & (p.page_size - 1) : key % p.page_size;
+      const bool valid = key < lk;
+      const T* row = src.base + int64_t(pages[i]) * src.page_stride + int64_t(slot) * src.token_stride + chunk * 8;
+      ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)), valid ? row : src.base, valid);
+    }
+  } else {
+    const T* row0 = src.base + int64_t(key0) * src.token_stride + chunk * 8;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = r0 + i * kRowsPerPass;
+      const bool valid = key0 + r < lk;
+      ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)),
+                       valid ? row0 + int64_t(r) * src.token_stride : src.base, valid);
+    }
   }
 }
 
-template <class T, int D, int MT, bool kSkip>
-__global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const DecodeParams p) {
-  using Smem = DecodeSmem<D, MT>;
-    constexpr int kThreads = decode_threads<D>();
-  constexpr int kWarps = Smem::kWarps;
-  constexpr int kStages = Smem::kStages;
+// Barrier of the MT warps of key group kg (they share the group's K and V rows).
+template <int MT>
+__device__ __forceinline__ void group_sync(int kg) {
+  if constexpr (MT == 1) {
+    __syncwarp();
+  } else {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(1 + kg), "n"(32 * MT) : "memory");
+  }
+}
+
+// Two blocks per SM (d = 128: 99-113 KB of shared memory each), so up to 255 registers.
+template <class T, int D, int MT, bool kSkip, int kKStages>
+__global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeParams p) {
+  using Smem = DecodeSmem<D, MT, kKStages>;
+  constexpr int kThreads = kDecodeThreads;
+  constexpr int kGroups = Smem::kGroups;
   constexpr int kRowsPad = Smem::kRowsPad;
-  constexpr int kKeys = kBlockN / kWarps;  // keys each warp scores per tile
-  constexpr int kNT = kKeys / 8;           // their n-tiles of 8 keys
-  constexpr int kVCols = D / kWarps;       // output columns per warp (16)
-  constexpr int kVTiles = kVCols / 8;      // their n-tiles (2)
-  static_assert(kNT % 2 == 0 && kVTiles % 2 == 0, "ldmatrix.x4 loads two n-tiles at a time");
+  constexpr int kKeys = kBlockN / kGroups;  // keys of each warp per tile (32 MT)
+  constexpr int kNT = kKeys / 8;            // their n-tiles of 8 keys (S)
+  constexpr int kKS = kKeys / 16;           // their k-steps of 16 keys (P V)
+  constexpr int kDT = D / 8;                // n-tiles of the output columns
+  static_assert(kGroups * MT == kThreads / 32, "warps = key groups x m-tiles");
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* k_smem = smem + Smem::kOffK;
   unsigned char* v_smem = smem + Smem::kOffV;
-  unsigned char* p_smem = smem + Smem::kOffP;
   unsigned char* q_smem = smem + Smem::kOffQ;
   float* red_max = reinterpret_cast<float*>(smem + Smem::kOffMax);
-  float* red_sum = reinterpret_cast<float*>(smem + Smem::kOffSum);
+  float* red_l = reinterpret_cast<float*>(smem + Smem::kOffL);
+  float* row_m = reinterpret_cast<float*>(smem + Smem::kOffM);
 
   const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rg = warp % MT, kg = warp / MT;
+  const int tg = rg * 32 + lane;  // index of this thread in its key group
   const int lq = entry_len(p.cu_seqlens_q, p.seqlens_q, b, p.max_seqlen_q);
   const int lk = entry_len(p.cu_seqlens_k, p.seqlens_k, b, p.max_seqlen_k);
   const int G = p.group;
@@ -146,14 +182,36 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
   const bool skip_on = kSkip && factor > 0.0f && lambda < 1.0;
   const float log_lambda = skip_on ? float(log(lambda)) : -INFINITY;
 
-  // The rows this thread holds in mma fragments: row_id[mt][h] = 16 mt + lane / 4 + 8 h.
-  int key_end[MT][2];
-  for (int mt = 0; mt < MT; ++mt)
-    for (int h = 0; h < 2; ++h) {
-      const int r = mt * 16 + lane / 4 + 8 * h;
-      const int i = r / G;
-      key_end[mt][h] = r >= rows ? 0 : (p.causal ? min(max(lk - lq + i + 1, 0), lk) : lk);
-    }
+  KvSource<T> ksrc{static_cast<const T*>(p.k) + hk * p.k_head_stride, p.k_batch_stride, p.k_token_stride};
+  KvSource<T> vsrc{static_cast<const T*>(p.v) + hk * p.v_head_stride, p.v_batch_stride, p.v_token_stride};
+  if (!p.block_table) {
+    const int64_t k_seq = p.cu_seqlens_k ? int64_t(p.cu_seqlens_k[b]) * p.k_token_stride : int64_t(b) * p.k_batch_stride;
+    const int64_t v_seq = p.cu_seqlens_k ? int64_t(p.cu_seqlens_k[b]) * p.v_token_stride : int64_t(b) * p.v_batch_stride;
+    ksrc.base += k_seq;
+    vsrc.base += v_seq;
+  }
+  auto load_k = [&](int tile, int stage) {
+    load_group_rows<T, D, MT>(p, ksrc, b, tile, lk, kg, tg, k_smem + stage * Smem::kTileBytes);
+  };
+  auto load_v = [&](int tile, unsigned char* dst) { load_group_rows<T, D, MT>(p, vsrc, b, tile, lk, kg, tg, dst); };
+
+  // The two rows this lane holds in mma fragments: r = 16 rg + lane / 4 + 8 h.
+  int key_end[2];
+  for (int h = 0; h < 2; ++h) {
+    const int r = rg * 16 + lane / 4 + 8 * h;
+    const int i = r / G;
+    key_end[h] = r >= rows ? 0 : (p.causal ? min(max(lk - lq + i + 1, 0), lk) : lk);
+  }
+
+  // Anchored order: K of tile 0 and of the last tile go first (into K stage 0 and the V
+  // buffer), so their copies overlap the Q load below.
+  const bool seed = p.anchored && first < last;
+  const int anchors = tiles > 1 ? 2 : 1;
+  if (seed) {
+    load_k(0, 0);
+    if (anchors == 2) load_group_rows<T, D, MT>(p, ksrc, b, tiles - 1, lk, kg, tg, v_smem);
+    ptx::cp_async_commit();
+  }
 
   // Q rows into shared memory (rows past `rows` are zero).
   {
@@ -171,229 +229,202 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
     }
   }
 
-  const T* kbase = static_cast<const T*>(p.k);
-  const T* vbase = static_cast<const T*>(p.v);
   const int ld_row = (lane & 7) + ((lane >> 3) & 1) * 8;  // ldmatrix row of this lane (A operands)
   const int ld_col = (lane >> 4) * 8;                     // ldmatrix column of this lane (A operands)
 
-  // s[mt][nt][e]: scores of rows (mt, lane/4 + 8 (e/2)) and key kKeys warp + 8 nt + 2 (lane%4) + e%2.
-  float s[MT][kNT][4];
+  // s[nt][e]: score of row 16 rg + lane/4 + 8 (e/2) and key 32 MT kg + 8 nt + 2 (lane%4) + e%2.
+  float s[kNT][4];
   auto compute_scores = [&](const unsigned char* kbuf, int tile) {
-    for (int mt = 0; mt < MT; ++mt)
-      for (int nt = 0; nt < kNT; ++nt)
-        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+#pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t bfrag[kNT][2];
+      uint32_t a[4];
+      ldsm_x4(a, ptx::smem_addr(q_smem + layout::swizzled_offset<D>(rg * 16 + ld_row, ks * 16 + ld_col)));
+#pragma unroll
       for (int np = 0; np < kNT / 2; ++np) {
         uint32_t r[4];
-        const int key = warp * kKeys + np * 16 + (lane >> 4) * 8 + (lane & 7);
+        const int key = kg * kKeys + np * 16 + (lane >> 4) * 8 + (lane & 7);
         const int col = ks * 16 + ((lane >> 3) & 1) * 8;
         ldsm_x4(r, ptx::smem_addr(kbuf + layout::swizzled_offset<D>(key, col)));
-        bfrag[2 * np][0] = r[0];
-        bfrag[2 * np][1] = r[1];
-        bfrag[2 * np + 1][0] = r[2];
-        bfrag[2 * np + 1][1] = r[3];
-      }
-      for (int mt = 0; mt < MT; ++mt) {
-        uint32_t a[4];
-        ldsm_x4(a, ptx::smem_addr(q_smem + layout::swizzled_offset<D>(mt * 16 + ld_row, ks * 16 + ld_col)));
-        for (int nt = 0; nt < kNT; ++nt) ptx::mma_16816<T>(s[mt][nt], a, bfrag[nt][0], bfrag[nt][1]);
+        ptx::mma_16816<T>(s[2 * np], a, r[0], r[1]);
+        ptx::mma_16816<T>(s[2 * np + 1], a, r[2], r[3]);
       }
     }
     // scale, and -inf for keys a row does not see
-    const int key0 = tile * kBlockN + warp * kKeys + 2 * (lane % 4);
-    for (int mt = 0; mt < MT; ++mt)
-      for (int nt = 0; nt < kNT; ++nt)
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + nt * 8 + (e & 1);
-          s[mt][nt][e] = key < key_end[mt][e >> 1] ? s[mt][nt][e] * p.scale : -INFINITY;
-        }
-  };
-
-  // tile_max[mt][h] = row maximum over the tile (all warps), NaN kept. Ends with a barrier.
-  float tile_max[MT][2];
-  auto reduce_row_max = [&]() {
-    for (int mt = 0; mt < MT; ++mt)
-      for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
-        for (int nt = 0; nt < kNT; ++nt) mx = layout::max_nan(mx, layout::max_nan(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-        mx = layout::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = layout::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        if (lane % 4 == 0) red_max[warp * kRowsPad + mt * 16 + lane / 4 + 8 * h] = mx;
-      }
-    __syncthreads();
-    for (int mt = 0; mt < MT; ++mt)
-      for (int h = 0; h < 2; ++h) {
-        const int r = mt * 16 + lane / 4 + 8 * h;
-        float mx = red_max[r];
-        for (int w = 1; w < kWarps; ++w) mx = layout::max_nan(mx, red_max[w * kRowsPad + r]);
-        tile_max[mt][h] = mx;
+    const int key0 = tile * kBlockN + kg * kKeys + 2 * (lane % 4);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + nt * 8 + (e & 1);
+        s[nt][e] = key < key_end[e >> 1] ? s[nt][e] * p.scale : -INFINITY;
       }
   };
-
-  float m[MT][2], l[MT][2];
-  for (int mt = 0; mt < MT; ++mt)
+  // This warp's maximum of each of its rows over its keys, NaN kept, to red_max[buf].
+  auto publish_row_max = [&](int buf) {
+#pragma unroll
     for (int h = 0; h < 2; ++h) {
-      m[mt][h] = -INFINITY;
-      l[mt][h] = 0.0f;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) mx = layout::max_nan(mx, layout::max_nan(s[nt][2 * h], s[nt][2 * h + 1]));
+      mx = layout::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = layout::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      if (lane % 4 == 0) red_max[(buf * kGroups + kg) * kRowsPad + rg * 16 + lane / 4 + 8 * h] = mx;
     }
+  };
+  // Row maxima over the whole tile (after a barrier): the key groups' partial maxima.
+  auto tile_row_max = [&](int buf, float (&mx)[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = rg * 16 + lane / 4 + 8 * h;
+      float v = red_max[buf * kGroups * kRowsPad + r];
+#pragma unroll
+      for (int g = 1; g < kGroups; ++g) v = layout::max_nan(v, red_max[(buf * kGroups + g) * kRowsPad + r]);
+      mx[h] = v;
+    }
+  };
 
-  // Anchored order: seed m with each row's maximum over tile 0 and the last tile.
-  if (p.anchored && first < last) {
-    for (int a = 0; a < (tiles > 1 ? 2 : 1); ++a) {
-      const int tile = a == 0 ? 0 : tiles - 1;
-      int pages[TileCopy<D>::kPasses];
-      lookup_pages<D>(p, b, tile, lk, pages);
-      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, tile, pages, k_smem);
-      ptx::cp_async_commit();
-      ptx::cp_async_wait<0>();
-      __syncthreads();
-      compute_scores(k_smem, tile);
-      reduce_row_max();
-      for (int mt = 0; mt < MT; ++mt)
-        for (int h = 0; h < 2; ++h) m[mt][h] = layout::max_nan(m[mt][h], tile_max[mt][h]);
-      __syncthreads();  // k_smem and red_max are reused
+  float m[2] = {-INFINITY, -INFINITY};
+  float l[2] = {0.0f, 0.0f};  // this lane's part of l: its keys of the warp's keys
+
+  if (seed) {
+    ptx::cp_async_wait<0>();
+    __syncthreads();  // Q, and every group's anchor rows
+    compute_scores(k_smem, 0);
+    publish_row_max(0);
+    if (anchors == 2) {
+      compute_scores(v_smem, tiles - 1);
+      publish_row_max(1);
+    }
+    __syncthreads();
+    float mx[2];
+    tile_row_max(0, mx);
+    for (int h = 0; h < 2; ++h) m[h] = layout::max_nan(m[h], mx[h]);
+    if (anchors == 2) {
+      tile_row_max(1, mx);
+      for (int h = 0; h < 2; ++h) m[h] = layout::max_nan(m[h], mx[h]);
     }
   }
+  __syncthreads();  // Q is in place; the seeding is done with K stage 0, the V buffer, red_max
 
-  float o[MT][kVTiles][4];
-  for (int mt = 0; mt < MT; ++mt)
-    for (int nt = 0; nt < kVTiles; ++nt)
-      for (int e = 0; e < 4; ++e) o[mt][nt][e] = 0.0f;
+  // K pipeline prologue: kKStages (K, empty V) group pairs.
+  for (int j = 0; j < kKStages; ++j) {
+    if (first + j < last) load_k(first + j, j);
+    ptx::cp_async_commit();
+    ptx::cp_async_commit();
+  }
 
-  // O = O * alpha + P V for the tile held in slot `slot` of the P and V buffers.
-  auto apply_pv = [&](int slot, const float (&alpha)[MT][2]) {
-    for (int mt = 0; mt < MT; ++mt)
-      for (int nt = 0; nt < kVTiles; ++nt)
-        for (int e = 0; e < 4; ++e) o[mt][nt][e] *= alpha[mt][e >> 1];
-    const unsigned char* pbuf = p_smem + slot * kRowsPad * kBlockN * 2;
-    const unsigned char* vbuf = v_smem + slot * Smem::kTileBytes;
-    for (int ks = 0; ks < kBlockN / 16; ++ks) {
-      uint32_t bfrag[kVTiles][2];
-      for (int np = 0; np < kVTiles / 2; ++np) {
+  float o[kDT][4];
+#pragma unroll
+  for (int nt = 0; nt < kDT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[nt][e] = 0.0f;
+
+  // The previous kept tile, whose P V is still to be applied: P as A fragments, alpha.
+  uint32_t pend_p[kKS][4];
+  float pend_alpha[2] = {1.0f, 1.0f};
+  bool pending = false;
+  auto apply_pv = [&]() {
+#pragma unroll
+    for (int nt = 0; nt < kDT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[nt][e] *= pend_alpha[e >> 1];
+#pragma unroll
+    for (int kk = 0; kk < kKS; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kDT / 2; ++np) {
         uint32_t r[4];
-        const int key = ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-        const int col = warp * kVCols + np * 16 + (lane >> 4) * 8;
-        ldsm_x4_trans(r, ptx::smem_addr(vbuf + layout::swizzled_offset<D>(key, col)));
-        bfrag[2 * np][0] = r[0];
-        bfrag[2 * np][1] = r[1];
-        bfrag[2 * np + 1][0] = r[2];
-        bfrag[2 * np + 1][1] = r[3];
-      }
-      for (int mt = 0; mt < MT; ++mt) {
-        uint32_t a[4];
-        ldsm_x4(a, ptx::smem_addr(pbuf + layout::swizzled_offset<kBlockN>(mt * 16 + ld_row, ks * 16 + ld_col)));
-        for (int nt = 0; nt < kVTiles; ++nt) ptx::mma_16816<T>(o[mt][nt], a, bfrag[nt][0], bfrag[nt][1]);
+        const int key = kg * kKeys + kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+        const int col = np * 16 + (lane >> 4) * 8;
+        ldsm_x4_trans(r, ptx::smem_addr(v_smem + layout::swizzled_offset<D>(key, col)));
+        ptx::mma_16816<T>(o[2 * np], pend_p[kk], r[0], r[1]);
+        ptx::mma_16816<T>(o[2 * np + 1], pend_p[kk], r[2], r[3]);
       }
     }
   };
 
   unsigned long long visited = 0, skipped = 0;
-  for (int j = 0; j < kStages; ++j) {
-    if (first + j < last) {
-      int pages[TileCopy<D>::kPasses];
-      lookup_pages<D>(p, b, first + j, lk, pages);
-      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, first + j, pages,
-                         k_smem + j * Smem::kTileBytes);
-    }
-    ptx::cp_async_commit();
-  }
-
-  bool pending = false;  // the previous tile was kept and its P V is still to be applied
-  float alpha_prev[MT][2], alpha_cur[MT][2];
   for (int t = first; t < last; ++t) {
     const int j = t - first;
-    if (j >= kStages) {
-      ptx::cp_async_wait<2 * kStages - 2>();
-    } else {
-      ptx::cp_async_wait<kStages - 1>();
-    }
-    __syncthreads();
-    // pages of this tile (for V) and of the tile the K pipeline copies next, looked up now so
-    // the block-table loads overlap Q K^T
-    int v_pages[TileCopy<D>::kPasses], k_pages[TileCopy<D>::kPasses];
-    lookup_pages<D>(p, b, t, lk, v_pages);
-    if (t + kStages < last) lookup_pages<D>(p, b, t + kStages, lk, k_pages);
-    const unsigned char* kbuf = k_smem + (j % kStages) * Smem::kTileBytes;
-    compute_scores(kbuf, t);
-    reduce_row_max();  // barrier inside: every warp is done reading kbuf
+    const int stage = j % kKStages;
+    ptx::cp_async_wait<2 * kKStages - 1>();  // K(t): 2 kKStages - 1 groups were committed after it
+    group_sync<MT>(kg);
+    compute_scores(k_smem + stage * Smem::kTileBytes, t);
+    publish_row_max(j & 1);
+    __syncthreads();  // partial maxima published; every warp is done reading K(t)
+    float tile_max[2];
+    tile_row_max(j & 1, tile_max);
 
     const bool anchor = p.anchored ? (t == 0 || t == tiles - 1) : (t == first);
     bool keep = true;
     if constexpr (kSkip) {
       if (skip_on && !anchor) {
         bool row_keeps = false;
-        for (int mt = 0; mt < MT; ++mt)
-          for (int h = 0; h < 2; ++h) {
-            const float mt_max = tile_max[mt][h];
-            // a padding row has key_end 0 and so mt_max = -inf: it never keeps a tile
-            if (mt_max != -INFINITY && !(mt_max - m[mt][h] < log_lambda)) row_keeps = true;
-          }
-        keep = __syncthreads_or(row_keeps) != 0;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          // a padding row has key_end 0 and so tile_max = -inf: it never keeps a tile
+          if (tile_max[h] != -INFINITY && !(tile_max[h] - m[h] < log_lambda)) row_keeps = true;
+        }
+        if constexpr (MT == 1) {
+          keep = __any_sync(0xffffffffu, row_keeps);  // this warp holds every row of the group
+        } else {
+          keep = __syncthreads_or(row_keeps) != 0;
+        }
       }
     }
     ++visited;
     if (threadIdx.x == 0 && p.decisions)
       p.decisions[(int64_t(b) * p.num_kv_heads + hk) * p.tiles_max + t] = keep ? 1 : 2;
 
-    const int slot = j & 1;
+    if (t + kKStages < last) load_k(t + kKStages, stage);
+    ptx::cp_async_commit();
+
+    if (pending) {
+      ptx::cp_async_wait<1>();  // V of the previous kept tile (K(t + kKStages) came after it)
+      group_sync<MT>(kg);
+      apply_pv();
+    }
     if (keep) {
-      load_kv_tile<T, D>(p, vbase, p.v_batch_stride, p.v_token_stride, p.v_head_stride, b, hk, t, v_pages,
-                         v_smem + slot * Smem::kTileBytes);
+      group_sync<MT>(kg);  // every warp of the group is done reading the V buffer
+      load_v(t, v_smem);
     } else {
       ++skipped;
     }
     ptx::cp_async_commit();
-    if (t + kStages < last)
-      load_kv_tile<T, D>(p, kbase, p.k_batch_stride, p.k_token_stride, p.k_head_stride, b, hk, t + kStages,
-                         k_pages, k_smem + (j % kStages) * Smem::kTileBytes);
-    ptx::cp_async_commit();
+    pending = keep;
 
     if (keep) {
-      // online softmax statistics now (the next vote needs m); P to shared memory
-      unsigned char* pbuf = p_smem + slot * kRowsPad * kBlockN * 2;
-      for (int mt = 0; mt < MT; ++mt)
-        for (int h = 0; h < 2; ++h) {
-          const float m_new = layout::max_nan(m[mt][h], tile_max[mt][h]);
-          const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-          alpha_cur[mt][h] = exp2f((m[mt][h] - m_use) * kLog2e);
-          float sum = 0.0f;
-          for (int nt = 0; nt < kNT; ++nt) {
-            const float p0 = exp2f((s[mt][nt][2 * h] - m_use) * kLog2e);
-            const float p1 = exp2f((s[mt][nt][2 * h + 1] - m_use) * kLog2e);
-            sum += p0 + p1;
-            const int r = mt * 16 + lane / 4 + 8 * h;
-            const int key = warp * kKeys + nt * 8 + 2 * (lane % 4);
-            *reinterpret_cast<uint32_t*>(pbuf + layout::swizzled_offset<kBlockN>(r, key)) = ptx::pack2<T>(p0, p1);
-          }
-          sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-          sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-          if (lane % 4 == 0) red_sum[warp * kRowsPad + mt * 16 + lane / 4 + 8 * h] = sum;
-          m[mt][h] = m_new;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float m_new = layout::max_nan(m[h], tile_max[h]);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        pend_alpha[h] = exp2f((m[h] - m_use) * kLog2e);
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          s[nt][2 * h] = exp2f((s[nt][2 * h] - m_use) * kLog2e);
+          s[nt][2 * h + 1] = exp2f((s[nt][2 * h + 1] - m_use) * kLog2e);
+          sum += s[nt][2 * h] + s[nt][2 * h + 1];
         }
-      __syncthreads();
-      for (int mt = 0; mt < MT; ++mt)
-        for (int h = 0; h < 2; ++h) {
-          const int r = mt * 16 + lane / 4 + 8 * h;
-          float total = 0.0f;
-          for (int w = 0; w < kWarps; ++w) total += red_sum[w * kRowsPad + r];
-          l[mt][h] = l[mt][h] * alpha_cur[mt][h] + total;
-        }
+        l[h] = l[h] * pend_alpha[h] + sum;
+        m[h] = m_new;
+      }
+#pragma unroll
+      for (int kk = 0; kk < kKS; ++kk) {
+        pend_p[kk][0] = ptx::pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+        pend_p[kk][1] = ptx::pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+        pend_p[kk][2] = ptx::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pend_p[kk][3] = ptx::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      }
     }
-
-    if (pending) {
-      ptx::cp_async_wait<3>();  // V of the previous tile (3 groups were committed after it)
-      __syncthreads();
-      apply_pv(slot ^ 1, alpha_prev);
-    }
-    pending = keep;
-    for (int mt = 0; mt < MT; ++mt)
-      for (int h = 0; h < 2; ++h) alpha_prev[mt][h] = alpha_cur[mt][h];
   }
   if (pending) {
     ptx::cp_async_wait<0>();
-    __syncthreads();
-    apply_pv((last - first - 1) & 1, alpha_prev);
+    group_sync<MT>(kg);
+    apply_pv();
   }
   ptx::cp_async_wait<0>();
 
@@ -406,37 +437,67 @@ __global__ void __launch_bounds__(decode_threads<D>()) decode_kernel(const Decod
     atomicAdd(&p.totals[1], skipped);
   }
 
-  // Epilogue: final rows (one split) or partial (m, l, O) for the combine kernel.
-  for (int mt = 0; mt < MT; ++mt)
-    for (int h = 0; h < 2; ++h) {
-      const int r = mt * 16 + lane / 4 + 8 * h;
-      if (r >= rows) continue;
-      const int i = r / G, head = hk * G + r % G;
-      const bool empty = m[mt][h] == -INFINITY || l[mt][h] == 0.0f;
-      if (p.splits == 1) {
-        T* out = static_cast<T*>(p.out) +
-                 q_side_offset(p, p.o_batch_stride, p.o_token_stride, p.o_head_stride, b, i, head);
-        const float inv = empty ? 0.0f : 1.0f / l[mt][h];
-        for (int nt = 0; nt < kVTiles; ++nt) {
-          const int col = warp * kVCols + nt * 8 + 2 * (lane % 4);
-          *reinterpret_cast<uint32_t*>(out + col) = ptx::pack2<T>(o[mt][nt][2 * h] * inv, o[mt][nt][2 * h + 1] * inv);
-        }
-        if (p.lse && warp == 0 && lane % 4 == 0)
-          p.lse[q_side_offset(p, p.lse_batch_stride, p.lse_token_stride, p.lse_head_stride, b, i, head)] =
-              empty ? -INFINITY : m[mt][h] + logf(l[mt][h]);
-      } else {
-        const int64_t part = ((int64_t(b) * p.num_kv_heads + hk) * p.splits + split) * p.rows_max + r;
-        for (int nt = 0; nt < kVTiles; ++nt) {
-          const int col = warp * kVCols + nt * 8 + 2 * (lane % 4);
-          *reinterpret_cast<float2*>(p.ws_o + part * D + col) = make_float2(o[mt][nt][2 * h], o[mt][nt][2 * h + 1]);
-        }
-        if (warp == 0 && lane % 4 == 0) {
-          // a chunk that kept nothing contributes nothing
-          p.ws_ml[2 * part] = (first < last && l[mt][h] != 0.0f) || m[mt][h] != m[mt][h] ? m[mt][h] : -INFINITY;
-          p.ws_ml[2 * part + 1] = l[mt][h];
-        }
+  // Epilogue: the key groups' partial O and l to shared memory (O over the K stages and the V
+  // buffer, free once every warp is past this barrier), summed per row in group order.
+  __syncthreads();
+  float* part_o = reinterpret_cast<float*>(k_smem);
+  constexpr int kStride = Smem::kOutStride;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = rg * 16 + lane / 4 + 8 * h;
+    float lsum = l[h];
+    lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+    lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+    if (lane % 4 == 0) {
+      red_l[kg * kRowsPad + r] = lsum;
+      if (kg == 0) row_m[r] = m[h];
+    }
+    float* dst = part_o + (kg * kRowsPad + r) * kStride + 2 * (lane % 4);
+#pragma unroll
+    for (int nt = 0; nt < kDT; ++nt)
+      *reinterpret_cast<float2*>(dst + nt * 8) = make_float2(o[nt][2 * h], o[nt][2 * h + 1]);
+  }
+  __syncthreads();
+  constexpr int kQuads = D / 4;
+  for (int c = threadIdx.x; c < kRowsPad * kQuads; c += kThreads) {
+    const int r = c / kQuads, col = (c % kQuads) * 4;
+    if (r >= rows) continue;
+    float acc[4];
+    float lsum = red_l[r];
+    {
+      const float4 v = *reinterpret_cast<const float4*>(part_o + r * kStride + col);
+      acc[0] = v.x, acc[1] = v.y, acc[2] = v.z, acc[3] = v.w;
+    }
+#pragma unroll
+    for (int g = 1; g < kGroups; ++g) {
+      const float4 v = *reinterpret_cast<const float4*>(part_o + (g * kRowsPad + r) * kStride + col);
+      acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
+      lsum += red_l[g * kRowsPad + r];
+    }
+    const float mr = row_m[r];
+    const int i = r / G, head = hk * G + r % G;
+    const bool empty = mr == -INFINITY || lsum == 0.0f;
+    if (p.splits == 1) {
+      T* out = static_cast<T*>(p.out) +
+               q_side_offset(p, p.o_batch_stride, p.o_token_stride, p.o_head_stride, b, i, head) + col;
+      const float inv = empty ? 0.0f : 1.0f / lsum;
+      *reinterpret_cast<uint32_t*>(out) = ptx::pack2<T>(acc[0] * inv, acc[1] * inv);
+      *reinterpret_cast<uint32_t*>(out + 2) = ptx::pack2<T>(acc[2] * inv, acc[3] * inv);
+      if (p.lse && col == 0)
+        p.lse[q_side_offset(p, p.lse_batch_stride, p.lse_token_stride, p.lse_head_stride, b, i, head)] =
+            empty ? -INFINITY : mr + logf(lsum);
+    } else {
+      const int64_t part = ((int64_t(b) * p.num_kv_heads + hk) * p.splits + split) * p.rows_max + r;
+      float* wo = p.ws_o + part * D + col;
+      *reinterpret_cast<float2*>(wo) = make_float2(acc[0], acc[1]);
+      *reinterpret_cast<float2*>(wo + 2) = make_float2(acc[2], acc[3]);
+      if (col == 0) {
+        // a chunk that kept nothing contributes nothing
+        p.ws_ml[2 * part] = (first < last && lsum != 0.0f) || mr != mr ? mr : -INFINITY;
+        p.ws_ml[2 * part + 1] = lsum;
       }
     }
+  }
 }
 
 constexpr int kCombineThreads = 128;

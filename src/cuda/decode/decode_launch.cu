@@ -28,9 +28,65 @@ int m_tiles_for(int rows_max) {
 
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
-// Splits that fill whole waves of one block per SM: the fewest splits whose last wave is at
-// least 90% full (every split keeps >= 4 tiles); else the best-filled wave count.
-int pick_splits(const blasst_args& a, int sm_count) {
+// K tiles in flight per block. Two (with one V buffer: 99 KB of shared memory at d = 128 and
+// one m-tile, two blocks per SM) measured faster than one (three blocks per SM) on every point
+// of bench/gpu_decode_bench.py on the H100: 2.63-2.98 against 2.20-2.94 TB/s dense.
+constexpr int kKStages = 2;
+
+// The kernel instantiation a call runs, with its dynamic shared memory.
+struct KernelChoice {
+  const void* fn = nullptr;
+  int smem = 0;
+  void (*combine)(DecodeParams) = nullptr;
+};
+
+template <class T, int D, int MT, bool kSkip>
+KernelChoice choice() {
+  return {reinterpret_cast<const void*>(&decode_kernel<T, D, MT, kSkip, kKStages>), DecodeSmem<D, MT, kKStages>::kBytes,
+          &decode_combine_kernel<T, D>};
+}
+template <class T, int D, int MT>
+KernelChoice choice_k(bool skip) {
+  return skip ? choice<T, D, MT, true>() : choice<T, D, MT, false>();
+}
+template <class T, int D>
+KernelChoice choice_m(int m_tiles, bool skip) {
+  switch (m_tiles) {
+    case 1: return choice_k<T, D, 1>(skip);
+    case 2: return choice_k<T, D, 2>(skip);
+    default: return choice_k<T, D, 4>(skip);
+  }
+}
+template <class T>
+KernelChoice choice_d(int d, int m_tiles, bool skip) {
+  return d == 64 ? choice_m<T, 64>(m_tiles, skip) : choice_m<T, 128>(m_tiles, skip);
+}
+
+bool skip_mode(const blasst_args& a) {
+  return a.threshold.threshold_scale_factor > 0.0f || a.threshold.per_kv_head_factor != nullptr;
+}
+
+KernelChoice choose(const blasst_args& a) {
+  const int m_tiles = m_tiles_for((a.num_q_heads / a.num_kv_heads) * a.max_seqlen_q);
+  return a.q.dtype == BLASST_DTYPE_BFLOAT16 ? choice_d<__nv_bfloat16>(a.head_dim_qk, m_tiles, skip_mode(a))
+                                            : choice_d<__half>(a.head_dim_qk, m_tiles, skip_mode(a));
+}
+
+// Raises the kernel's dynamic shared memory limit; returns how many of its blocks fit on an SM.
+int prepare(const KernelChoice& k, cudaError_t* err) {
+  *err = cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem);
+  if (*err != cudaSuccess) return 1;
+  *err = cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  if (*err != cudaSuccess) return 1;
+  int blocks = 1;
+  *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, kDecodeThreads, size_t(k.smem));
+  return std::max(blocks, 1);
+}
+
+// Splits that fill whole waves of `slots` resident blocks (SMs x blocks per SM): the fewest
+// splits whose last wave is at least 90% full (every split keeps >= 4 tiles); else the
+// best-filled wave count.
+int pick_splits(const blasst_args& a, int slots) {
   const int tiles = ceil_div_int(a.max_seqlen_k, kBlockN);
   const int groups = std::max(a.batch * a.num_kv_heads, 1);
   const int most = std::max(1, std::min(ceil_div_int(tiles, 4), 256));
@@ -38,8 +94,8 @@ int pick_splits(const blasst_args& a, int sm_count) {
   double best_fill = 0.0;
   for (int s = 1; s <= most; ++s) {
     const double blocks = double(groups) * s;
-    const double fill = blocks / (std::ceil(blocks / sm_count) * sm_count);
-    if (blocks >= sm_count && fill >= 0.9) return s;
+    const double fill = blocks / (std::ceil(blocks / slots) * slots);
+    if (blocks >= slots && fill >= 0.9) return s;
     if (fill > best_fill + 1e-9) {
       best_fill = fill;
       best = s;
@@ -60,31 +116,16 @@ Buffers& buffers() {
   return b;
 }
 
-template <class T, int D, int MT, bool kSkip>
-cudaError_t launch_typed(const DecodeParams& p, cudaStream_t stream) {
-  auto kernel = decode_kernel<T, D, MT, kSkip>;
-  const int smem = DecodeSmem<D, MT>::kBytes;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+cudaError_t launch(const KernelChoice& k, DecodeParams p, cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  prepare(k, &err);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(p.splits, p.num_kv_heads, p.batch), decode_threads<D>(), smem, stream>>>(p);
-  err = cudaGetLastError();
+  void* args[] = {&p};
+  err = cudaLaunchKernel(k.fn, dim3(p.splits, p.num_kv_heads, p.batch), dim3(kDecodeThreads), args, size_t(k.smem),
+                         stream);
   if (err != cudaSuccess || p.splits == 1) return err;
-  decode_combine_kernel<T, D><<<dim3(p.rows_max, p.num_kv_heads, p.batch), kCombineThreads, 0, stream>>>(p);
+  k.combine<<<dim3(p.rows_max, p.num_kv_heads, p.batch), kCombineThreads, 0, stream>>>(p);
   return cudaGetLastError();
-}
-
-template <class T, int D>
-cudaError_t launch_d(const DecodeParams& p, int m_tiles, bool skip, cudaStream_t stream) {
-  switch (m_tiles) {
-    case 1: return skip ? launch_typed<T, D, 1, true>(p, stream) : launch_typed<T, D, 1, false>(p, stream);
-    case 2: return skip ? launch_typed<T, D, 2, true>(p, stream) : launch_typed<T, D, 2, false>(p, stream);
-    default: return skip ? launch_typed<T, D, 4, true>(p, stream) : launch_typed<T, D, 4, false>(p, stream);
-  }
-}
-
-template <class T>
-cudaError_t launch_t(const DecodeParams& p, int d, int m_tiles, bool skip, cudaStream_t stream) {
-  return d == 64 ? launch_d<T, 64>(p, m_tiles, skip, stream) : launch_d<T, 128>(p, m_tiles, skip, stream);
 }
 
 }  // namespace
@@ -123,7 +164,10 @@ int resolve_splits(const blasst_args& a) {
   if (a.geometry.splits > 0) return std::min(a.geometry.splits, std::max(1, ceil_div_int(a.max_seqlen_k, kBlockN)));
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return pick_splits(a, sms);
+  cudaError_t err = cudaSuccess;
+  const int per_sm = prepare(choose(a), &err);
+  if (err != cudaSuccess) cudaGetLastError();  // the launch reports it; leave no error pending
+  return pick_splits(a, sms * per_sm);
 }
 
 Status run_decode(const blasst_args& a, blasst_run_info* info) {
@@ -219,12 +263,8 @@ Status run_decode(const blasst_args& a, blasst_run_info* info) {
       return cuda_error(e, "clearing decisions");
   }
 
-  const bool skip = a.threshold.threshold_scale_factor > 0.0f || a.threshold.per_kv_head_factor != nullptr;
   const int m_tiles = m_tiles_for(p.rows_max);
-  cudaError_t err = a.q.dtype == BLASST_DTYPE_BFLOAT16
-                        ? launch_t<__nv_bfloat16>(p, a.head_dim_qk, m_tiles, skip, stream)
-                        : launch_t<__half>(p, a.head_dim_qk, m_tiles, skip, stream);
-  if (err != cudaSuccess) return cuda_error(err, "launch");
+  if (cudaError_t err = launch(choose(a), p, stream); err != cudaSuccess) return cuda_error(err, "launch");
 
   if (!info) return Status::ok();
   info->engine = BLASST_ENGINE_CUDA;

@@ -8,12 +8,9 @@ namespace blasst::cuda::decode {
 
 constexpr int kBlockN = 128;  // keys per KV tile (the decision tile width)
 
-// D / 16 warps per block (8 for D = 128): with one block per SM (its pipeline fills most of
-// shared memory), more warps are what keeps the copies and the math issuing.
-template <int D>
-constexpr int decode_threads() {
-  return 32 * (D / 16);
-}
+// Four warps per block. A block's shared memory holds two or three KV tiles, so two or three
+// blocks share an SM: what one block waits for (a barrier, a tile), the others cover.
+constexpr int kDecodeThreads = 128;
 
 struct DecodeParams {
   // Tensors (element strides; the last dimension is contiguous).
