@@ -131,7 +131,8 @@ TEST_F(PrefillGpu, PaddedBatchWithSeqlens) {
 }
 
 TEST_F(PrefillGpu, PagedKv) {
-  for (int page_size : {16, 64, 100}) {
+  // 128 and 256 run the sm_90a kernel on Hopper (TMA per page); the others the sm_80 kernel.
+  for (int page_size : {16, 64, 100, 128, 256}) {
     for (int causal = 0; causal < 2; ++causal) {
       Case c;
       c.lq = {150, 64};
@@ -147,6 +148,46 @@ TEST_F(PrefillGpu, PagedKv) {
       c.seed = 300 + uint64_t(page_size + causal);
       SCOPED_TRACE(c.name());
       check_against_cpu(c);
+    }
+  }
+}
+
+// On compute capability 9.0 the engine runs the sm_90a kernel where it fits (decision groups of
+// 64 rows, tiles of 128 keys) and the sm_80 kernel where it does not (d = 256; small pages).
+TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
+  int device = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (major != 9 || minor != 0) GTEST_SKIP() << "not a compute capability 9.0 device";
+#if !defined(BLASST_TEST_HAVE_SM90)
+  GTEST_SKIP() << "this build has no sm_90a prefill kernel (no CUTLASS headers at configure time)";
+#endif
+  struct Expect {
+    int d;
+    Layout layout;
+    int page_size;
+    int block_m;
+  };
+  for (const Expect& e : {Expect{128, Layout::Contiguous, 16, 64}, Expect{64, Layout::Ragged, 16, 64},
+                          Expect{128, Layout::Paged, 128, 64}, Expect{256, Layout::Contiguous, 16, 128},
+                          Expect{128, Layout::Paged, 64, 128}}) {
+    Case c;
+    c.lq = {200};
+    c.lk = {700};
+    c.hq = 4;
+    c.hkv = 2;
+    c.d = e.d;
+    c.layout = e.layout;
+    c.page_size = e.page_size;
+    c.factor = 300.0f;
+    SCOPED_TRACE(c.name());
+    const Inputs in = make_inputs(c);
+    const GpuRun g = run_gpu(c, in);
+    ASSERT_EQ(g.status, BLASST_OK) << g.message;
+    EXPECT_EQ(g.info.geometry.block_m, e.block_m);
+    if (e.block_m == 64) {
+      EXPECT_EQ(g.info.geometry.block_n, 128);
     }
   }
 }
