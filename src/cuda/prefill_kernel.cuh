@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "cuda/prefill_entry.cuh"
 #include "cuda/prefill_params.hpp"
 #include "cuda/ptx.cuh"
 
@@ -51,8 +52,6 @@ __device__ __forceinline__ uint32_t swz(int r, int c) {
   return uint32_t(r * D + ((c ^ (r & 7)) << 3)) * 2u;
 }
 
-__device__ __forceinline__ int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
-
 }  // namespace detail
 
 template <class Cfg, bool kSkip>
@@ -76,40 +75,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
-  // CTA order: the G query heads of one KV head for one row block are consecutive, then the
-  // next row block (causal: heaviest first), then the next KV head. CTAs running at the same
-  // time then share one or two KV heads, whose K/V stay in L2 even when skipping lets the
-  // CTAs drift apart along the keys.
-  const int cta = blockIdx.x;
-  const int g_in = cta % p.q_per_kv;
-  const int blk_i = (cta / p.q_per_kv) % p.row_blocks;
-  const int h = (cta / p.q_per_kv / p.row_blocks) * p.q_per_kv + g_in;
-  const int blk = p.causal ? p.row_blocks - 1 - blk_i : blk_i;
+  // CTA placement and entry lengths: prefill_entry.cuh.
+  const CtaPlace place = cta_place(p, blockIdx.x, p.row_blocks);
+  const int h = place.head;
+  const int blk = place.row_block;
   const int b = blockIdx.y;
-
-  // Lengths of this batch entry (device memory), clamped to the padded bounds.
-  int q_start = 0, lq = p.max_seqlen_q, k_start = 0, lk = p.max_seqlen_k;
-  if (p.cu_seqlens_q) {
-    q_start = p.cu_seqlens_q[b];
-    lq = p.cu_seqlens_q[b + 1] - q_start;
-  } else if (p.seqlens_q) {
-    lq = p.seqlens_q[b];
-  }
-  if (p.cu_seqlens_k) {
-    k_start = p.cu_seqlens_k[b];
-    lk = p.cu_seqlens_k[b + 1] - k_start;
-  } else if (p.seqlens_k) {
-    lk = p.seqlens_k[b];
-  }
-  lq = detail::clampi(lq, 0, p.max_seqlen_q);
-  lk = detail::clampi(lk, 0, p.max_seqlen_k);
-
+  const EntryLengths entry = entry_lengths(p, b);
+  const int q_start = entry.q_start, lq = entry.lq, k_start = entry.k_start, lk = entry.lk;
   const int row0 = blk * BM;
   if (row0 >= lq) return;
   const int rows_here = min(BM, lq - row0);
   const int kv_head = h / p.q_per_kv;
-  const int causal_shift = lk - lq + 1;  // row i sees keys < i + causal_shift (clamped)
-  auto key_end = [&](int i) { return p.causal ? detail::clampi(i + causal_shift, 0, lk) : lk; };
+  auto key_end = [&](int i) { return entry.key_end(i, p.causal != 0); };
   const int ke_min = key_end(row0);
   const int ke_max = key_end(row0 + rows_here - 1);
   const int n_tiles = (ke_max + BN - 1) / BN;

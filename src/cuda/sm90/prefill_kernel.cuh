@@ -17,6 +17,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
+#include "cuda/prefill_entry.cuh"
 #include "cuda/prefill_params.hpp"
 #include "cuda/sm90/prefill_traits.cuh"
 #include "cuda/sm90/softmax_vote.cuh"
@@ -37,10 +38,6 @@ struct KernelParams {
   int32_t pingpong;                    // consumer warpgroups take turns issuing their products
 };
 
-namespace detail {
-__device__ __forceinline__ int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
-}  // namespace detail
-
 template <class Traits, bool kSkip>
 __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const __grid_constant__ KernelParams<Traits> P) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -58,42 +55,24 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
 
-  // CTA order as in the sm_80 kernel: the query heads of one KV head for one row block are
-  // consecutive, then the next row block (causal: heaviest first), then the next KV head.
-  const int cta = blockIdx.x;
-  const int g_in = cta % p.q_per_kv;
-  const int blk_i = (cta / p.q_per_kv) % P.row_blocks;
-  const int h = (cta / p.q_per_kv / P.row_blocks) * p.q_per_kv + g_in;
-  const int blk = p.causal ? P.row_blocks - 1 - blk_i : blk_i;
+  // CTA placement and entry lengths as in the sm_80 kernel (prefill_entry.cuh).
+  const CtaPlace place = cta_place(p, blockIdx.x, P.row_blocks);
+  const int h = place.head;
+  const int blk = place.row_block;
   const int b = blockIdx.y;
-
-  int q_start = 0, lq = p.max_seqlen_q, k_start = 0, lk = p.max_seqlen_k;
-  if (p.cu_seqlens_q) {
-    q_start = p.cu_seqlens_q[b];
-    lq = p.cu_seqlens_q[b + 1] - q_start;
-  } else if (p.seqlens_q) {
-    lq = p.seqlens_q[b];
-  }
-  if (p.cu_seqlens_k) {
-    k_start = p.cu_seqlens_k[b];
-    lk = p.cu_seqlens_k[b + 1] - k_start;
-  } else if (p.seqlens_k) {
-    lk = p.seqlens_k[b];
-  }
-  lq = detail::clampi(lq, 0, p.max_seqlen_q);
-  lk = detail::clampi(lk, 0, p.max_seqlen_k);
+  const EntryLengths entry = entry_lengths(p, b);
+  const int q_start = entry.q_start, lq = entry.lq, k_start = entry.k_start, lk = entry.lk;
   const int row0 = blk * BM;
   if (row0 >= lq) return;
   const int rows_here = min(BM, lq - row0);
   const int kv_head = h / p.q_per_kv;
-  const int causal_shift = lk - lq + 1;  // row i sees keys < i + causal_shift (clamped)
-  auto key_end = [&](int i) { return p.causal ? detail::clampi(i + causal_shift, 0, lk) : lk; };
+  auto key_end = [&](int i) { return entry.key_end(i, p.causal != 0); };
 
   // Each group's last tile (-1: the group has no row or no row sees a key).
   int last[Traits::kConsumerGroups];
 #pragma unroll
   for (int g = 0; g < Traits::kConsumerGroups; ++g) {
-    const int rows_g = detail::clampi(rows_here - g * GR, 0, GR);
+    const int rows_g = clamp_int(rows_here - g * GR, 0, GR);
     last[g] = rows_g > 0 ? (key_end(row0 + g * GR + rows_g - 1) + BN - 1) / BN - 1 : -1;
   }
 
@@ -198,7 +177,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   order.anchored = plan.anchored;
   const int n_own = order.tiles();
   const int group_row0 = row0 + grp * GR;
-  const int group_rows = detail::clampi(rows_here - grp * GR, 0, GR);
+  const int group_rows = clamp_int(rows_here - grp * GR, 0, GR);
   const int ke_first = key_end(group_row0);  // tiles from (ke_first / BN) on need the mask
   const bool vote_on = kSkip && skip_on;
 

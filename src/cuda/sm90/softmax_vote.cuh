@@ -32,28 +32,13 @@ __device__ __forceinline__ auto acc_as_a_layout(L l) {
                      coalesce(make_layout(get<1>(j), get<2>(l))));
 }
 
-// Element-wise conversion of a register fragment (float -> 16-bit), packed two at a time.
-template <class To, class Frag>
-__device__ __forceinline__ auto convert_fragment(Frag const& in) {
-  constexpr int N = decltype(size(in))::value;
-  static_assert(N % 2 == 0, "pairs");
-  Tensor out = make_tensor<To>(in.layout());
-#pragma unroll
-  for (int i = 0; i < N; i += 2) {
-    cutlass::Array<float, 2> pair{in(i), in(i + 1)};
-    cutlass::NumericArrayConverter<To, float, 2, cutlass::FloatRoundStyle::round_to_nearest> conv;
-    auto r = conv(pair);
-    out(i) = r[0];
-    out(i + 1) = r[1];
-  }
-  return out;
-}
-
-// The same, into an existing 16-bit fragment of the same layout.
+// Element-wise conversion of a float register fragment into a 16-bit one of the same layout,
+// packed two at a time.
 template <class FragIn, class FragOut>
 __device__ __forceinline__ void convert_fragment_into(FragIn const& in, FragOut& out) {
   using To = typename FragOut::value_type;
   constexpr int N = decltype(size(in))::value;
+  static_assert(N % 2 == 0, "pairs");
 #pragma unroll
   for (int i = 0; i < N; i += 2) {
     cutlass::Array<float, 2> pair{in(i), in(i + 1)};
@@ -62,6 +47,14 @@ __device__ __forceinline__ void convert_fragment_into(FragIn const& in, FragOut&
     out(i) = r[0];
     out(i + 1) = r[1];
   }
+}
+
+// The same into a new fragment.
+template <class To, class Frag>
+__device__ __forceinline__ auto convert_fragment(Frag const& in) {
+  Tensor out = make_tensor<To>(in.layout());
+  convert_fragment_into(in, out);
+  return out;
 }
 
 // Row maxima of a (rows, cols) fragment, reduced over the quad.
