@@ -48,7 +48,7 @@ class Decoder:
         self.lib.blasst_workspace_size.argtypes = [ctypes.POINTER(Args), ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
         self.lib.blasst_workspace_size.restype = ctypes.c_int
 
-    def args(self, q, k, v, out, lk, sf, order, table=None, page=0):
+    def args(self, q, k, v, out, lk, sf, order, table=None, page=0, splits=0):
         """q/out [B, 1, Hq, D]; k/v [B, Lk, Hkv, D] or pages [P, page, Hkv, D] with table [B, pages]."""
         a = Args()
         self.lib.blasst_args_init(ctypes.byref(a))
@@ -69,6 +69,7 @@ class Decoder:
         a.causal = 1
         a.threshold.threshold_scale_factor = sf
         a.geometry.order = order
+        a.geometry.splits = splits
         a.engine = ENGINE_CUDA
         a.stream = torch.cuda.current_stream().cuda_stream
         size = ctypes.c_size_t(0)
@@ -147,6 +148,7 @@ def main():
     ap.add_argument("--reps", type=int, default=50, help="timed repetitions (median)")
     ap.add_argument("--csv", default="bench/results/gpu_decode.csv")
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--splits", default="", help="also time dense paged at these forced split counts (printed, not recorded)")
     opts = ap.parse_args()
 
     gpu = torch.cuda.get_device_name()
@@ -215,6 +217,10 @@ def main():
             line(name, 0, 0.0, ms)
         line("blasst-dense", 0, 0.0, dense_ms["paged"])
         line("blasst-dense-contig", 0, 0.0, dense_ms["contiguous"])
+        for sp in (int(x) for x in opts.splits.split(",") if x):
+            a, ws = dec.args(q, kp, vp, out, lk, 0.0, order, table, opts.page, splits=sp)
+            ms = time_ms(lambda a=a: dec.run(a), opts.reps)
+            print(f"  dense splits={sp:<4}{'':>22}{ms:>10.3f}{kv_bytes / ms / 1e6:>9.0f}{100 * kv_bytes / ms / 1e6 / copy_gbs:>6.0f}%")
         for sf in (float(x) for x in opts.sf.split(",")):
             a, ws = dec.args(q, kp, vp, out, lk, sf, order, table, opts.page)
             info = RunInfo()
@@ -223,6 +229,13 @@ def main():
             s = info.skipped / max(info.visited, 1)
             ms = time_ms(lambda a=a: dec.run(a), opts.reps)
             line("blasst-skip", sf, s, ms)
+            for sp in (int(x) for x in opts.splits.split(",") if x):
+                a, ws = dec.args(q, kp, vp, out, lk, sf, order, table, opts.page, splits=sp)
+                dec.run(a, info)
+                s = info.skipped / max(info.visited, 1)
+                ms = time_ms(lambda a=a: dec.run(a), opts.reps)
+                print(f"  skip sf={sf:<6} splits={sp:<4} s={s:.3f} {ms:.3f} ms {kv_bytes / ms / 1e6:.0f} GB/s"
+                      f" x{dense_ms['paged'] / ms:.2f} bound {dense_ms['paged'] / ms / (2 / (2 - s)):.2f}")
         del q, k, v, kp, vp, out
         torch.cuda.empty_cache()
 
