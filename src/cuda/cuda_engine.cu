@@ -19,6 +19,43 @@
 #include "cuda/sm90/prefill_sm90.hpp"
 
 namespace blasst::cuda {
+
+AttentionOperands attention_operands(const blasst_args& a) {
+  AttentionOperands o{};
+  o.q = a.q.data;
+  o.k = a.k.data;
+  o.v = a.v.data;
+  o.out = a.out.data;
+  o.lse = static_cast<float*>(a.lse.data);
+  o.q_batch_stride = a.q.batch_stride, o.q_token_stride = a.q.token_stride, o.q_head_stride = a.q.head_stride;
+  o.k_batch_stride = a.k.batch_stride, o.k_token_stride = a.k.token_stride, o.k_head_stride = a.k.head_stride;
+  o.v_batch_stride = a.v.batch_stride, o.v_token_stride = a.v.token_stride, o.v_head_stride = a.v.head_stride;
+  o.o_batch_stride = a.out.batch_stride, o.o_token_stride = a.out.token_stride, o.o_head_stride = a.out.head_stride;
+  o.lse_batch_stride = a.lse.batch_stride, o.lse_token_stride = a.lse.token_stride, o.lse_head_stride = a.lse.head_stride;
+  o.cu_seqlens_q = a.cu_seqlens_q;
+  o.seqlens_q = a.seqlens_q;
+  o.cu_seqlens_k = a.cu_seqlens_k;
+  o.seqlens_k = a.seqlens_k;
+  o.block_table = a.block_table;
+  o.block_table_stride = a.block_table_stride;
+  o.page_size = a.page_size;
+  o.page_shift = -1;
+  for (int shift = 0; shift < 31; ++shift)
+    if (a.page_size == (1 << shift)) o.page_shift = shift;
+  o.batch = a.batch;
+  o.num_q_heads = a.num_q_heads;
+  o.num_kv_heads = a.num_kv_heads;
+  o.q_per_kv = a.num_q_heads / a.num_kv_heads;
+  o.max_seqlen_q = a.max_seqlen_q;
+  o.max_seqlen_k = a.max_seqlen_k;
+  o.causal = a.causal;
+  o.anchored = a.geometry.order == BLASST_ORDER_ANCHORED;
+  o.scale = a.scale != 0.0f ? a.scale : float(1.0 / std::sqrt(double(a.head_dim_qk)));
+  o.threshold_scale_factor = a.threshold.threshold_scale_factor;
+  o.per_kv_head_factor = a.threshold.per_kv_head_factor;
+  return o;
+}
+
 namespace {
 
 Status cuda_error(const char* what, cudaError_t err) {
@@ -167,41 +204,11 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
                    ", expected >= batch * groups * tiles = " + std::to_string(trace_bytes));
 
   PrefillParams p{};
-  p.q = a.q.data;
-  p.k = a.k.data;
-  p.v = a.v.data;
-  p.out = a.out.data;
-  p.lse = static_cast<float*>(a.lse.data);
-  p.q_batch_stride = a.q.batch_stride, p.q_token_stride = a.q.token_stride, p.q_head_stride = a.q.head_stride;
-  p.k_batch_stride = a.k.batch_stride, p.k_token_stride = a.k.token_stride, p.k_head_stride = a.k.head_stride;
-  p.v_batch_stride = a.v.batch_stride, p.v_token_stride = a.v.token_stride, p.v_head_stride = a.v.head_stride;
-  p.o_batch_stride = a.out.batch_stride, p.o_token_stride = a.out.token_stride, p.o_head_stride = a.out.head_stride;
-  p.lse_batch_stride = a.lse.batch_stride, p.lse_token_stride = a.lse.token_stride, p.lse_head_stride = a.lse.head_stride;
-  p.cu_seqlens_q = a.cu_seqlens_q;
-  p.seqlens_q = a.seqlens_q;
-  p.cu_seqlens_k = a.cu_seqlens_k;
-  p.seqlens_k = a.seqlens_k;
-  p.block_table = a.block_table;
-  p.block_table_stride = a.block_table_stride;
-  p.page_size = a.page_size;
-  p.page_shift = -1;
-  for (int sh = 0; sh < 31; ++sh)
-    if (a.page_size == (1 << sh)) p.page_shift = sh;
-  p.batch = a.batch;
-  p.num_q_heads = a.num_q_heads;
-  p.num_kv_heads = a.num_kv_heads;
-  p.q_per_kv = a.num_q_heads / a.num_kv_heads;
-  p.max_seqlen_q = a.max_seqlen_q;
-  p.max_seqlen_k = a.max_seqlen_k;
+  static_cast<AttentionOperands&>(p) = attention_operands(a);
   p.row_blocks = int32_t(row_blocks);
   p.tiles_per_group = int32_t(tiles_per_group);
-  p.scale = a.scale != 0.0f ? a.scale : float(1.0 / std::sqrt(double(a.head_dim_qk)));
   p.scale_log2 = float(double(p.scale) * 1.4426950408889634);
-  p.causal = a.causal;
-  p.anchored = a.geometry.order == BLASST_ORDER_ANCHORED;
   p.v_prefetch = v_prefetch_mode();
-  p.threshold_scale_factor = a.threshold.threshold_scale_factor;
-  p.per_kv_head_factor = a.threshold.per_kv_head_factor;
   // Totals for info come from per-head counts: the caller's buffer, or the engine's own.
   int64_t* stats = a.stats_per_head;
   if (!stats && info) {

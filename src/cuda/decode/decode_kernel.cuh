@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   const int tg = rg * 32 + lane;  // index of this thread in its key group
   const int lq = entry_len(p.cu_seqlens_q, p.seqlens_q, b, p.max_seqlen_q);
   const int lk = entry_len(p.cu_seqlens_k, p.seqlens_k, b, p.max_seqlen_k);
-  const int G = p.group;
+  const int G = p.q_per_kv;
   const int rows = lq * G;
   if (rows == 0) return;
   const int tiles = ceil_div_int(lk, kBlockN);  // the last row sees every key
@@ -508,8 +508,8 @@ template <class T, int D>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const DecodeParams p) {
   const int r = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int lq = entry_len(p.cu_seqlens_q, p.seqlens_q, b, p.max_seqlen_q);
-  if (r >= lq * p.group) return;
-  const int i = r / p.group, head = hk * p.group + r % p.group;
+  if (r >= lq * p.q_per_kv) return;
+  const int i = r / p.q_per_kv, head = hk * p.q_per_kv + r % p.q_per_kv;
   const int64_t part0 = (int64_t(b) * p.num_kv_heads + hk) * p.splits * p.rows_max + r;
   float big = -INFINITY;
   for (int sp = 0; sp < p.splits; ++sp) big = layout::max_nan(big, p.ws_ml[2 * (part0 + int64_t(sp) * p.rows_max)]);

@@ -213,40 +213,9 @@ Status run_decode(const blasst_args& a, blasst_run_info* info) {
   }
 
   DecodeParams p{};
-  p.q = a.q.data;
-  p.k = a.k.data;
-  p.v = a.v.data;
-  p.out = a.out.data;
-  p.lse = static_cast<float*>(a.lse.data);
-  p.q_batch_stride = a.q.batch_stride, p.q_token_stride = a.q.token_stride, p.q_head_stride = a.q.head_stride;
-  p.k_batch_stride = a.k.batch_stride, p.k_token_stride = a.k.token_stride, p.k_head_stride = a.k.head_stride;
-  p.v_batch_stride = a.v.batch_stride, p.v_token_stride = a.v.token_stride, p.v_head_stride = a.v.head_stride;
-  p.o_batch_stride = a.out.batch_stride, p.o_token_stride = a.out.token_stride, p.o_head_stride = a.out.head_stride;
-  p.lse_batch_stride = a.lse.batch_stride, p.lse_token_stride = a.lse.token_stride;
-  p.lse_head_stride = a.lse.head_stride;
-  p.cu_seqlens_q = a.cu_seqlens_q;
-  p.seqlens_q = a.seqlens_q;
-  p.cu_seqlens_k = a.cu_seqlens_k;
-  p.seqlens_k = a.seqlens_k;
-  p.block_table = a.block_table;
-  p.block_table_stride = a.block_table_stride;
-  p.page_size = a.page_size;
-  p.page_shift = -1;
-  for (int shift = 0; shift < 31; ++shift)
-    if (a.page_size == (1 << shift)) p.page_shift = shift;
-  p.batch = a.batch;
-  p.num_q_heads = a.num_q_heads;
-  p.num_kv_heads = a.num_kv_heads;
-  p.group = a.num_q_heads / a.num_kv_heads;
-  p.max_seqlen_q = a.max_seqlen_q;
-  p.max_seqlen_k = a.max_seqlen_k;
-  p.causal = a.causal;
-  p.scale = a.scale != 0.0f ? a.scale : float(1.0 / std::sqrt(double(a.head_dim_qk)));
-  p.threshold_scale_factor = a.threshold.threshold_scale_factor;
-  p.per_kv_head_factor = a.threshold.per_kv_head_factor;
-  p.anchored = a.geometry.order == BLASST_ORDER_ANCHORED;
+  static_cast<AttentionOperands&>(p) = attention_operands(a);
   p.splits = splits;
-  p.rows_max = p.group * a.max_seqlen_q;
+  p.rows_max = p.q_per_kv * a.max_seqlen_q;
   p.ws_ml = static_cast<float*>(workspace);
   p.ws_o = ws_bytes > 0 ? p.ws_ml + 2 * partial_rows(a, splits) : nullptr;
   p.stats_per_head = reinterpret_cast<unsigned long long*>(a.stats_per_head);

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "cuda/attention_operands.hpp"
+
 namespace blasst::cuda::decode {
 
 constexpr int kBlockN = 128;  // keys per KV tile (the decision tile width)
@@ -12,39 +14,7 @@ constexpr int kBlockN = 128;  // keys per KV tile (the decision tile width)
 // blocks share an SM: what one block waits for (a barrier, a tile), the others cover.
 constexpr int kDecodeThreads = 128;
 
-struct DecodeParams {
-  // Tensors (element strides; the last dimension is contiguous).
-  const void* q;
-  const void* k;
-  const void* v;
-  void* out;
-  float* lse;  // may be null
-  int64_t q_batch_stride, q_token_stride, q_head_stride;
-  int64_t k_batch_stride, k_token_stride, k_head_stride;  // batch stride = page stride when paged
-  int64_t v_batch_stride, v_token_stride, v_head_stride;
-  int64_t o_batch_stride, o_token_stride, o_head_stride;
-  int64_t lse_batch_stride, lse_token_stride, lse_head_stride;
-
-  // Lengths (device memory) and paging.
-  const int32_t* cu_seqlens_q;
-  const int32_t* seqlens_q;
-  const int32_t* cu_seqlens_k;
-  const int32_t* seqlens_k;
-  const int32_t* block_table;
-  int64_t block_table_stride;
-  int page_size;
-  int page_shift;  // log2(page_size) when it is a power of two, else -1
-
-  int batch, num_q_heads, num_kv_heads, group;  // group = G = Hq / Hkv
-  int max_seqlen_q, max_seqlen_k;
-  int causal;
-  float scale;
-
-  // Threshold: factor per call, or per KV head from device memory.
-  float threshold_scale_factor;
-  const float* per_kv_head_factor;
-
-  int anchored;  // 1: BLASST_ORDER_ANCHORED
+struct DecodeParams : AttentionOperands {
   int splits;
 
   // Split partial results: ws_ml [batch, Hkv, splits, rows_max, 2] = (m, l),

@@ -1,0 +1,50 @@
+// What every CUDA attention kernel reads of a call: tensors with their element strides, the
+// per-entry lengths and paging, head counts, causality, scale and threshold. The prefill and
+// decode parameter blocks extend it with their own fields; the host fills it once from
+// blasst_args (attention_operands).
+#pragma once
+
+#include <cstdint>
+
+#include "blasst/blasst.h"
+
+namespace blasst::cuda {
+
+struct AttentionOperands {
+  const void* q;   // [B, Lq, Hq, D] (or packed tokens with cu_seqlens_q)
+  const void* k;   // [B, Lk, Hkv, D] (packed, or pages [num_pages, page_size, Hkv, D])
+  const void* v;
+  void* out;       // like q
+  float* lse;      // [B, Lq, Hq] fp32, may be null
+
+  // Element strides; the last dimension is contiguous. Paged K/V: batch stride = page stride.
+  int64_t q_batch_stride, q_token_stride, q_head_stride;
+  int64_t k_batch_stride, k_token_stride, k_head_stride;
+  int64_t v_batch_stride, v_token_stride, v_head_stride;
+  int64_t o_batch_stride, o_token_stride, o_head_stride;
+  int64_t lse_batch_stride, lse_token_stride, lse_head_stride;
+
+  // Lengths in device memory (each may be null; see blasst_args) and paging.
+  const int32_t* cu_seqlens_q;
+  const int32_t* seqlens_q;
+  const int32_t* cu_seqlens_k;
+  const int32_t* seqlens_k;
+  const int32_t* block_table;  // [B, block_table_stride], null for contiguous K/V
+  int64_t block_table_stride;
+  int32_t page_size;
+  int32_t page_shift;  // log2(page_size) when it is a power of two, else -1
+
+  int32_t batch, num_q_heads, num_kv_heads, q_per_kv;  // q_per_kv = G = Hq / Hkv
+  int32_t max_seqlen_q, max_seqlen_k;
+  int32_t causal;
+  int32_t anchored;  // BLASST_ORDER_ANCHORED
+  float scale;       // > 0 (the default 1/sqrt(D) resolved)
+
+  float threshold_scale_factor;
+  const float* per_kv_head_factor;  // device memory, null = use the scalar
+};
+
+// The operands of a validated call.
+AttentionOperands attention_operands(const blasst_args& a);
+
+}  // namespace blasst::cuda
