@@ -125,8 +125,25 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     cutlass::arch::warpgroup_reg_dealloc<24>();
     // Warp 0 loads Q and the K tiles, warp 1 the V tiles, each at its own pace.
     if (warp < 2 && cute::elect_one_sync()) {
-      const bool is_k = warp == 0;
-      if (is_k) {
+      // Streams the CTA's tile sequence into the `stages` buffers of K or V: wait until the
+      // consumers freed a buffer, then one TMA load that completes its full barrier.
+      auto stream_tiles = [&](auto const& tma, auto smem_layout, auto* base, uint64_t* full, uint64_t* empty,
+                              auto stages) {
+        constexpr int kStages = decltype(stages)::value;
+        Tensor mKV = tma.get_tma_tensor(P.k_shape);
+        auto cta = tma.get_slice(0);
+        Tensor dst = cta.partition_D(make_tensor(make_smem_ptr(base), smem_layout));  // (TMA, 1, 1, stages)
+        for (int i = 0; i < n_stream; ++i) {
+          const int s = i % kStages;
+          const uint32_t phase = uint32_t(i / kStages) & 1u;
+          Tensor src = local_tile(domain_offset(make_coord(kv_row(plan.at(i) * BN), 0), mKV(_, _, kv_head, kv_batch)),
+                                  Shape<Int<BN>, Int<D>>{}, make_coord(0, 0));
+          EmptyBarrier::wait(&empty[s], phase ^ 1u);
+          Barrier::arrive_and_expect_tx(&full[s], Traits::kTileBytes);
+          copy(tma.with(full[s]), cta.partition_S(src), dst(_, _, _, s));
+        }
+      };
+      if (warp == 0) {
         Tensor mQ = P.tma_q.get_tma_tensor(P.q_shape);
         Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
         const int q_batch = p.cu_seqlens_q ? 0 : b;
@@ -135,33 +152,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
         auto cta_q = P.tma_q.get_slice(0);
         Barrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
         copy(P.tma_q.with(ss.q_full), cta_q.partition_S(gQ), cta_q.partition_D(sQ));
-        Tensor mK = P.tma_k.get_tma_tensor(P.k_shape);
-        Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
-        auto cta_k = P.tma_k.get_slice(0);
-        Tensor tKsK = cta_k.partition_D(sK);  // (TMA, 1, 1, stages)
-        for (int i = 0; i < n_stream; ++i) {
-          const int s = i % kStagesK;
-          const uint32_t phase = uint32_t(i / kStagesK) & 1u;
-          Tensor gK = local_tile(domain_offset(make_coord(kv_row(plan.at(i) * BN), 0), mK(_, _, kv_head, kv_batch)),
-                                 Shape<Int<BN>, Int<D>>{}, make_coord(0, 0));
-          EmptyBarrier::wait(&ss.k_empty[s], phase ^ 1u);
-          Barrier::arrive_and_expect_tx(&ss.k_full[s], Traits::kTileBytes);
-          copy(P.tma_k.with(ss.k_full[s]), cta_k.partition_S(gK), tKsK(_, _, _, s));
-        }
+        stream_tiles(P.tma_k, typename Traits::SmemLayoutK{}, ss.k.data(), ss.k_full, ss.k_empty, Int<kStagesK>{});
       } else {
-        Tensor mV = P.tma_v.get_tma_tensor(P.k_shape);
-        Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
-        auto cta_v = P.tma_v.get_slice(0);
-        Tensor tVsV = cta_v.partition_D(sV);
-        for (int i = 0; i < n_stream; ++i) {
-          const int s = i % kStagesV;
-          const uint32_t phase = uint32_t(i / kStagesV) & 1u;
-          Tensor gV = local_tile(domain_offset(make_coord(kv_row(plan.at(i) * BN), 0), mV(_, _, kv_head, kv_batch)),
-                                 Shape<Int<BN>, Int<D>>{}, make_coord(0, 0));
-          EmptyBarrier::wait(&ss.v_empty[s], phase ^ 1u);
-          Barrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kTileBytes);
-          copy(P.tma_v.with(ss.v_full[s]), cta_v.partition_S(gV), tVsV(_, _, _, s));
-        }
+        stream_tiles(P.tma_v, typename Traits::SmemLayoutV{}, ss.v.data(), ss.v_full, ss.v_empty, Int<kStagesV>{});
       }
     }
     return;
