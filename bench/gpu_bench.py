@@ -225,12 +225,16 @@ def main():
     ap.add_argument("--csv", default="bench/results/gpu_prefill.csv")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--baseline-lib", default=None,
+                    help="another libblasst.so (e.g. an earlier commit) whose dense and skip modes are timed in "
+                         "the same interleaved rotation; printed as base-dense/base-skip, not written to the CSV")
     ap.add_argument("--profile-once", action="store_true",
                     help="run dense, skip (first --sf) and fa2 once at the first length, for a profiler")
     args = ap.parse_args()
 
     from torch.nn.attention import SDPBackend
     lib = Blasst(args.lib)
+    base = Blasst(args.baseline_lib) if args.baseline_lib else None
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     order = ORDER_ANCHORED if args.order == "anchored" else ORDER_ASCENDING
     gpu = torch.cuda.get_device_name()
@@ -297,10 +301,28 @@ def main():
                 s = info.skipped / info.visited if info.visited > 0 else 0.0
                 timed_args = lib.make_call(q, k, v, out, lse, causal, sf, order)
                 variants.append(("blasst-skip", sf, s, lambda a=timed_args: lib.run(a), ""))
+            if base is not None:
+                # The baseline's variants, with its own sparsity (it may decide differently).
+                for sf in [0.0] + ([round(float(x) * L, 3) for x in args.lambdas.split(",")] if args.lambdas else sfs):
+                    info = base.run(base.make_call(q, k, v, out, lse, causal, sf, order, stats if sf else None))
+                    torch.cuda.synchronize()
+                    s = info.skipped / info.visited if sf and info.visited > 0 else 0.0
+                    timed_args = base.make_call(q, k, v, out, lse, causal, sf, order)
+                    variants.append(("base-dense" if sf == 0.0 else "base-skip", sf, s,
+                                     lambda a=timed_args: base.run(a), ""))
             times = time_interleaved([vt[3] for vt in variants], args.warmup, args.reps)
             dense_ms = times[0]
             peers = {vt[0]: ms for vt, ms in zip(variants, times) if vt[0] in ("cudnn", "fa2")}
+            ours = {(vt[0].split("-")[1], vt[1]): ms for vt, ms in zip(variants, times) if vt[0].startswith("blasst-")}
             for (kernel, sf, s, _, note), ms in zip(variants, times):
+                if kernel.startswith("base-"):
+                    base_dense = times[[vt[0] for vt in variants].index("base-dense")]
+                    speedup = base_dense / ms
+                    mine = ours.get((kernel.split("-")[1], sf))
+                    table.append((L, causal, kernel, sf if sf else "-", s, ms, flops / ms * 1e-9, speedup,
+                                  speedup / (2.0 / (2.0 - s)) if sf else None, "",
+                                  f"ours/base {ms / mine:.3f}x" if mine else ""))
+                    continue
                 record(kernel, sf, s, ms)
                 if kernel in peers:
                     table.append((L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, dense_ms / ms, None, "", note))

@@ -5,7 +5,7 @@
 // transaction lands) and an "empty" mbarrier (all 8 consumer warps are done with it). The
 // producer streams the CTA's tile sequence (visit_plan.cuh) into them; each consumer warpgroup
 // walks the same sequence and per tile it processes:
-//   S = Q K^T (wgmma, smem x smem) -> release K -> mask (causal diagonal, keys past Lk) ->
+//   S = Q K^T (wgmma, Q in registers x K in smem) -> release K -> mask (causal diagonal, keys past Lk) ->
 //   row max -> vote (each row: mt - m < ln(lambda) in fp32 on scaled scores; the warpgroup
 //   keeps the tile iff any existing row keeps it; one bar.red) -> skipped: release V, done ->
 //   kept: rescale O, P = exp2(...) in registers -> O += P V (wgmma, registers x smem) -> release V.
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
   Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
-  Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, D/16) descriptors
+  Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, D/16) registers: this group's 64 rows
   Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, 1, D/16, stages)
   Tensor tOrVt = thr_o.partition_fragment_B(sVt); // (MMA, 1, BN/16, stages)
   Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<BM>, Int<BN>>{});
@@ -217,6 +217,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   bool pv_pending = false;
   int pv_stage = 0;
   auto issue_s = [&](int stage) {
+    warpgroup_fence_operand(tSrQ);
     warpgroup_fence_operand(tSrS);
     warpgroup_arrive();
     mma_s.accumulate_ = GMMA::ScaleOut::Zero;
@@ -245,6 +246,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   if (pingpong && grp == 1 && n_stream > 0) cutlass::arch::NamedBarrier::arrive(256, 5);  // group 0 goes first
 
   Barrier::wait(&ss.q_full, 0);
+  {
+    auto q_copy = make_tiled_copy_A(Copy_Atom<SM75_U32x4_LDSM_N, T>{}, mma_s);
+    auto q_thr = q_copy.get_thread_slice(ct);
+    copy(q_copy, q_thr.partition_S(sQ), q_thr.retile_D(tSrQ));
+    warpgroup_fence_operand(tSrQ);
+  }
   for (int i = 0; i < n_stream; ++i) {
     const int t = plan.at(i);
     const int s = i % kStagesK;  // K stage

@@ -6,7 +6,10 @@
 // 128-row block. A consumer warpgroup's 64 rows are one SPEC decision group (block_m = 64).
 //   smem  Q [128, D] (reused for O in the epilogue), K [kStagesK][128, D], V [kStagesV][128, D],
 //         all K-major with the 128-byte swizzle that wgmma and TMA share.
-//   S = Q K^T : wgmma 64 x 128 x D per consumer warpgroup, A and B from shared memory.
+//   S = Q K^T : wgmma 64 x 128 x D per consumer warpgroup, Q from registers (loaded once per
+//               CTA), K from shared memory. With Q in shared memory too, a run of skipped tiles
+//               (QK^T back to back) would read 96 bytes of shared memory per tensor-core cycle
+//               and, with the TMA writes of K and V, pass the 128 bytes an SM serves.
 //   O += P V  : wgmma 64 x D x 128, P from registers (the S accumulators converted in place),
 //               V read transposed (MN-major) through a second view of the same shared memory.
 #pragma once
@@ -38,7 +41,7 @@ struct PrefillTraits {
   // Two consumer warpgroups stacked along M, each one 64-row wgmma atom.
   using AtomLayout = Layout<Shape<Int<kConsumerGroups>, _1, _1>>;
   using MmaS = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<D>>>(), AtomLayout{}));
+      GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<D>>>(), AtomLayout{}));
   using MmaO = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<D>, Int<kBlockN>>, GMMA::Major::K,
                            GMMA::Major::MN>(),
