@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -164,6 +165,8 @@ TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
 #if !defined(BLASST_TEST_HAVE_SM90)
   GTEST_SKIP() << "this build has no sm_90a prefill kernel (no CUTLASS headers at configure time)";
 #endif
+  if (const char* forced = std::getenv("BLASST_CUDA_PREFILL_KERNEL"); forced && std::string(forced) == "sm80")
+    GTEST_SKIP() << "BLASST_CUDA_PREFILL_KERNEL=sm80 forces the sm_80 kernel";
   struct Expect {
     int d;
     Layout layout;

@@ -80,7 +80,6 @@ struct PrefillTraits {
     uint64_t q_full;
     uint64_t k_full[kStagesK], k_empty[kStagesK];
     uint64_t v_full[kStagesV], v_empty[kStagesV];
-    int vote[2][kConsumerGroups][4];  // per-warp keep votes, double-buffered by tile parity
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
 };
