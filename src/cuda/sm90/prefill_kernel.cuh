@@ -195,6 +195,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   clear(tOrO);
   OnlineSoftmax<R> sm;
   sm.init();
+  bool row_exists[R];  // the thread's rows that are rows of the entry (not padding of the block)
+#pragma unroll
+  for (int r = 0; r < R; ++r) row_exists[r] = get<0>(c_rc(r, 0)) - grp * GR < group_rows;
 
   auto release = [&](uint64_t* bar) {
     if (lane == 0) EmptyBarrier::arrive(bar);
@@ -202,6 +205,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   const int trace_group = blk * Traits::kConsumerGroups + grp;
   const int64_t trace_base =
       p.decisions ? ((int64_t(b) * p.num_q_heads + h) * P.group_blocks + trace_group) * p.tiles_per_group : 0;
+  uint8_t* const trace = (p.decisions && wt == 0) ? p.decisions + trace_base : nullptr;
   const float scale = p.scale;
   const float scale_log2 = p.scale_log2;
   int skipped = 0;
@@ -322,9 +326,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       bool keep = false;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const bool exists = get<0>(c_rc(r, 0)) - grp * GR < group_rows;
         const float x = mt[r];
-        if (exists && x != kNegInf && !(x * scale - sm.m[r] * scale < log_lambda)) keep = true;
+        if (row_exists[r] && x != kNegInf && !(x * scale - sm.m[r] * scale < log_lambda)) keep = true;
       }
       // One bar.red.or over the warpgroup: a run of skipped tiles waits the least this way.
       // (Letting warps with a keeping row post their vote in shared memory and go on without
@@ -341,7 +344,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       release(&ss.v_empty[pv_stage]);
       pv_pending = false;
     }
-    if (p.decisions && wt == 0) p.decisions[trace_base + t] = kept ? 1 : 2;  // BLASST_TILE_KEPT / _SKIPPED
+    if (trace) trace[t] = kept ? 1 : 2;  // BLASST_TILE_KEPT / _SKIPPED
     if (!kept) {
       ++skipped;
       v_held = sv;
