@@ -420,47 +420,48 @@ def plots(rows: list[dict], out: str) -> list[str]:
     markers = {"config": "o", "factor": "x", "lambda": "D", "calib-single": "s", "calib-head": "^"}
     lstyle = {1024: ":", 2048: "-", 4096: "--", 8192: "-."}
 
+    def phase_figure(rows_of, phases, panel_args, title, path) -> None:
+        """One row of panels per phase (_panel_row), saved to path."""
+        fig, axes = plt.subplots(len(phases), 3, figsize=(18, 4.6 * len(phases)), squeeze=False)
+        for i, phase in enumerate(phases):
+            _panel_row(axes[i], [r for r in rows_of if r["phase"] == phase], phase, **panel_args(phase))
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
     single = [r for r in sparse if r["method"] in SINGLE]
     phases = [p for p in PHASE_ORDER if any(r["phase"] == p for r in single)]
     if phases:
-        fig, axes = plt.subplots(len(phases), 3, figsize=(18, 4.6 * len(phases)), squeeze=False)
-        for i, phase in enumerate(phases):
-            ph = [r for r in single if r["phase"] == phase]
-            _panel_row(
-                axes[i], ph, phase,
+        phase_figure(
+            single, phases,
+            lambda phase: dict(
                 series_of=lambda r: (r["method"], r["order"], r["backend"], r["tokens"]),
                 style_of=lambda k: dict(color=colors.get(k[1], "gray"), marker=markers.get(k[0], "."),
                                         linestyle=lstyle.get(k[3], "-"), alpha=0.85),
                 label_of=lambda k, g: f"{label(k[0], k[1], k[2])}, {k[3]}"
                 + ("" if phase == "prefill" or g[0]["task"] != "ppl" else f"+{g[0].get('decode_positions')}")
-                + (f" (mean of {'/'.join(sorted({r['doc'] for r in g}))})" if g[0]["task"] == "ppl" else ""))
-        fig.suptitle("SmolLM2-135M-Instruct (Q4_1 GGUF), BLASST vs dense: accuracy vs measured sparsity; one factor per "
-                     "phase (colour: order, line: context length, marker: how the factor was chosen)")
-        fig.tight_layout()
-        fig.savefig(out + ".png", dpi=100)
-        plt.close(fig)
-        written.append(out + ".png")
+                + (f" (mean of {'/'.join(sorted({r['doc'] for r in g}))})" if g[0]["task"] == "ppl" else "")),
+            "SmolLM2-135M-Instruct (Q4_1 GGUF), BLASST vs dense: accuracy vs measured sparsity; one factor per "
+            "phase (colour: order, line: context length, marker: how the factor was chosen)",
+            out + ".png")
 
     calib = [r for r in sparse if r["method"] in ("calib-single", "calib-head")]
     cph = [p for p in PHASE_ORDER if any(r["phase"] == p for r in calib)]
     if cph:
         docs = sorted({r["doc"] for r in calib if r["task"] == "ppl"})
         dstyle = {d: s for d, s in zip(docs, ("-", "--", ":", "-."))}
-        fig, axes = plt.subplots(len(cph), 3, figsize=(18, 4.6 * len(cph)), squeeze=False)
-        for i, phase in enumerate(cph):
-            ph = [r for r in calib if r["phase"] == phase]
-            _panel_row(
-                axes[i], ph, phase,
+        phase_figure(
+            calib, cph,
+            lambda phase: dict(
                 series_of=lambda r: (r["method"], r["order"], r.get("doc"), r["tokens"]),
                 style_of=lambda k: dict(color="tab:green" if k[0] == "calib-head" else "tab:gray",
                                         marker=markers.get(k[0], "."), linestyle=dstyle.get(k[2], "-")),
-                label_of=lambda k, g: f"{label(k[0], k[1])}, {k[2]} {k[3]}")
-        fig.suptitle("Per-(layer, KV head) factors vs one factor per phase at targets 0.3-0.9, both calibrated on the "
-                     "same pass over a different text")
-        fig.tight_layout()
-        fig.savefig(out + "_perhead.png", dpi=100)
-        plt.close(fig)
-        written.append(out + "_perhead.png")
+                label_of=lambda k, g: f"{label(k[0], k[1])}, {k[2]} {k[3]}"),
+            "Per-(layer, KV head) factors vs one factor per phase at targets 0.3-0.9, both calibrated on the "
+            "same pass over a different text",
+            out + "_perhead.png")
     return written
 
 
