@@ -20,6 +20,8 @@
 #include "cuda/prefill_entry.cuh"
 #include "cuda/prefill_params.hpp"
 #include "cuda/ptx.cuh"
+#include "cuda/quad_reduce.cuh"
+#include "cuda/skip_threshold.cuh"
 
 namespace blasst::cuda {
 
@@ -127,16 +129,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
   }
 
   // Threshold of this group (SPEC section 4), computed like the CPU engine.
-  bool skip_on = false;
-  float log_lambda = kNegInf;
-  if constexpr (kSkip) {
-    const float f = p.per_kv_head_factor ? p.per_kv_head_factor[kv_head] : p.threshold_scale_factor;
-    const double lambda = double(f) / double(lk);
-    if (f > 0.0f && lambda < 1.0) {
-      skip_on = true;
-      log_lambda = float(log(lambda));
-    }
-  }
+  const SkipThreshold threshold =
+      kSkip ? skip_threshold(p.per_kv_head_factor ? p.per_kv_head_factor[kv_head] : p.threshold_scale_factor, lk)
+            : SkipThreshold{};
+  const bool skip_on = threshold.on;
+  const float log_lambda = threshold.log_lambda;
   const int64_t trace_base =
       p.decisions ? (int64_t(b) * p.num_q_heads * p.row_blocks + int64_t(h) * p.row_blocks + blk) * p.tiles_per_group : 0;
 
@@ -269,14 +266,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
         float v[NS];
 #pragma unroll
         for (int j = 0; j < NS; ++j) v[j] = fmaxf(s[mi][j][hf * 2], s[mi][j][hf * 2 + 1]);
-#pragma unroll
-        for (int w = 1; w < NS; w *= 2)
-#pragma unroll
-          for (int j = 0; j + w < NS; j += 2 * w) v[j] = fmaxf(v[j], v[j + w]);
-        float x = v[0];
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-        mt[mi][hf] = x;
+        mt[mi][hf] = quad_max(tree_max(v));
       }
   };
   auto needs_mask = [&](int t) { return (t + 1) * BN > ke_min; };
@@ -451,9 +441,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
   for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float sum = l[mi][hf];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float sum = quad_sum(l[mi][hf]);
       const int r = warp_row0 + mi * 16 + g + hf * 8;
       if (r >= rows_here) continue;
       const bool empty = m[mi][hf] == kNegInf || sum == 0.0f;

@@ -27,6 +27,8 @@
 #include "cuda/decode/decode_params.cuh"
 #include "cuda/decode/tile_layout.cuh"
 #include "cuda/ptx.cuh"
+#include "cuda/quad_reduce.cuh"
+#include "cuda/skip_threshold.cuh"
 
 namespace blasst::cuda::decode {
 
@@ -92,19 +94,8 @@ __device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvS
   const int r0 = tg / kChunks;
   const int key0 = tile * kBlockN + kg * kGroupRows;  // first key of the group's rows
   unsigned char* dst0 = dst + kg * kGroupRows * D * 2;
-  if (p.block_table && p.page_shift >= 0 && p.page_size >= kGroupRows) {
-    // the group's rows lie in one page (both are powers of two, the rows aligned): one lookup
-    const int page = key0 < lk ? p.block_table[b * p.block_table_stride + (key0 >> p.page_shift)] : 0;
-    const T* row0 = src.base + int64_t(page) * src.page_stride +
-                    int64_t(key0 & (p.page_size - 1)) * src.token_stride + chunk * 8;
-#pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-      const int r = r0 + i * kRowsPerPass;
-      const bool valid = key0 + r < lk;
-      ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)),
-                       valid ? row0 + int64_t(r) * src.token_stride : src.base, valid);
-    }
-  } else if (p.block_table) {
+  const bool one_page = p.block_table && p.page_shift >= 0 && p.page_size >= kGroupRows;
+  if (p.block_table && !one_page) {
     int pages[kPasses];
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {  // all lookups first, so that they are in flight together
@@ -121,15 +112,23 @@ __device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvS
       const T* row = src.base + int64_t(pages[i]) * src.page_stride + int64_t(slot) * src.token_stride + chunk * 8;
       ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)), valid ? row : src.base, valid);
     }
+    return;
+  }
+  // Contiguous, or the group's rows lie in one page (both are powers of two, the rows aligned):
+  // one base row (one page lookup), the rows token_stride apart.
+  const T* row0 = src.base + chunk * 8;
+  if (one_page) {
+    const int page = key0 < lk ? p.block_table[b * p.block_table_stride + (key0 >> p.page_shift)] : 0;
+    row0 += int64_t(page) * src.page_stride + int64_t(key0 & (p.page_size - 1)) * src.token_stride;
   } else {
-    const T* row0 = src.base + int64_t(key0) * src.token_stride + chunk * 8;
+    row0 += int64_t(key0) * src.token_stride;
+  }
 #pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-      const int r = r0 + i * kRowsPerPass;
-      const bool valid = key0 + r < lk;
-      ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)),
-                       valid ? row0 + int64_t(r) * src.token_stride : src.base, valid);
-    }
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = r0 + i * kRowsPerPass;
+    const bool valid = key0 + r < lk;
+    ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)),
+                     valid ? row0 + int64_t(r) * src.token_stride : src.base, valid);
   }
 }
 
@@ -178,9 +177,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   const int last = min(tiles, first + chunk_len);
 
   const float factor = p.per_kv_head_factor ? p.per_kv_head_factor[hk] : p.threshold_scale_factor;
-  const double lambda = lk > 0 ? double(factor) / double(lk) : 1.0;
-  const bool skip_on = kSkip && factor > 0.0f && lambda < 1.0;
-  const float log_lambda = skip_on ? float(log(lambda)) : -INFINITY;
+  const SkipThreshold threshold = kSkip ? skip_threshold(factor, lk) : SkipThreshold{};
+  const bool skip_on = threshold.on;
+  const float log_lambda = threshold.log_lambda;
 
   KvSource<T> ksrc{static_cast<const T*>(p.k) + hk * p.k_head_stride, p.k_batch_stride, p.k_token_stride};
   KvSource<T> vsrc{static_cast<const T*>(p.v) + hk * p.v_head_stride, p.v_batch_stride, p.v_token_stride};
@@ -445,9 +444,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = rg * 16 + lane / 4 + 8 * h;
-    float lsum = l[h];
-    lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
-    lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+    const float lsum = quad_sum(l[h]);
     if (lane % 4 == 0) {
       red_l[kg * kRowsPad + r] = lsum;
       if (kg == 0) row_m[r] = m[h];

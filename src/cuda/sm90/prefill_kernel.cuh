@@ -19,6 +19,8 @@
 
 #include "cuda/prefill_entry.cuh"
 #include "cuda/prefill_params.hpp"
+#include "cuda/quad_reduce.cuh"
+#include "cuda/skip_threshold.cuh"
 #include "cuda/sm90/prefill_traits.cuh"
 #include "cuda/sm90/softmax_vote.cuh"
 #include "cuda/sm90/visit_plan.cuh"
@@ -76,16 +78,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     last[g] = rows_g > 0 ? (key_end(row0 + g * GR + rows_g - 1) + BN - 1) / BN - 1 : -1;
   }
 
-  bool skip_on = false;
-  float log_lambda = kNegInf;
-  if constexpr (kSkip) {
-    const float f = p.per_kv_head_factor ? p.per_kv_head_factor[kv_head] : p.threshold_scale_factor;
-    const double lambda = double(f) / double(lk);
-    if (f > 0.0f && lambda < 1.0) {
-      skip_on = true;
-      log_lambda = float(log(lambda));
-    }
-  }
+  const SkipThreshold threshold =
+      kSkip ? skip_threshold(p.per_kv_head_factor ? p.per_kv_head_factor[kv_head] : p.threshold_scale_factor, lk)
+            : SkipThreshold{};
+  const bool skip_on = threshold.on;
+  const float log_lambda = threshold.log_lambda;
   VisitPlan plan;
   plan.anchored = kSkip && skip_on && p.anchored;
   plan.last_max = max(last[0], last[1]);
@@ -383,9 +380,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   float lse[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    float sum = sm.l[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float sum = quad_sum(sm.l[r]);
     const bool empty = sm.m[r] == kNegInf || sum == 0.0f;
     inv[r] = empty ? 0.0f : 1.0f / sum;
     lse[r] = empty ? kNegInf : sm.m[r] * scale + logf(sum);

@@ -9,6 +9,7 @@
 #include <cutlass/numeric_conversion.h>
 
 #include "cuda/ptx.cuh"
+#include "cuda/quad_reduce.cuh"
 
 namespace blasst::cuda::sm90 {
 
@@ -66,15 +67,7 @@ __device__ __forceinline__ void row_max(Frag const& s, float (&mt)[R]) {
     float v[C];
 #pragma unroll
     for (int c = 0; c < C; ++c) v[c] = s(r, c);
-    // pairwise tree: a short dependency chain before the vote
-#pragma unroll
-    for (int w = 1; w < C; w *= 2)
-#pragma unroll
-      for (int c = 0; c + w < C; c += 2 * w) v[c] = fmaxf(v[c], v[c + w]);
-    float x = v[0];
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-    mt[r] = x;
+    mt[r] = quad_max(tree_max(v));
   }
 }
 
