@@ -314,9 +314,9 @@ def main():
             dense_ms = times[0]
             peers = {vt[0]: ms for vt, ms in zip(variants, times) if vt[0] in ("cudnn", "fa2")}
             ours = {(vt[0].split("-")[1], vt[1]): ms for vt, ms in zip(variants, times) if vt[0].startswith("blasst-")}
+            base_dense = next((ms for vt, ms in zip(variants, times) if vt[0] == "base-dense"), None)
             for (kernel, sf, s, _, note), ms in zip(variants, times):
                 if kernel.startswith("base-"):
-                    base_dense = times[[vt[0] for vt in variants].index("base-dense")]
                     speedup = base_dense / ms
                     mine = ours.get((kernel.split("-")[1], sf))
                     table.append((L, causal, kernel, sf if sf else "-", s, ms, flops / ms * 1e-9, speedup,
