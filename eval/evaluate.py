@@ -411,11 +411,21 @@ def score(inp: Input, lp: torch.Tensor, ref: torch.Tensor | None) -> dict:
 
 
 def git_commit() -> str:
+    # $BLASST_COMMIT: for a copy of the tree without .git (eval/gpu_run.sh on a GPU machine)
+    if os.environ.get("BLASST_COMMIT"):
+        return os.environ["BLASST_COMMIT"]
     try:
         return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
     except Exception:
         return "unknown"
+
+
+def machine_name(device: str) -> str:
+    cpu = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} ({cpu})"
+    return cpu
 
 
 def build_inputs(tok, args, phases) -> list[Input]:
@@ -640,7 +650,7 @@ def write(rows: list[dict], args, out: str, calib: dict, previous: dict | None) 
             "runs": [r for r in prev.get("runs", []) if r.get("command") != command] + [
                 {"command": command, "seconds": round(args.elapsed, 1),
                                              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}],
-            "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+            "machine": machine_name(args.device),
             "device": args.device, "dtype": args.dtype, "dense_impl": args.dense_impl, "threads": args.threads,
             "block": args.block, "torch": torch.__version__,
             "transformers": __import__("transformers").__version__,
@@ -741,6 +751,11 @@ def main() -> None:
         ap.error(f"--docs {unknown}: unknown documents (known: {list(texts.DOCUMENTS)})")
     if args.calib_doc not in texts.DOCUMENTS:
         ap.error(f"--calib-doc {args.calib_doc}: unknown document (known: {list(texts.DOCUMENTS)})")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            ap.error(f"--device {args.device}: torch sees no CUDA device")
+        if args.dtype == "float32" and args.engine != "cpu":
+            ap.error("--device cuda: the CUDA engine takes bfloat16 or float16 (add --dtype bfloat16)")
     if any(x >= 1 for x in args.lambdas):
         print("note: --lambdas >= 1 turn skipping off (SPEC section 4)", file=sys.stderr)
     t0 = time.time()

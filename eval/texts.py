@@ -6,6 +6,11 @@ time; the SHA-256 of each file is recorded so a result can be tied to the exact 
 A document whose files are missing is skipped by `available()` (other distributions ship other
 versions), never replaced silently.
 
+`$BLASST_TEXT_ROOT` names a directory that stands in for `/`: a file is read from
+`$BLASST_TEXT_ROOT/usr/share/...` instead of `/usr/share/...`. It lets the texts travel to a machine
+that lacks the packages (`eval/gpu_stage.sh` copies them); the recorded paths and SHA-256 stay those
+of the original files, so a result computed there is tied to the same bytes.
+
     python3 eval/texts.py            # lists the documents, their files, sizes and (if transformers and
                                      # the model are installed) their token counts
 """
@@ -39,14 +44,20 @@ class Document:
     text: str
 
 
+def located(path: str) -> str:
+    """Where `path` (an absolute path of DOCUMENTS) is read from: under $BLASST_TEXT_ROOT when set."""
+    root = os.environ.get("BLASST_TEXT_ROOT")
+    return os.path.join(root, path.lstrip("/")) if root else path
+
+
 def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
+    with open(located(path), "rb") as f:
         return f.read()
 
 
 def available() -> list[str]:
     """Names of the documents whose files all exist, in the fixed order of DOCUMENTS."""
-    return [n for n, (_, files) in DOCUMENTS.items() if all(os.path.isfile(p) for p in files)]
+    return [n for n, (_, files) in DOCUMENTS.items() if all(os.path.isfile(located(p)) for p in files)]
 
 
 def load(name: str) -> Document:
@@ -69,7 +80,7 @@ def describe(name: str) -> dict:
     """Provenance for manifests: files, their SHA-256 and sizes."""
     d = load(name)
     return {"document": name, "kind": d.kind, "files": list(d.files), "sha256": list(d.sha256),
-            "bytes": [os.path.getsize(p) for p in d.files]}
+            "bytes": [os.path.getsize(located(p)) for p in d.files]}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the SmolLM2 evaluation on a GPU machine from what eval/gpu_stage.sh packed (see there): joins and
+# checks the model file, installs the gguf wheel into a private directory, points the loader at the
+# texts and the CUDA library, then runs `eval/run_all.sh --device cuda` with the arguments given here.
+# When $OUT is set (a folder that comes back from the machine), the results are written there.
+#
+#   eval/gpu_run.sh [--stage-dir DIR] [run_all.sh options, e.g. --stages prefill-long]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stage=".carry"
+if [ "${1:-}" = "--stage-dir" ]; then stage="${2:?--stage-dir needs a value}"; shift 2; fi
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  sed -n '2,7p' "$0"; echo; exec eval/run_all.sh --help
+fi
+a="$stage/eval-model-a"
+r="$stage/eval-run"
+for f in "$a/model.xz.part-a" "$r/model.xz.part-b" "$r/model.sha256" "$r/libblasst_py.so"; do
+  [ -f "$f" ] || { echo "gpu_run.sh: $f is missing: stage with eval/gpu_stage.sh and send $a in the" \
+                        "command before this one, on the same machine" >&2; exit 1; }
+done
+
+model_dir=/tmp/blasst-smollm2
+mkdir -p "$model_dir"
+cat "$a/model.xz.part-a" "$r/model.xz.part-b" | xz -d > "$model_dir/$(cut -d' ' -f3 "$r/model.sha256")"
+(cd "$model_dir" && sha256sum -c --quiet "$OLDPWD/$r/model.sha256") ||
+  { echo "gpu_run.sh: the joined model file does not match its SHA-256" >&2; exit 1; }
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/blasst-site \
+  "$r"/wheels/*.whl
+export PYTHONPATH="/tmp/blasst-site:$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+export BLASST_SMOLLM2_GGUF="$model_dir/$(cut -d' ' -f3 "$r/model.sha256")"
+export BLASST_TEXT_ROOT="$PWD/$r/texts"
+export BLASST_LIBRARY="$PWD/$r/libblasst_py.so"
+export PYTHONUNBUFFERED=1
+python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+
+out_args=()
+if [ -n "${OUT:-}" ]; then out_args=(--out "$OUT/smollm2_eval_gpu"); fi
+exec eval/run_all.sh --device cuda --no-report "${out_args[@]}" "$@"
