@@ -4,12 +4,22 @@
 # texts and the CUDA library, then runs `eval/run_all.sh --device cuda` with the arguments given here.
 # When $OUT is set (a folder that comes back from the machine), the results are written there.
 #
-#   eval/gpu_run.sh [--stage-dir DIR] [run_all.sh options, e.g. --stages prefill-long]
+#   eval/gpu_run.sh [--stage-dir DIR] [--resume RESULTS.json] [run_all.sh options, e.g. --stages both-long]
+#
+# --resume: rows of an earlier call (e.g. stages that fit in the previous command) to merge the new
+# stages into; with $OUT set it is copied there first, so one JSON holds every stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 stage=".carry"
-if [ "${1:-}" = "--stage-dir" ]; then stage="${2:?--stage-dir needs a value}"; shift 2; fi
+resume=""
+while true; do
+  case "${1:-}" in
+    --stage-dir) stage="${2:?--stage-dir needs a value}"; shift 2 ;;
+    --resume) resume="${2:?--resume needs a value}"; shift 2 ;;
+    *) break ;;
+  esac
+done
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
   sed -n '2,7p' "$0"; echo; exec eval/run_all.sh --help
 fi
@@ -37,4 +47,9 @@ python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_devic
 
 out_args=()
 if [ -n "${OUT:-}" ]; then out_args=(--out "$OUT/smollm2_eval_gpu"); fi
+if [ -n "$resume" ]; then
+  [ -f "$resume" ] || { echo "gpu_run.sh: --resume $resume does not exist" >&2; exit 2; }
+  dest="${OUT:-bench/results}/smollm2_eval_gpu.json"
+  [ "$(realpath "$resume")" = "$(realpath -m "$dest")" ] || cp "$resume" "$dest"
+fi
 exec eval/run_all.sh --device cuda --no-report "${out_args[@]}" "$@"

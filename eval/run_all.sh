@@ -35,9 +35,12 @@ usage: eval/run_all.sh [--stages LIST] [--out PATH] [--threads N] [--device cpu|
                                   dtype against the dense reference), 0.3,0.5,0.7,0.9 (config formula) and
                                   lambda 0.5, 0.99
                     decode-long   decode only, 8K prompts + 256 decode steps, targets 0.3,0.5,0.7,0.9
-                    both-long     sparse prefill + sparse decode, targets 0.3,0.5,0.7,0.9
+                    both-long     sparse prefill + sparse decode, targets 0.5,0.7; ppl on licenses and
+                                  node-api, pass key at 8K
                     perhead-long  per-(layer, KV head) factors vs one factor per phase, calibrated on
-                                  vim-manual at 8K, prefill and decode, targets 0.3,0.5,0.7,0.9
+                                  vim-manual at 8K, prefill and decode, targets 0.3,0.5,0.7,0.9, anchored
+                                  order (with split KV, ascending decode skips almost nothing); ppl on
+                                  licenses and node-api, pass key at 8K
   --out PATH      results path without extension (default bench/results/smollm2_eval_targets, with
                   --device cuda bench/results/smollm2_eval_gpu)
   --threads N     torch / engine threads (default 1)
@@ -140,12 +143,12 @@ for s in ${stages//,/ }; do
         --decode-tokens "$D" --passkey-lengths "$L2,$L4,$L8" --passkey-depths "$DEPTHS" ;;
     both-long)
       python3 eval/evaluate.py "${common[@]}" --phases both --orders ascending,anchored \
-        --targets 0.3,0.5,0.7,0.9 --target-methods config --docs "$long_docs" --tokens "$L8" \
-        --decode-tokens "$D" --passkey-lengths "$L2,$L4,$L8" --passkey-depths "$DEPTHS" ;;
+        --targets 0.5,0.7 --target-methods config --docs licenses,node-api --tokens "$L8" \
+        --decode-tokens "$D" --passkey-lengths "$L8" --passkey-depths "$DEPTHS" ;;
     perhead-long)
-      python3 eval/evaluate.py "${common[@]}" --phases prefill,decode --orders ascending,anchored \
+      python3 eval/evaluate.py "${common[@]}" --phases prefill,decode --orders anchored \
         --targets 0.3,0.5,0.7,0.9 --target-methods calib-single,calib-head --calib-doc vim-manual \
-        --calib-decode-tokens 32 --docs "$long_docs" --tokens "$L8" --decode-tokens "$D" \
+        --calib-decode-tokens 32 --docs licenses,node-api --tokens "$L8" --decode-tokens "$D" \
         --passkey-lengths "$L8" --passkey-depths "$DEPTHS" ;;
   esac
 done
