@@ -151,9 +151,12 @@ def summary(rows: list[dict]) -> list[str]:
     sparsity, perplexity change and KL; for every pass key length the answers kept at the mean sparsity."""
     sparse = [r for r in with_reference(rows) if r["backend"] == "blasst"]
     ppl_inputs = sorted({(r["phase"] != "prefill", r["tokens"], r["doc"]) for r in sparse if r["task"] == "ppl"})
+    steps = sorted({r["decode_positions"] for r in sparse if r["task"] == "ppl" and r.get("decode_positions")})
+    decode_note = (f" Decode and both: {' or '.join(map(str, steps))} decoded positions after a prompt of the "
+                   "column's length." if steps else "")
     out = ["### Summary", "",
            "Cells: measured sparsity / perplexity change / KL (perplexity inputs), answers equal to dense's at the "
-           "mean sparsity (pass key, 3 depths). Decode and both: 256 decoded positions after a 2K prompt.", ""]
+           "mean sparsity (pass key, 3 depths)." + decode_note, ""]
     for phase in PHASE_ORDER:
         ph = [r for r in sparse if r["phase"] == phase]
         if not ph:
