@@ -199,11 +199,15 @@ def main():
                              table if layout == "paged" else None, opts.page)
             dense_args[layout] = (a, ws)
         a, _ = dense_args["paged"]
-        dec.run(a)
+        info = RunInfo()
+        dec.lib.blasst_run_info_init(ctypes.byref(info))
+        dec.run(a, info)
         torch.cuda.synchronize()
+        auto_splits = info.geometry.splits  # what the library's heuristic picked (reported geometry)
         err = float("nan") if ref is None else (out.view(b, hkv, hq // hkv, d).float() - ref.float()).abs().max().item()
         dense_ms = {lay: time_ms(lambda a=args[0]: dec.run(a), opts.reps) for lay, args in dense_args.items()}
-        print(f"\nB={b} Lk={lk} Hq={hq} Hkv={hkv} D={d} page={opts.page}: dense max |ours - peer| = {err:.2e}")
+        print(f"\nB={b} Lk={lk} Hq={hq} Hkv={hkv} D={d} page={opts.page}: dense max |ours - peer| = {err:.2e}, "
+              f"{auto_splits} splits")
         print(f"  {'kernel':<22}{'sf':>8}{'sparsity':>10}{'ms':>10}{'GB/s':>9}{'%copy':>7}{'vs dense':>9}"
               f"{'vs cudnn':>9}{'vs fa2':>8}{'/bound':>8}")
 

@@ -83,23 +83,31 @@ int prepare(const KernelChoice& k, cudaError_t* err) {
   return std::max(blocks, 1);
 }
 
-// Splits that fill whole waves: the fewest splits whose blocks fill whole waves of the SMs
-// (one block per SM) to at least 95%, or whole waves of the `slots` resident blocks (SMs x
-// blocks per SM) to at least 90% (every split keeps >= 4 tiles); else the best-filled wave
-// count. Fewer, longer splits win where both fit: at 1 x 128K (8 groups) 16 splits, one block
-// of 64 tiles per SM, ran 3-4% faster on the H100 than 33 splits of 32 tiles, two per SM (less
-// start-up, drain and combine per byte), and in ascending order fewer splits skip more.
+// Splits per decision group. `ascending` order (and dense mode, which uses it by default): the
+// fewest splits whose blocks fill one block per SM to at least 95% (a partial first wave counts:
+// 128 blocks on 132 SMs), or the resident `slots` (SMs x blocks per SM) to at least 90%. Fewer,
+// longer splits win there: at 1 x 128K (8 groups) 16 splits of 64 tiles, one block per SM, ran
+// ~3% faster on the H100 than 32 splits of 32 tiles, two per SM (less start-up, drain and combine
+// per byte), and each split's first tile is an anchor with its running max at -inf, so fewer
+// splits skip more (8 x 32K at sf 128: sparsity 0.22 with 2 splits, 0.11 with 4).
+// `anchored` order seeds every split from tile 0 and the last tile, so splitting keeps 90-99% of
+// the sparsity; there a partial wave does not count (32 splits at 1 x 128K, 4 at 8 x 32K), because
+// more, shorter blocks even out uneven sparsity across groups (8 x 32K at sparsity ~0.75: 0.84 of
+// the 2/(2-s) bound with 4 splits against 0.74 with 2). Every split keeps >= 4 tiles; else the
+// best-filled count.
 int pick_splits(const blasst_args& a, int sms, int slots) {
   const int tiles = ceil_div_int(a.max_seqlen_k, kBlockN);
   const int groups = std::max(a.batch * a.num_kv_heads, 1);
   const int most = std::max(1, std::min(ceil_div_int(tiles, 4), 256));
+  // anchored: at least one whole wave of SMs; ascending: a first wave 95% full is enough
+  const double min_blocks = a.geometry.order == BLASST_ORDER_ANCHORED ? sms : 0.95 * sms;
   int best = 1;
   double best_fill = 0.0;
   for (int s = 1; s <= most; ++s) {
     const double blocks = double(groups) * s;
     const double fill = blocks / (std::ceil(blocks / slots) * slots);
     const double sm_fill = blocks / (std::ceil(blocks / sms) * sms);
-    if ((blocks >= sms && sm_fill >= 0.95) || (blocks >= slots && fill >= 0.9)) return s;
+    if ((blocks >= min_blocks && sm_fill >= 0.95) || (blocks >= slots && fill >= 0.9)) return s;
     if (fill > best_fill + 1e-9) {
       best_fill = fill;
       best = s;
