@@ -4,7 +4,8 @@ SDPA's cuDNN and FlashAttention-2 backends, on the same structured inputs in one
 
     python3 bench/gpu_decode_bench.py [--lib build-gpu/src/libblasst.so]
         [--points 1x131072,8x32768,32x16384,64x8192] [--hq 32] [--hkv 8] [--d 128] [--page 64]
-        [--sf 0.5,2,8,32,128] [--order ascending|anchored] [--reps 50]
+        [--sf 0.5,2,8,32,128 | --lambdas 1e-4,1e-3,4e-3,0.016,0.06] [--order ascending|anchored]
+        [--reps 50]
         [--csv bench/results/gpu_decode.csv] [--commit HASH]
 
 Peers see GQA packed the usual way: query heads of one KV head become query rows of that head
@@ -12,6 +13,10 @@ Peers see GQA packed the usual way: query heads of one KV head become query rows
 Reported: bytes of K+V per second (dense-equivalent: the whole cache counted even when tiles
 are skipped), the GPU's measured copy bandwidth, sparsity, speedups over our dense mode and each
 peer, and the ratio of the speedup to the bound 2/(2-s).
+
+`--sf` gives the same threshold_scale_factors at every point, so the threshold lambda = sf / Lk is
+16x smaller at 128K than at 8K and the long points skip little; `--lambdas` sets sf = lambda x Lk per
+point instead, so every point is measured over the same range of thresholds.
 """
 import argparse
 import csv
@@ -144,12 +149,20 @@ def main():
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--page", type=int, default=64, help="page size of the paged KV cache (tokens)")
     ap.add_argument("--sf", default="0.5,2,8,32,128", help="threshold_scale_factor values for the skip mode")
+    ap.add_argument("--lambdas", default="",
+                    help="thresholds lambda for the skip mode, sf = lambda x Lk per point (replaces --sf)")
     ap.add_argument("--order", default="ascending", choices=["ascending", "anchored"])
     ap.add_argument("--reps", type=int, default=50, help="timed repetitions (median)")
     ap.add_argument("--csv", default="bench/results/gpu_decode.csv")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--splits", default="", help="also time dense paged at these forced split counts (printed, not recorded)")
     opts = ap.parse_args()
+    try:
+        lambdas = [float(x) for x in opts.lambdas.split(",") if x]
+    except ValueError:
+        ap.error(f"--lambdas {opts.lambdas!r}: expected a comma list of numbers")
+    if any(not 0 < x < 1 for x in lambdas):
+        ap.error("--lambdas: every lambda must lie in (0, 1); lambda >= 1 turns skipping off (SPEC section 4)")
 
     gpu = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
@@ -227,7 +240,8 @@ def main():
             a, ws = dec.args(q, kp, vp, out, lk, 0.0, order, table, opts.page, splits=sp)
             ms = time_ms(lambda a=a: dec.run(a), opts.reps)
             print(f"  dense splits={sp:<4}{'':>22}{ms:>10.3f}{kv_bytes / ms / 1e6:>9.0f}{100 * kv_bytes / ms / 1e6 / copy_gbs:>6.0f}%")
-        for sf in (float(x) for x in opts.sf.split(",")):
+        factors = [x * lk for x in lambdas] if lambdas else [float(x) for x in opts.sf.split(",") if x]
+        for sf in factors:
             a, ws = dec.args(q, kp, vp, out, lk, sf, order, table, opts.page)
             info = RunInfo()
             dec.lib.blasst_run_info_init(ctypes.byref(info))
