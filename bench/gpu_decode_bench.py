@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import Args, RunInfo, Tensor  # noqa: E402  (the C ABI structs, shared)
+from gpu_bench import Args, RunInfo, Tensor, time_interleaved  # noqa: E402  (C ABI structs, shared)
 
 BF16 = 2
 ENGINE_CUDA = 2
@@ -155,6 +155,9 @@ def main():
     ap.add_argument("--reps", type=int, default=50, help="timed repetitions (median)")
     ap.add_argument("--csv", default="bench/results/gpu_decode.csv")
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--baseline-lib", default=None,
+                    help="a second libblasst.so: its dense and skip modes are timed in the same interleaved "
+                         "rotation as ours at every point and factor (printed, not recorded)")
     ap.add_argument("--splits", default="", help="also time dense paged at these forced split counts (printed, not recorded)")
     opts = ap.parse_args()
     try:
@@ -169,6 +172,7 @@ def main():
     commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                            text=True).stdout.strip() or "unknown"
     dec = Decoder(opts.lib)
+    base = Decoder(opts.baseline_lib) if opts.baseline_lib else None
     order = 1 if opts.order == "anchored" else 0
     # the CSV has no order column: anchored-order skip rows are told apart by their kernel name
     skip_kernel = "blasst-skip-anchored" if order else "blasst-skip"
@@ -256,6 +260,14 @@ def main():
                 ms = time_ms(lambda a=a: dec.run(a), opts.reps)
                 print(f"  skip sf={sf:<6} splits={sp:<4} s={s:.3f} {ms:.3f} ms {kv_bytes / ms / 1e6:.0f} GB/s"
                       f" x{dense_ms['paged'] / ms:.2f} bound {dense_ms['paged'] / ms / (2 / (2 - s)):.2f}")
+        if base is not None:
+            print(f"  same-run A/B against {opts.baseline_lib} (paged):")
+            for sf in [0.0] + factors:
+                ours_a, ours_ws = dec.args(q, kp, vp, out, lk, sf, order, table, opts.page)
+                base_a, base_ws = base.args(q, kp, vp, out, lk, sf, order, table, opts.page)
+                ours_ms, base_ms = time_interleaved([lambda: dec.run(ours_a), lambda: base.run(base_a)], 5, opts.reps)
+                print(f"  {'dense' if sf == 0 else 'skip':<6}sf={sf:<10g} ours {ours_ms:.4f} ms  base {base_ms:.4f} ms"
+                      f"  ours/base speed {base_ms / ours_ms:.3f}x")
         del q, k, v, kp, vp, out
         torch.cuda.empty_cache()
 
