@@ -5,6 +5,8 @@
 # When $OUT is set (a folder that comes back from the machine), the results are written there.
 #
 #   eval/gpu_run.sh [--stage-dir DIR] [--resume RESULTS.json] [run_all.sh options, e.g. --stages both-long]
+#   eval/gpu_run.sh [--stage-dir DIR] -- COMMAND ...   (any command in the same environment, e.g.
+#                                                       eval/calibrate_smollm2.sh --device cuda ...)
 #
 # --resume: rows of an earlier call (e.g. stages that fit in the previous command) to merge the new
 # stages into; with $OUT set it is copied there first, so one JSON holds every stage.
@@ -13,10 +15,12 @@ cd "$(dirname "$0")/.."
 
 stage=".carry"
 resume=""
+passthrough=0
 while true; do
   case "${1:-}" in
     --stage-dir) stage="${2:?--stage-dir needs a value}"; shift 2 ;;
     --resume) resume="${2:?--resume needs a value}"; shift 2 ;;
+    --) passthrough=1; shift; break ;;
     *) break ;;
   esac
 done
@@ -45,6 +49,10 @@ export BLASST_LIBRARY="$PWD/$r/libblasst_py.so"
 export PYTHONUNBUFFERED=1
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
 
+if [ "$passthrough" = 1 ]; then
+  [ $# -gt 0 ] || { echo "gpu_run.sh: nothing after --" >&2; exit 2; }
+  exec "$@"
+fi
 out_args=()
 if [ -n "${OUT:-}" ]; then out_args=(--out "$OUT/smollm2_eval_gpu"); fi
 if [ -n "$resume" ]; then

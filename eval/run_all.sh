@@ -37,6 +37,9 @@ usage: eval/run_all.sh [--stages LIST] [--out PATH] [--threads N] [--device cpu|
                     decode-long   decode only, 8K prompts + 256 decode steps, targets 0.3,0.5,0.7,0.9
                     both-long     sparse prefill + sparse decode, targets 0.5,0.7; ppl on licenses and
                                   node-api, pass key at 8K
+                    config-long   targets 0.3,0.5,0.7,0.9 through the formula of --calibration, prefill
+                                  and decode, anchored; ppl on licenses and node-api, pass key at 4K
+                                  (not in the default list: for a calibration made for this engine)
                     perhead-long  per-(layer, KV head) factors vs one factor per phase, calibrated on
                                   vim-manual at 8K, prefill and decode, targets 0.3,0.5,0.7,0.9, anchored
                                   order (with split KV, ascending decode skips almost nothing); ppl on
@@ -45,6 +48,8 @@ usage: eval/run_all.sh [--stages LIST] [--out PATH] [--threads N] [--device cpu|
                   --device cuda bench/results/smollm2_eval_gpu)
   --threads N     torch / engine threads (default 1)
   --device DEV    cpu (default: float32, CPU engine) or cuda (bfloat16, CUDA engine)
+  --calibration P config.json whose sparse_attention_config the config-formula targets read (default
+                  the shipped data/smollm2_calibration/config.json)
   --fresh         start a new results file instead of merging into the existing one
   --quick         tiny inputs (512 tokens, 16 decode steps, one pass key depth) to check the pipeline
   --report-only   only regenerate <out>.md and the plots from <out>.json
@@ -59,6 +64,7 @@ EOF
 stages=""
 out=""
 device=cpu
+calibration=""
 no_report=0
 # One thread: on a 2-core machine shared with other work, two threads per process made the token-by-token
 # decode loop about 10x slower (1.4 s per step instead of 0.13 s) through thread oversubscription.
@@ -72,6 +78,7 @@ while [ $# -gt 0 ]; do
     --out) out="${2:?--out needs a value}"; shift 2 ;;
     --threads) threads="${2:?--threads needs a value}"; shift 2 ;;
     --device) device="${2:?--device needs a value}"; shift 2 ;;
+    --calibration) calibration="${2:?--calibration needs a value}"; shift 2 ;;
     --no-report) no_report=1; shift ;;
     --fresh) fresh=1; shift ;;
     --quick) quick=1; shift ;;
@@ -88,9 +95,9 @@ case "$device" in
   *) echo "run_all.sh: --device is '$device', expected cpu or cuda" >&2; exit 2 ;;
 esac
 for s in ${stages//,/ }; do
-  case "$s" in prefill|prefill8k|decode|both|perhead|prefill-long|decode-long|both-long|perhead-long) ;; *)
+  case "$s" in prefill|prefill8k|decode|both|perhead|prefill-long|decode-long|both-long|perhead-long|config-long) ;; *)
     echo "run_all.sh: unknown stage '$s' (expected prefill, prefill8k, decode, both, perhead," \
-         "prefill-long, decode-long, both-long, perhead-long)" >&2; exit 2 ;;
+         "prefill-long, decode-long, both-long, perhead-long, config-long)" >&2; exit 2 ;;
   esac
 done
 if [ "$report_only" = 1 ]; then
@@ -108,6 +115,10 @@ else
   L2=2048; L4=4096; L8=8192; D=256; DEPTHS=0.1,0.5,0.9
 fi
 common=(--backend blasst --dense-impl sdpa --threads "$threads" --block 128 --out "$out" --append "${dev_args[@]}")
+if [ -n "$calibration" ]; then
+  [ -f "$calibration" ] || { echo "run_all.sh: --calibration $calibration does not exist" >&2; exit 2; }
+  common+=(--calibration "$calibration")
+fi
 long_docs=licenses,node-api,cpp-source,py-source
 start=$(date +%s)
 for s in ${stages//,/ }; do
@@ -145,6 +156,10 @@ for s in ${stages//,/ }; do
       python3 eval/evaluate.py "${common[@]}" --phases both --orders ascending,anchored \
         --targets 0.5,0.7 --target-methods config --docs licenses,node-api --tokens "$L8" \
         --decode-tokens "$D" --passkey-lengths "$L8" --passkey-depths "$DEPTHS" ;;
+    config-long)
+      python3 eval/evaluate.py "${common[@]}" --phases prefill,decode --orders anchored \
+        --targets 0.3,0.5,0.7,0.9 --target-methods config --docs licenses,node-api --tokens "$L8" \
+        --decode-tokens "$D" --passkey-lengths "$L4" --passkey-depths "$DEPTHS" ;;
     perhead-long)
       python3 eval/evaluate.py "${common[@]}" --phases prefill,decode --orders anchored \
         --targets 0.3,0.5,0.7,0.9 --target-methods calib-single,calib-head --calib-doc vim-manual \
