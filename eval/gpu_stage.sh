@@ -76,5 +76,16 @@ for name in texts.available():
         print(f"text: {name}: {p}")
 EOF
 echo
-du -sb "$a" "$r"
-echo "working tree (tracked): $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes; each command must stay under 67108864"
+# Each command carries the working tree (tracked and untracked-not-ignored files) plus one of the two.
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+limit=67108864
+status=0
+for d in "$a" "$r"; do
+  size=$(du -sb "$d" | cut -f1)
+  echo "$d: $size bytes + working tree $tree = $((size + tree)) of $limit"
+  if [ $((size + tree)) -gt "$limit" ]; then
+    echo "gpu_stage.sh: $d does not fit one command; move bytes between the parts with --part-bytes" >&2
+    status=1
+  fi
+done
+exit "$status"

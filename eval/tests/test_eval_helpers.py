@@ -73,3 +73,36 @@ def test_calibrated_factors_stay_below_the_guard_at_the_evaluated_length():
     assert heads[1] == pytest.approx(1e-2 * 2042)
     assert cal.single("decode", 0.5, lk=2042) == pytest.approx(0.1 * 2042)
     assert cal.per_head("decode", 0.0, lk=2042)["model.layers.0.self_attn"] == [0.0, 0.0]
+
+
+def test_text_root_stands_in_for_slash_and_keeps_the_recorded_paths(tmp_path, monkeypatch):
+    import texts
+    name, (_, files) = next(iter(texts.DOCUMENTS.items()))
+    for i, p in enumerate(files):
+        target = tmp_path / p.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"copy {i}\n")
+    monkeypatch.setenv("BLASST_TEXT_ROOT", str(tmp_path))
+    assert name in texts.available()
+    doc = texts.load(name)
+    assert doc.files == files  # provenance names the original paths
+    assert doc.text == "\n\n".join(f"copy {i}\n" for i in range(len(files)))
+    assert texts.describe(name)["bytes"] == [len(f"copy {i}\n") for i in range(len(files))]
+    monkeypatch.setenv("BLASST_TEXT_ROOT", str(tmp_path / "missing"))
+    assert texts.available() == []  # a root without the files offers nothing, it never falls back to /
+
+
+def test_commit_override_for_trees_without_git(monkeypatch):
+    monkeypatch.setenv("BLASST_COMMIT", "abc1234")
+    assert evaluate.git_commit() == "abc1234"
+
+
+def test_report_names_the_decode_prompt_from_the_rows():
+    rows = [{"task": "ppl", "doc": "d", "tokens": 8192, "decode_positions": 64, "backend": "dense",
+             "phase": "decode", "order": "sdpa", "method": "dense", "sparsity": 0.0, "ppl": 2.0},
+            {"task": "ppl", "doc": "d", "tokens": 8192, "decode_positions": 64, "backend": "blasst",
+             "phase": "decode", "order": "anchored", "method": "config", "target": 0.5, "sparsity": 0.5,
+             "ppl": 2.01, "kl_mean": 1e-3}]
+    text = "\n".join(report.summary(rows))
+    assert "64 decoded positions after a prompt of the column's length" in text
+    assert "2K prompt" not in text
