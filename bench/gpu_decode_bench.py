@@ -89,6 +89,17 @@ class Decoder:
         if rc != 0:
             sys.exit("blasst_decode: " + self.lib.blasst_last_error().decode())
 
+    def run_reported(self, a):
+        """One call with a run_info: what the library reports (geometry, visited and skipped tiles)."""
+        info = RunInfo()
+        self.lib.blasst_run_info_init(ctypes.byref(info))
+        self.run(a, info)
+        return info
+
+
+def sparsity(info):
+    return info.skipped / max(info.visited, 1)
+
 
 def structured_inputs(b, lk, hq, hkv, d, gen):
     """Sink at key 0, a local window over the last 256 keys, heavy-tailed keys elsewhere."""
@@ -216,11 +227,8 @@ def main():
                              table if layout == "paged" else None, opts.page)
             dense_args[layout] = (a, ws)
         a, _ = dense_args["paged"]
-        info = RunInfo()
-        dec.lib.blasst_run_info_init(ctypes.byref(info))
-        dec.run(a, info)
+        auto_splits = dec.run_reported(a).geometry.splits  # what the library's heuristic picked
         torch.cuda.synchronize()
-        auto_splits = info.geometry.splits  # what the library's heuristic picked (reported geometry)
         err = float("nan") if ref is None else (out.view(b, hkv, hq // hkv, d).float() - ref.float()).abs().max().item()
         dense_ms = {lay: time_ms(lambda a=args[0]: dec.run(a), opts.reps) for lay, args in dense_args.items()}
         print(f"\nB={b} Lk={lk} Hq={hq} Hkv={hkv} D={d} page={opts.page}: dense max |ours - peer| = {err:.2e}, "
@@ -247,16 +255,12 @@ def main():
         factors = [x * lk for x in lambdas] if lambdas else [float(x) for x in opts.sf.split(",") if x]
         for sf in factors:
             a, ws = dec.args(q, kp, vp, out, lk, sf, order, table, opts.page)
-            info = RunInfo()
-            dec.lib.blasst_run_info_init(ctypes.byref(info))
-            dec.run(a, info)
-            s = info.skipped / max(info.visited, 1)
+            s = sparsity(dec.run_reported(a))
             ms = time_ms(lambda a=a: dec.run(a), opts.reps)
             line(skip_kernel, sf, s, ms)
             for sp in (int(x) for x in opts.splits.split(",") if x):
                 a, ws = dec.args(q, kp, vp, out, lk, sf, order, table, opts.page, splits=sp)
-                dec.run(a, info)
-                s = info.skipped / max(info.visited, 1)
+                s = sparsity(dec.run_reported(a))
                 ms = time_ms(lambda a=a: dec.run(a), opts.reps)
                 print(f"  skip sf={sf:<6} splits={sp:<4} s={s:.3f} {ms:.3f} ms {kv_bytes / ms / 1e6:.0f} GB/s"
                       f" x{dense_ms['paged'] / ms:.2f} bound {dense_ms['paged'] / ms / (2 / (2 - s)):.2f}")

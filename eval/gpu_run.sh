@@ -35,15 +35,16 @@ for f in "$a/model.xz.part-a" "$r/model.xz.part-b" "$r/model.sha256" "$r/libblas
 done
 
 model_dir=/tmp/blasst-smollm2
+model_file="$model_dir/$(cut -d' ' -f3 "$r/model.sha256")"  # the name sha256sum recorded
 mkdir -p "$model_dir"
-cat "$a/model.xz.part-a" "$r/model.xz.part-b" | xz -d > "$model_dir/$(cut -d' ' -f3 "$r/model.sha256")"
+cat "$a/model.xz.part-a" "$r/model.xz.part-b" | xz -d > "$model_file"
 (cd "$model_dir" && sha256sum -c --quiet "$OLDPWD/$r/model.sha256") ||
   { echo "gpu_run.sh: the joined model file does not match its SHA-256" >&2; exit 1; }
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/blasst-site \
   "$r"/wheels/*.whl
 export PYTHONPATH="/tmp/blasst-site:$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
-export BLASST_SMOLLM2_GGUF="$model_dir/$(cut -d' ' -f3 "$r/model.sha256")"
+export BLASST_SMOLLM2_GGUF="$model_file"
 export BLASST_TEXT_ROOT="$PWD/$r/texts"
 export BLASST_LIBRARY="$PWD/$r/libblasst_py.so"
 export PYTHONUNBUFFERED=1
