@@ -1,6 +1,6 @@
 // Thin wrappers over the sm_80 instructions the prefill kernel is built from:
 // cp.async (global -> shared, 16 bytes, zero fill), ldmatrix, mma.sync m16n8k16 with fp32
-// accumulation, and ex2.approx.
+// accumulation, ex2.approx, and named barriers.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -71,6 +71,15 @@ template <>
 __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   __half2 v = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Named barrier `id` (hardware id 1..15; 0 is __syncthreads) over `threads` threads: wait for
+// all of them, or only count this warp in.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 __device__ __forceinline__ float ex2(float x) {

@@ -1,4 +1,4 @@
-// The sm_90a prefill kernel: TMA loads by a producer warp, wgmma in two consumer warpgroups,
+// The sm_90a prefill kernel: TMA loads by a producer warp, wgmma in two or three consumer warpgroups,
 // the SPEC skip rule per consumer warpgroup (decision group = its 64 query rows).
 //
 // Pipeline: K and V have kStagesK / kStagesV shared-memory buffers with a "full" mbarrier (the TMA
@@ -85,8 +85,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   const float log_lambda = threshold.log_lambda;
   VisitPlan plan;
   plan.anchored = kSkip && skip_on && p.anchored;
-  plan.last_max = max(last[0], last[1]);
-  plan.last_min = min(last[0], last[1]);
+  // The groups' last tiles take at most two values (group g's last row ends 64 rows after
+  // group g-1's, within one tile of 128 keys of it), so one plan covers every group.
+  plan.last_max = -1;
+  plan.last_min = -1;
+#pragma unroll
+  for (int g = 0; g < Traits::kConsumerGroups; ++g) {
+    plan.last_max = max(plan.last_max, last[g]);
+    if (last[g] >= 0) plan.last_min = plan.last_min < 0 ? last[g] : min(plan.last_min, last[g]);
+  }
   const int n_stream = plan.length();
 
   const int warp = threadIdx.x / 32;
@@ -119,7 +126,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
 
   if (warp < 4) {
     // ---------------- producer warpgroup ----------------
-    cutlass::arch::warpgroup_reg_dealloc<24>();
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     // Warp 0 loads Q and the K tiles, warp 1 the V tiles, each at its own pace.
     if (warp < 2 && cute::elect_one_sync()) {
       // Streams the CTA's tile sequence into the `stages` buffers of K or V: wait until the
@@ -158,12 +165,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   }
 
   // ---------------- consumer warpgroups ----------------
-  cutlass::arch::warpgroup_reg_alloc<240>();
-  const int ct = threadIdx.x - 128;  // 0 .. 255
+  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+  const int ct = threadIdx.x - 128;  // 0 .. 128 G - 1
   const int grp = ct / 128;          // decision group of this warpgroup
   const int wt = ct % 128;           // thread within the warpgroup
   GroupOrder order;
-  order.last = grp == 0 ? last[0] : last[1];
+#pragma unroll
+  for (int g = 0; g < Traits::kConsumerGroups; ++g)
+    if (g == grp) order.last = last[g];
   order.anchored = plan.anchored;
   const int n_own = order.tiles();
   const int group_row0 = row0 + grp * GR;
@@ -179,7 +188,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
   Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
-  Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, D/16) registers: this group's 64 rows
+  Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, D/16): this group's 64 rows (registers or descriptors)
   Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, 1, D/16, stages)
   Tensor tOrVt = thr_o.partition_fragment_B(sVt); // (MMA, 1, BN/16, stages)
   Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<BM>, Int<BN>>{});
@@ -211,8 +220,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   // Each iteration issues S(t) = Q K^T and, behind it, the P V of the previous kept tile, so
   // that the tensor cores run that product while the warpgroup masks, votes and exponentiates
   // tile t. O is rescaled for tile t once the previous P V has landed.
-  // With P.pingpong the two warpgroups also take turns issuing their products (named barriers
-  // 5 and 6), so one warpgroup's softmax runs while the other's products use the tensor cores.
+  // With P.pingpong the warpgroups also take turns issuing their products (round robin over the
+  // named barriers kBarTurn + g), so one warpgroup's softmax runs while another's products use
+  // the tensor cores.
   // A run of skipped tiles goes at the pace of the chain QK^T -> row max -> vote -> next QK^T,
   // so a skipped tile's V buffer (its load must land before it is handed back) is released
   // while the next QK^T is in flight, off that chain.
@@ -223,7 +233,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   int v_held = -1;            // V stage of a skipped or foreign tile still to hand back
   uint32_t v_held_phase = 0;
   auto issue_s = [&](int stage) {
-    warpgroup_fence_operand(tSrQ);
+    if constexpr (Traits::kQInRegisters) warpgroup_fence_operand(tSrQ);
     warpgroup_fence_operand(tSrS);
     warpgroup_arrive();
     mma_s.accumulate_ = GMMA::ScaleOut::Zero;
@@ -249,17 +259,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     }
   };
   const bool pingpong = P.pingpong != 0;
+  constexpr int G = Traits::kConsumerGroups;
   auto turn_begin = [&]() {
-    if (pingpong) cutlass::arch::NamedBarrier::sync(256, 5 + grp);
+    if (pingpong) ptx::named_barrier_sync(Traits::kBarTurn + grp, 256);
   };
   auto turn_end = [&](int i) {
-    // The last turn of warpgroup 1 is answered by nobody: skip that arrive.
-    if (uniform(pingpong && !(grp == 1 && i == n_stream - 1))) cutlass::arch::NamedBarrier::arrive(256, 5 + (1 - grp));
+    // The last turn of the last warpgroup is answered by nobody: skip that arrive.
+    if (uniform(pingpong && !(grp == G - 1 && i == n_stream - 1)))
+      ptx::named_barrier_arrive(Traits::kBarTurn + (grp + 1) % G, 256);
   };
-  if (pingpong && grp == 1 && n_stream > 0) cutlass::arch::NamedBarrier::arrive(256, 5);  // group 0 goes first
+  if (pingpong && grp == G - 1 && n_stream > 0) ptx::named_barrier_arrive(Traits::kBarTurn, 256);  // group 0 goes first
 
   Barrier::wait(&ss.q_full, 0);
-  {
+  if constexpr (Traits::kQInRegisters) {
     auto q_copy = make_tiled_copy_A(Copy_Atom<SM75_U32x4_LDSM_N, T>{}, mma_s);
     auto q_thr = q_copy.get_thread_slice(ct);
     copy(q_copy, q_thr.partition_S(sQ), q_thr.retile_D(tSrQ));
@@ -329,7 +341,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       // One bar.red.or over the warpgroup: a run of skipped tiles waits the least this way.
       // (Letting warps with a keeping row post their vote in shared memory and go on without
       // waiting was 2% faster with sparsity ~0 and 5-8% slower at 0.6-0.8 on the H100.)
-      kept = uniform(warpgroup_any(keep, 1 + grp));
+      kept = uniform(warpgroup_any(keep, Traits::kBarVote + grp));
     }
     float alpha[R];
     if (kept) sm.exponentiate(s_rc, mt, scale_log2, alpha);
@@ -362,7 +374,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
         *reinterpret_cast<uint4*>(&sVs(r, c)) = make_uint4(0, 0, 0, 0);
       }
       cutlass::arch::fence_view_async_shared();
-      cutlass::arch::NamedBarrier::sync(128, 3 + grp);
+      ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
     }
     pv_pending = true;
     pv_stage = sv;
@@ -394,7 +406,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   Tensor tOsO = thr_o.partition_C(sO);
 #pragma unroll
   for (int e = 0; e < size(rO); ++e) tOsO(e) = rO(e);
-  cutlass::arch::NamedBarrier::sync(128, 3 + grp);
+  ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
 
   const bool ragged_q = p.cu_seqlens_q != nullptr;
   T* o_base = static_cast<T*>(p.out) + (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +

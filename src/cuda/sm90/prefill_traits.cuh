@@ -1,13 +1,16 @@
 // Compile-time shape of the sm_90a prefill kernel: tiles, shared-memory layouts, the two
 // warpgroup MMAs and the TMA copy types, per (element type, head dimension).
 //
-// One CTA = 3 warpgroups: warpgroup 0 is the producer (one thread issues every TMA load),
-// warpgroups 1 and 2 are consumers, each owning 64 consecutive query rows of the CTA's
-// 128-row block. A consumer warpgroup's 64 rows are one SPEC decision group (block_m = 64).
-//   smem  Q [128, D] (reused for O in the epilogue), K [kStagesK][128, D], V [kStagesV][128, D],
+// One CTA = 1 + G warpgroups: warpgroup 0 is the producer (one thread issues every TMA load),
+// warpgroups 1..G are consumers, each owning 64 consecutive query rows of the CTA's 64 G-row
+// block. A consumer warpgroup's 64 rows are one SPEC decision group (block_m = 64).
+// G = 2 for D = 128. For D = 64 a tile's products take half as long while its softmax does not,
+// so two warpgroups cannot keep the tensor cores busy: G = 3 (192-row CTAs, 160 registers per
+// consumer thread).
+//   smem  Q [64 G, D] (reused for O in the epilogue), K [kStagesK][128, D], V [kStagesV][128, D],
 //         all K-major with the 128-byte swizzle that wgmma and TMA share.
 //   S = Q K^T : wgmma 64 x 128 x D per consumer warpgroup, Q from registers (loaded once per
-//               CTA), K from shared memory. With Q in shared memory too, a run of skipped tiles
+//               CTA; G = 2) or shared memory (G = 3), K from shared memory. With Q in shared memory too, a run of skipped tiles
 //               (QK^T back to back) would read 96 bytes of shared memory per tensor-core cycle
 //               and, with the TMA writes of K and V, pass the 128 bytes an SM serves.
 //   O += P V  : wgmma 64 x D x 128, P from registers (the S accumulators converted in place),
@@ -25,23 +28,39 @@ template <class Element_, int D_>
 struct PrefillTraits {
   using Element = Element_;  // cutlass::bfloat16_t or cutlass::half_t
   static constexpr int D = D_;
-  static constexpr int kBlockM = 128;     // rows of a CTA
   static constexpr int kGroupRows = 64;   // rows of a consumer warpgroup = one decision group
+  static constexpr int kConsumerGroups = D == 64 ? 3 : 2;
+  static constexpr int kBlockM = kGroupRows * kConsumerGroups;  // rows of a CTA
+  // Registers per thread after setmaxnreg (multiples of 8; 128 threads each, 64K in all).
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = kConsumerGroups == 3 ? 160 : 240;
+  static_assert(128 * (kProducerRegs + kConsumerGroups * kConsumerRegs) <= 65536, "register file");
+  // Hardware ids of the named barriers (0 is __syncthreads): the vote of group g, the group's own
+  // sync (zeroed V rows, epilogue), and the pingpong turn of group g.
+  static constexpr int kBarVote = 1;
+  static constexpr int kBarGroup = kBarVote + kConsumerGroups;
+  static constexpr int kBarTurn = kBarGroup + kConsumerGroups;
+  static_assert(kBarTurn + kConsumerGroups <= 16, "named barriers");
   static constexpr int kBlockN = 128;     // keys of a tile
   // K runs ahead of V: a run of skipped tiles goes at the pace of QK^T alone, so K needs more
   // tiles in flight than V (whose stage is held until the deferred P V is done).
   static constexpr int kStagesK = 3;
   static constexpr int kStagesV = 2;
-  static constexpr int kConsumerGroups = kBlockM / kGroupRows;
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
   static_assert(D == 64 || D == 128, "the sm_90a prefill kernel is built for head dims 64 and 128");
 
   using TileS = Shape<Int<kBlockM>, Int<kBlockN>, Int<D>>;  // (M, N, K) of S = Q K^T
   using TileO = Shape<Int<kBlockM>, Int<D>, Int<kBlockN>>;  // (M, N, K) of O = P V
-  // Two consumer warpgroups stacked along M, each one 64-row wgmma atom.
+  // The consumer warpgroups stacked along M, each one 64-row wgmma atom.
   using AtomLayout = Layout<Shape<Int<kConsumerGroups>, _1, _1>>;
-  using MmaS = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<D>>>(), AtomLayout{}));
+  // Q in registers for G = 2 (a run of skipped tiles then reads only K from shared memory);
+  // for G = 3 the 160 registers cannot hold Q next to S, P and O, so QK^T reads Q from shared
+  // memory there.
+  static constexpr bool kQInRegisters = kConsumerGroups == 2;
+  using MmaSAtom = std::conditional_t<
+      kQInRegisters, decltype(GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<D>>>()),
+      decltype(GMMA::ss_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<D>>>())>;
+  using MmaS = decltype(make_tiled_mma(MmaSAtom{}, AtomLayout{}));
   using MmaO = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<D>, Int<kBlockN>>, GMMA::Major::K,
                            GMMA::Major::MN>(),
