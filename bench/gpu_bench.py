@@ -12,7 +12,8 @@ problem rather than of noise. Times are CUDA-event medians after warm-up; each t
 queued behind a short sleep kernel so that host-side launch cost stays out of the numbers.
 Reported: dense-equivalent TFLOP/s (4*Lq*Lk*D*Hq per entry, halved for causal), sparsity
 (skipped / visited tiles), speedups over our dense mode and the peers, and the ratio of the
-speedup to the bound 2/(2-s).
+speedup to the bound 2/(2-s). With BLASST_CUDA_PREFILL_KERNEL=sm80 (the Ampere kernel on Hopper)
+our rows are named blasst-dense-sm80 and blasst-skip-sm80.
 """
 import argparse
 import csv
@@ -246,6 +247,9 @@ def main():
                                              stderr=subprocess.DEVNULL).strip()
         except Exception:
             commit = "unknown"
+    # The engine picks the sm_90a kernel on Hopper; BLASST_CUDA_PREFILL_KERNEL=sm80 forces the
+    # Ampere kernel there, and its rows are then named blasst-dense-sm80 / blasst-skip-sm80.
+    kernel_suffix = "-sm80" if os.environ.get("BLASST_CUDA_PREFILL_KERNEL") == "sm80" else ""
     sfs = [float(x) for x in args.sf.split(",") if x]
     rows, table = [], []
     B, Hq, Hkv, D = args.batch, args.hq, args.hkv, args.d
@@ -274,6 +278,8 @@ def main():
             io_bytes = (q.numel() * 2 + k.numel() * 2 + v.numel() * 2 + out.numel() * 2)
 
             def record(kernel, sf, sparsity, ms):
+                if kernel.startswith("blasst-"):
+                    kernel += kernel_suffix
                 rows.append(dict(gpu=gpu, date=date, commit=commit, phase="prefill", kernel=kernel, dtype=args.dtype,
                                  batch=B, lq=L, lk=L, hq=Hq, hkv=Hkv, d=D, causal=causal, sf=sf,
                                  sparsity=f"{sparsity:.4f}", ms=f"{ms:.4f}", tflops=f"{flops / ms * 1e-9:.1f}",
@@ -346,7 +352,8 @@ def main():
             w.writeheader()
         w.writerows(rows)
 
-    print(f"{gpu}, {args.dtype}, B={B} Hq={Hq} Hkv={Hkv} D={D}, order={args.order}, commit {commit}")
+    print(f"{gpu}, {args.dtype}, B={B} Hq={Hq} Hkv={Hkv} D={D}, order={args.order}, commit {commit}"
+          + (" (sm_80 kernel forced)" if kernel_suffix else ""))
     print(f"{'L':>6} {'causal':>6} {'kernel':>13} {'sf':>7} {'sparsity':>8} {'ms':>9} {'TFLOP/s':>8} "
           f"{'vs dense':>8} {'/bound':>6}  notes")
     for (L, causal, kernel, sf, s, ms, tf, sp, rb, how, note) in table:
