@@ -83,37 +83,46 @@ int prepare(const KernelChoice& k, cudaError_t* err) {
   return std::max(blocks, 1);
 }
 
-// Splits per decision group. `ascending` order (and dense mode, which uses it by default): the
-// fewest splits whose blocks fill one block per SM to at least 95% (a partial first wave counts:
-// 128 blocks on 132 SMs), or the resident `slots` (SMs x blocks per SM) to at least 90%. Fewer,
-// longer splits win there: at 1 x 128K (8 groups) 16 splits of 64 tiles, one block per SM, ran
-// ~3% faster on the H100 than 32 splits of 32 tiles, two per SM (less start-up, drain and combine
-// per byte), and each split's first tile is an anchor with its running max at -inf, so fewer
-// splits skip more (8 x 32K at sf 128: sparsity 0.22 with 2 splits, 0.11 with 4).
-// `anchored` order seeds every split from tile 0 and the last tile, so splitting keeps 90-99% of
-// the sparsity; there a partial wave does not count (32 splits at 1 x 128K, 4 at 8 x 32K), because
-// more, shorter blocks even out uneven sparsity across groups (8 x 32K at sparsity ~0.75: 0.84 of
-// the 2/(2-s) bound with 4 splits against 0.74 with 2). Every split keeps >= 4 tiles; else the
-// best-filled count.
+// Splits per decision group. Dense mode and `ascending` order: the fewest splits whose blocks
+// fill one block per SM to at least 95% (a partial first wave counts: 128 blocks on 132 SMs), or
+// the resident `slots` (SMs x blocks per SM) to at least 90%. Fewer, longer splits win there: at
+// 1 x 128K (8 groups) 16 splits of 64 tiles, one block per SM, ran 3-15% faster on the H100 than
+// 32 splits of 32 tiles, two per SM (less start-up, drain and combine per byte), and in ascending
+// order each split's first tile is an anchor with its running max at -inf, so fewer splits skip
+// more (8 x 32K at sf 128: sparsity 0.22 with 2 splits, 0.11 with 4).
+// `anchored` order with skipping on seeds every split from tile 0 and the last tile, so splitting
+// keeps 90-99% of the sparsity, and more, shorter blocks even out groups of unequal sparsity (a
+// wave of blocks ends with its least sparse one): a whole first wave, and then up to about four
+// waves of resident blocks as long as each split keeps 32 tiles. On the H100 (Hq 32, Hkv 8):
+// 32 / 8 / 4 / 2 splits at 1 x 128K / 8 x 32K / 32 x 16K / 64 x 8K; at 32 x 16K, sparsity ~0.85,
+// 4 splits reached 0.90 of the 2/(2-s) bound against 0.78 with 1. Every split keeps >= 4 tiles;
+// else the best-filled count.
 int pick_splits(const blasst_args& a, int sms, int slots) {
   const int tiles = ceil_div_int(a.max_seqlen_k, kBlockN);
   const int groups = std::max(a.batch * a.num_kv_heads, 1);
   const int most = std::max(1, std::min(ceil_div_int(tiles, 4), 256));
-  // anchored: at least one whole wave of SMs; ascending: a first wave 95% full is enough
-  const double min_blocks = a.geometry.order == BLASST_ORDER_ANCHORED ? sms : 0.95 * sms;
+  const bool anchored = skip_mode(a) && a.geometry.order == BLASST_ORDER_ANCHORED;
+  const double min_blocks = anchored ? sms : 0.95 * sms;
+  int splits = 0;
   int best = 1;
   double best_fill = 0.0;
-  for (int s = 1; s <= most; ++s) {
+  for (int s = 1; s <= most && splits == 0; ++s) {
     const double blocks = double(groups) * s;
     const double fill = blocks / (std::ceil(blocks / slots) * slots);
     const double sm_fill = blocks / (std::ceil(blocks / sms) * sms);
-    if ((blocks >= min_blocks && sm_fill >= 0.95) || (blocks >= slots && fill >= 0.9)) return s;
+    if ((blocks >= min_blocks && sm_fill >= 0.95) || (blocks >= slots && fill >= 0.9)) splits = s;
     if (fill > best_fill + 1e-9) {
       best_fill = fill;
       best = s;
     }
   }
-  return best;
+  if (splits == 0) splits = best;
+  if (anchored) {
+    const int four_waves = ceil_div_int(4 * slots, groups);
+    const int of_32_tiles = std::max(1, tiles / 32);
+    splits = std::max(splits, std::min(four_waves, of_32_tiles));
+  }
+  return splits;
 }
 
 struct Buffers {
