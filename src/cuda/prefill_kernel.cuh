@@ -157,12 +157,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
   auto load_kv = [&](const T* base, int64_t token_stride, int64_t page_stride, int t, uint32_t dst) {
     const int key0 = t * BN + my_row;
     if (!paged) {
+      // One pointer stepped from pass to pass: a 64-bit add each, where `src + i * stride`
+      // costs a 64-bit multiply per pass (about a quarter of the loop's integer work).
       const T* src = base + int64_t(key0) * token_stride + my_chunk * 8;
       const int64_t pass_stride = int64_t(Cfg::kRowsPerPass) * token_stride;
 #pragma unroll
-      for (int i = 0; i < BN / Cfg::kRowsPerPass; ++i) {
+      for (int i = 0; i < BN / Cfg::kRowsPerPass; ++i, src += pass_stride) {
         const bool valid = key0 + i * Cfg::kRowsPerPass < lk;
-        ptx::cp_async_16(dst + my_dst + i * kPassBytes, valid ? src + i * pass_stride : base, valid);
+        ptx::cp_async_16(dst + my_dst + i * kPassBytes, valid ? src : base, valid);
       }
     } else {
 #pragma unroll
