@@ -123,12 +123,14 @@ __device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvS
   } else {
     row0 += int64_t(key0) * src.token_stride;
   }
+  // One pointer stepped from pass to pass (a 64-bit add each, not a 64-bit multiply).
+  const T* row = row0 + int64_t(r0) * src.token_stride;
+  const int64_t pass_stride = int64_t(kRowsPerPass) * src.token_stride;
 #pragma unroll
-  for (int i = 0; i < kPasses; ++i) {
+  for (int i = 0; i < kPasses; ++i, row += pass_stride) {
     const int r = r0 + i * kRowsPerPass;
     const bool valid = key0 + r < lk;
-    ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)),
-                     valid ? row0 + int64_t(r) * src.token_stride : src.base, valid);
+    ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)), valid ? row : src.base, valid);
   }
 }
 
