@@ -12,6 +12,8 @@
 // A skipped tile thus costs its QK^T and the vote only.
 #pragma once
 
+#include <climits>
+
 #include <cute/arch/cluster_sm90.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
@@ -179,6 +181,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   const int group_rows = clamp_int(rows_here - grp * GR, 0, GR);
   const int ke_first = key_end(group_row0);  // tiles from (ke_first / BN) on need the mask
   const bool vote_on = kSkip && skip_on;
+  // The group's anchors are the first tiles of its own order (ascending: tile 0; anchored: its
+  // last tile, then tile 0), so it votes from own position first_vote on (1-based).
+  const int first_vote = vote_on ? (order.anchored ? 3 : 2) : INT_MAX;
 
   typename Traits::MmaS mma_s;
   typename Traits::MmaO mma_o;
@@ -331,7 +336,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
 
     bool kept = true;
     // (kSkip first: the dense instantiation then compiles no vote at all.)
-    if (kSkip && uniform(vote_on && !order.is_anchor(t))) {
+    if (kSkip && uniform(j >= first_vote)) {
       // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda).
       bool keep = false;
 #pragma unroll

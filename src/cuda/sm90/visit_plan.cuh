@@ -42,7 +42,6 @@ struct GroupOrder {
   bool anchored = false;
   __device__ __forceinline__ int tiles() const { return last + 1; }
   __device__ __forceinline__ int at(int j) const { return anchored ? (j == 0 ? last : j - 1) : j; }
-  __device__ __forceinline__ bool is_anchor(int t) const { return t == 0 || (anchored && t == last); }
 };
 
 }  // namespace blasst::cuda::sm90
