@@ -277,6 +277,15 @@ TEST_F(PrefillGpu, SanitizerSubset) {
   c.causal = 0;
   c.order = BLASST_ORDER_ASCENDING;
   check_against_cpu(c);
+  // d = 64 off small pages: on Hopper the sm_90a kernel with three consumer warpgroups (192-row
+  // CTAs; 200 rows leave the second CTA two full groups and one of 8 rows).
+  c.lq = {200, 70};
+  c.lk = {333, 70};
+  c.layout = Layout::Padded;
+  c.d = 64;
+  c.causal = 1;
+  c.order = BLASST_ORDER_ANCHORED;
+  check_against_cpu(c);
 }
 
 }  // namespace
