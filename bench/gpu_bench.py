@@ -77,8 +77,9 @@ class Blasst:
         if probe.struct_size != ctypes.sizeof(Args):
             sys.exit(f"blasst_args layout mismatch: C says {probe.struct_size} bytes, ctypes {ctypes.sizeof(Args)}")
 
-    def make_call(self, q, k, v, out, lse, causal, sf, order, stats=None):
-        """Prepared arguments for q/k/v/out [B, L, H, D] contiguous tensors on the GPU."""
+    def make_call(self, q, k, v, out, lse, causal, sf, order, stats=None, paged=None):
+        """Prepared arguments for q/k/v/out [B, L, H, D] contiguous tensors on the GPU; with
+        paged = (k_pages, v_pages, block_table) K/V are read from the pages instead."""
         a = Args()
         self.lib.blasst_args_init(ctypes.byref(a))
         B, Lq, Hq, D = q.shape
@@ -92,6 +93,13 @@ class Blasst:
             return Tensor(t.data_ptr(), dtype, t.stride(0), t.stride(1), t.stride(2), t.numel())
 
         a.q, a.k, a.v, a.out = tensor(q, dt), tensor(k, dt), tensor(v, dt), tensor(out, dt)
+        if paged is not None:
+            kp, vp, table = paged
+            a.k, a.v = tensor(kp, dt), tensor(vp, dt)
+            a.block_table = table.data_ptr()
+            a.block_table_stride = table.shape[1]
+            a.page_size = kp.shape[1]
+            a.num_pages = kp.shape[0]
         if lse is not None:
             a.lse = Tensor(lse.data_ptr(), 0, lse.stride(0), lse.stride(1), lse.stride(2), lse.numel())
         a.causal = int(causal)
@@ -110,6 +118,20 @@ class Blasst:
         if st != 0:
             raise RuntimeError(f"blasst_prefill: {self.lib.blasst_last_error().decode()}")
         return info
+
+
+def to_pages(k, v, page, seed):
+    """K/V [B, L, H, D] copied into pages [B * L / page, page, H, D] in a shuffled order, as a
+    paged cache holds them, and the block table [B, L / page] that finds them."""
+    B, L, H, D = k.shape
+    per_entry = L // page
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    perm = torch.randperm(B * per_entry, generator=gen).to(k.device)
+    kp = torch.empty(B * per_entry, page, H, D, dtype=k.dtype, device=k.device)
+    vp = torch.empty_like(kp)
+    kp[perm] = k.reshape(B * per_entry, page, H, D)
+    vp[perm] = v.reshape(B * per_entry, page, H, D)
+    return kp, vp, perm.to(torch.int32).reshape(B, per_entry).contiguous()
 
 
 # ---- structured inputs ----
@@ -229,6 +251,9 @@ def main():
     ap.add_argument("--baseline-lib", default=None,
                     help="another libblasst.so (e.g. an earlier commit) whose dense and skip modes are timed in "
                          "the same interleaved rotation; printed as base-dense/base-skip, not written to the CSV")
+    ap.add_argument("--page", type=int, default=0,
+                    help="our K/V from a paged cache of this page size (shuffled pages, a block table); the "
+                         "peers read the contiguous tensors; rows named blasst-*-p<N>. 0: contiguous")
     ap.add_argument("--profile-once", action="store_true",
                     help="run dense, skip (first --sf) and fa2 once at the first length, for a profiler")
     args = ap.parse_args()
@@ -250,7 +275,11 @@ def main():
     # The engine picks the sm_90a kernel on Hopper; BLASST_CUDA_PREFILL_KERNEL=sm80 forces the
     # Ampere kernel there, and its rows are then named blasst-dense-sm80 / blasst-skip-sm80.
     kernel_suffix = "-sm80" if os.environ.get("BLASST_CUDA_PREFILL_KERNEL") == "sm80" else ""
+    if args.page:
+        kernel_suffix += f"-p{args.page}"
     sfs = [float(x) for x in args.sf.split(",") if x]
+    if args.page and any(int(x) % args.page for x in args.seqlens.split(",")):
+        sys.exit(f"--page {args.page} must divide every length in --seqlens")
     rows, table = [], []
     B, Hq, Hkv, D = args.batch, args.hq, args.hkv, args.d
 
@@ -258,10 +287,11 @@ def main():
         L = int(args.seqlens.split(",")[0])
         causal = int(args.causal.split(",")[0])
         q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L)
+        pg = to_pages(k, v, args.page, seed=L) if args.page else None
         out = torch.empty_like(q)
         lse = torch.empty(B, L, Hq, device="cuda", dtype=torch.float32)
-        lib.run(lib.make_call(q, k, v, out, lse, causal, 0.0, order))
-        lib.run(lib.make_call(q, k, v, out, lse, causal, sfs[0], order))
+        lib.run(lib.make_call(q, k, v, out, lse, causal, 0.0, order, paged=pg))
+        lib.run(lib.make_call(q, k, v, out, lse, causal, sfs[0], order, paged=pg))
         fn, _, _ = sdpa_fn(SDPBackend.FLASH_ATTENTION, q, k, v, causal)
         if fn is not None:
             fn()
@@ -270,6 +300,7 @@ def main():
 
     for L in [int(x) for x in args.seqlens.split(",")]:
         q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L)
+        pg = to_pages(k, v, args.page, seed=L) if args.page else None
         out = torch.empty_like(q)
         lse = torch.empty(B, L, Hq, device="cuda", dtype=torch.float32)
         stats = torch.zeros(Hq, 2, device="cuda", dtype=torch.int64)
@@ -287,7 +318,7 @@ def main():
 
             # Every variant of this shape is set up first (and its sparsity measured), then all
             # are timed together, interleaved.
-            dense_args = lib.make_call(q, k, v, out, lse, causal, 0.0, order)
+            dense_args = lib.make_call(q, k, v, out, lse, causal, 0.0, order, paged=pg)
             lib.run(dense_args)
             torch.cuda.synchronize()
             dense_out = out.clone()
@@ -301,19 +332,19 @@ def main():
                     err = (ref.transpose(1, 2).float() - dense_out.float()).abs().max().item()
                     variants.append((name, 0, 0.0, fn, f"{how} max|ours-{name}|={err:.3g}"))
             for sf in ([round(float(x) * L, 3) for x in args.lambdas.split(",")] if args.lambdas else sfs):
-                skip_args = lib.make_call(q, k, v, out, lse, causal, sf, order, stats)
+                skip_args = lib.make_call(q, k, v, out, lse, causal, sf, order, stats, paged=pg)
                 info = lib.run(skip_args)
                 torch.cuda.synchronize()
                 s = info.skipped / info.visited if info.visited > 0 else 0.0
-                timed_args = lib.make_call(q, k, v, out, lse, causal, sf, order)
+                timed_args = lib.make_call(q, k, v, out, lse, causal, sf, order, paged=pg)
                 variants.append(("blasst-skip", sf, s, lambda a=timed_args: lib.run(a), ""))
             if base is not None:
                 # The baseline's variants, with its own sparsity (it may decide differently).
                 for sf in [0.0] + ([round(float(x) * L, 3) for x in args.lambdas.split(",")] if args.lambdas else sfs):
-                    info = base.run(base.make_call(q, k, v, out, lse, causal, sf, order, stats if sf else None))
+                    info = base.run(base.make_call(q, k, v, out, lse, causal, sf, order, stats if sf else None, paged=pg))
                     torch.cuda.synchronize()
                     s = info.skipped / info.visited if sf and info.visited > 0 else 0.0
-                    timed_args = base.make_call(q, k, v, out, lse, causal, sf, order)
+                    timed_args = base.make_call(q, k, v, out, lse, causal, sf, order, paged=pg)
                     variants.append(("base-dense" if sf == 0.0 else "base-skip", sf, s,
                                      lambda a=timed_args: base.run(a), ""))
             times = time_interleaved([vt[3] for vt in variants], args.warmup, args.reps)
@@ -340,7 +371,7 @@ def main():
                     bound = 2.0 / (2.0 - s)
                     table.append((L, causal, kernel, sf, s, ms, flops / ms * 1e-9, speedup, speedup / bound, "",
                                   " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
-        del q, k, v, out, lse
+        del q, k, v, out, lse, pg
         torch.cuda.empty_cache()
 
     new = not os.path.exists(args.csv)
@@ -353,7 +384,8 @@ def main():
         w.writerows(rows)
 
     print(f"{gpu}, {args.dtype}, B={B} Hq={Hq} Hkv={Hkv} D={D}, order={args.order}, commit {commit}"
-          + (" (sm_80 kernel forced)" if kernel_suffix else ""))
+          + (" (sm_80 kernel forced)" if os.environ.get("BLASST_CUDA_PREFILL_KERNEL") == "sm80" else "")
+          + (f", ours from {args.page}-token pages" if args.page else ""))
     print(f"{'L':>6} {'causal':>6} {'kernel':>13} {'sf':>7} {'sparsity':>8} {'ms':>9} {'TFLOP/s':>8} "
           f"{'vs dense':>8} {'/bound':>6}  notes")
     for (L, causal, kernel, sf, s, ms, tf, sp, rb, how, note) in table:

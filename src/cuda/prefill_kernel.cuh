@@ -166,6 +166,22 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
         const bool valid = key0 + i * Cfg::kRowsPerPass < lk;
         ptx::cp_async_16(dst + my_dst + i * kPassBytes, valid ? src : base, valid);
       }
+    } else if (p.page_shift >= 0 && p.page_size >= Cfg::kRowsPerPass) {
+      // Pages of a power of two >= the rows of a pass: a tile starts on a page boundary or inside
+      // one page (BN and the page size are powers of two), and this thread's rows key0 + 8 i
+      // (my_row < kRowsPerPass) change page only where (i * kRowsPerPass) % page_size == 0. One
+      // block-table lookup per page, and the pointer stepped by a pass within it.
+      const int64_t pass_stride = int64_t(Cfg::kRowsPerPass) * token_stride;
+      const T* src = base;
+#pragma unroll
+      for (int i = 0; i < BN / Cfg::kRowsPerPass; ++i, src += pass_stride) {
+        const int key = key0 + i * Cfg::kRowsPerPass;
+        const bool valid = key < lk;
+        if (((i * Cfg::kRowsPerPass) & (p.page_size - 1)) == 0 && valid)
+          src = base + int64_t(pages[key >> p.page_shift]) * page_stride +
+                int64_t(key & (p.page_size - 1)) * token_stride + my_chunk * 8;
+        ptx::cp_async_16(dst + my_dst + i * kPassBytes, valid ? src : base, valid);
+      }
     } else {
 #pragma unroll
       for (int i = 0; i < BN / Cfg::kRowsPerPass; ++i) {
