@@ -95,6 +95,33 @@ __device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvS
   const int key0 = tile * kBlockN + kg * kGroupRows;  // first key of the group's rows
   unsigned char* dst0 = dst + kg * kGroupRows * D * 2;
   const bool one_page = p.block_table && p.page_shift >= 0 && p.page_size >= kGroupRows;
+  if (p.block_table && !one_page && p.page_shift >= 0 && p.page_size >= kRowsPerPass) {
+    // Pages of a power of two smaller than the group's rows (e.g. 16 tokens): key0 starts a page
+    // and this thread's rows key0 + r0 + i * kRowsPerPass (r0 < kRowsPerPass) change page only where
+    // (i * kRowsPerPass) % page_size == 0. One lookup per page (all issued first, so that they are in
+    // flight together), and the pointer stepped by a pass within the page.
+    int pages[kPasses];
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int key = min(key0 + r0 + i * kRowsPerPass, lk - 1);
+      pages[i] = ((i * kRowsPerPass) & (p.page_size - 1)) == 0
+                     ? p.block_table[b * p.block_table_stride + (key >> p.page_shift)]
+                     : 0;
+    }
+    const int64_t pass_stride = int64_t(kRowsPerPass) * src.token_stride;
+    const T* row = src.base;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i, row += pass_stride) {
+      const int r = r0 + i * kRowsPerPass;
+      const int key = key0 + r;
+      if (((i * kRowsPerPass) & (p.page_size - 1)) == 0)
+        row = src.base + int64_t(pages[i]) * src.page_stride + int64_t(key & (p.page_size - 1)) * src.token_stride +
+              chunk * 8;
+      const bool valid = key < lk;
+      ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)), valid ? row : src.base, valid);
+    }
+    return;
+  }
   if (p.block_table && !one_page) {
     int pages[kPasses];
 #pragma unroll
