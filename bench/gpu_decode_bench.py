@@ -158,7 +158,8 @@ def main():
     ap.add_argument("--hq", type=int, default=32)
     ap.add_argument("--hkv", type=int, default=8)
     ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--page", type=int, default=64, help="page size of the paged KV cache (tokens)")
+    ap.add_argument("--page", type=int, default=64,
+                    help="page size of the paged KV cache (tokens); rows of sizes other than 64 are named blasst-*-p<N>")
     ap.add_argument("--sf", default="0.5,2,8,32,128", help="threshold_scale_factor values for the skip mode")
     ap.add_argument("--lambdas", default="",
                     help="thresholds lambda for the skip mode, sf = lambda x Lk per point (replaces --sf)")
@@ -203,6 +204,8 @@ def main():
 
         def record(kernel, sf, sparsity, ms):
             gbs = kv_bytes / ms / 1e6
+            if kernel.startswith("blasst-") and not kernel.endswith("-contig") and opts.page != 64:
+                kernel += f"-p{opts.page}"  # the tables quote 64-token pages; other sizes are named
             tflops = 4.0 * b * lk * d * hq / ms / 1e9
             rows.append(dict(gpu=gpu, date=date, commit=commit, phase="decode", kernel=kernel, dtype="bf16", batch=b,
                              lq=1, lk=lk, hq=hq, hkv=hkv, d=d, causal=1, sf=sf, sparsity=f"{sparsity:.4f}",
