@@ -135,15 +135,16 @@ int64_t packed_rows(const blasst_tensor& t, int heads, int head_dim) {
 }
 
 // The TMA extents for the sm_90a kernel, or nothing when the call does not fit it: a paged
-// cache needs pages of a multiple of 128 tokens (a power of two) laid out as consecutive
-// token rows; every extent must fit 32 bits and every stride the TMA limit of 2^40 bytes.
+// cache needs pages of a power of two of at least 16 tokens laid out as consecutive token rows;
+// every extent must fit 32 bits and every stride the TMA limit of 2^40 bytes.
 std::optional<sm90::TmaExtents> sm90_extents(const blasst_args& a, Elem elem) {
   if (!sm90_allowed_by_env() || !sm90::built(elem, a.head_dim_qk) || !device_is_sm90()) return std::nullopt;
   sm90::TmaExtents e;
   int64_t q_rows = a.cu_seqlens_q ? packed_rows(a.q, a.num_q_heads, a.head_dim_qk) : a.max_seqlen_q;
   int64_t kv_rows = 0;
   if (a.block_table) {
-    if (a.page_size % sm90::kBlockN != 0 || (a.page_size & (a.page_size - 1)) != 0) return std::nullopt;
+    // Powers of two: 16-64 tokens go box by box (16 rows each), larger ones tile by tile.
+    if (a.page_size < 16 || (a.page_size & (a.page_size - 1)) != 0) return std::nullopt;
     if (a.k.batch_stride != int64_t(a.page_size) * a.k.token_stride ||
         a.v.batch_stride != int64_t(a.page_size) * a.v.token_stride)
       return std::nullopt;

@@ -133,21 +133,27 @@ TEST_F(PrefillGpu, PaddedBatchWithSeqlens) {
 }
 
 TEST_F(PrefillGpu, PagedKv) {
-  // 128 and 256 run the sm_90a kernel on Hopper (TMA per page); the others the sm_80 kernel.
-  for (int page_size : {16, 64, 100, 128, 256}) {
+  // Powers of two run the sm_90a kernel on Hopper (16-64: TMA per 16-row box, 128 and up: per
+  // tile); 100 runs the sm_80 kernel. d = 64 with small pages takes the three-warpgroup kernel.
+  struct Paging {
+    int page_size, d;
+  };
+  for (const Paging pg : {Paging{16, 128}, Paging{32, 128}, Paging{64, 128}, Paging{100, 128}, Paging{128, 128},
+                          Paging{256, 128}, Paging{16, 64}, Paging{64, 64}}) {
+    const int page_size = pg.page_size;
     for (int causal = 0; causal < 2; ++causal) {
       Case c;
       c.lq = {150, 64};
       c.lk = {1500, 333};
       c.hq = 8;
       c.hkv = 1;
-      c.d = 128;
+      c.d = pg.d;
       c.causal = causal;
       c.order = causal ? BLASST_ORDER_ANCHORED : BLASST_ORDER_ASCENDING;
       c.layout = Layout::Paged;
       c.page_size = page_size;
       c.factor = 600.0f;
-      c.seed = 300 + uint64_t(page_size + causal);
+      c.seed = 300 + uint64_t(page_size + causal + pg.d);
       SCOPED_TRACE(c.name());
       check_against_cpu(c);
     }
@@ -155,7 +161,8 @@ TEST_F(PrefillGpu, PagedKv) {
 }
 
 // On compute capability 9.0 the engine runs the sm_90a kernel where it fits (decision groups of
-// 64 rows, tiles of 128 keys) and the sm_80 kernel where it does not (d = 256; small pages).
+// 64 rows, tiles of 128 keys) and the sm_80 kernel where it does not (d = 256; pages that are not
+// a power of two of at least 16 tokens).
 TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
   int device = 0, major = 0, minor = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
@@ -175,7 +182,8 @@ TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
   };
   for (const Expect& e : {Expect{128, Layout::Contiguous, 16, 64}, Expect{64, Layout::Ragged, 16, 64},
                           Expect{128, Layout::Paged, 128, 64}, Expect{256, Layout::Contiguous, 16, 128},
-                          Expect{128, Layout::Paged, 64, 128}}) {
+                          Expect{128, Layout::Paged, 64, 64}, Expect{128, Layout::Paged, 16, 64},
+                          Expect{128, Layout::Paged, 100, 128}}) {
     Case c;
     c.lq = {200};
     c.lk = {700};

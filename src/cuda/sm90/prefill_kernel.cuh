@@ -35,6 +35,9 @@ struct KernelParams {
   typename Traits::TmaQ tma_q;
   typename Traits::TmaKV tma_k;
   typename Traits::TmaKV tma_v;
+  typename Traits::TmaKVBox tma_k_box;  // small pages only (box_pages != 0)
+  typename Traits::TmaKVBox tma_v_box;
+  int32_t box_pages;                    // pages of 16-64 tokens: tiles are loaded box by box
   typename Traits::GmemShape q_shape;  // (rows, D, Hq, batch) as the TMA descriptors see them
   typename Traits::GmemShape k_shape;  // (rows, D, Hkv, batch)
   int32_t row_blocks;                  // CTAs per (batch, head): ceil(max_seqlen_q / kBlockM)
@@ -149,6 +152,31 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
           copy(tma.with(full[s]), cta.partition_S(src), dst(_, _, _, s));
         }
       };
+      // The same with small pages: a tile as BN / kBoxRows boxes, each looked up in the block
+      // table; boxes past the entry's last key are not loaded (their rows are masked, and V
+      // rows past lk are zeroed before P V), and the barrier expects only the bytes loaded.
+      auto stream_boxes = [&](auto const& tma, auto* base, uint64_t* full, uint64_t* empty, auto stages) {
+        constexpr int kStages = decltype(stages)::value;
+        constexpr int kBoxes = BN / Traits::kBoxRows;
+        Tensor mKV = tma.get_tma_tensor(P.k_shape);
+        auto cta = tma.get_slice(0);
+        for (int i = 0; i < n_stream; ++i) {
+          const int s = i % kStages;
+          const uint32_t phase = uint32_t(i / kStages) & 1u;
+          const int key0 = plan.at(i) * BN;
+          const int boxes = min(kBoxes, (lk - key0 + Traits::kBoxRows - 1) / Traits::kBoxRows);
+          EmptyBarrier::wait(&empty[s], phase ^ 1u);
+          Barrier::arrive_and_expect_tx(&full[s], uint32_t(max(boxes, 0)) * Traits::kBoxBytes);
+          for (int c = 0; c < boxes; ++c) {
+            Tensor src = local_tile(domain_offset(make_coord(kv_row(key0 + c * Traits::kBoxRows), 0),
+                                                  mKV(_, _, kv_head, kv_batch)),
+                                    Shape<Int<Traits::kBoxRows>, Int<D>>{}, make_coord(0, 0));
+            Tensor dst = make_tensor(make_smem_ptr(base + s * BN * D + c * Traits::kBoxOffset),
+                                     typename Traits::SmemLayoutKVBox{});
+            copy(tma.with(full[s]), cta.partition_S(src), cta.partition_D(dst));
+          }
+        }
+      };
       if (warp == 0) {
         Tensor mQ = P.tma_q.get_tma_tensor(P.q_shape);
         Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
@@ -158,9 +186,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
         auto cta_q = P.tma_q.get_slice(0);
         Barrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
         copy(P.tma_q.with(ss.q_full), cta_q.partition_S(gQ), cta_q.partition_D(sQ));
-        stream_tiles(P.tma_k, typename Traits::SmemLayoutK{}, ss.k.data(), ss.k_full, ss.k_empty, Int<kStagesK>{});
+        if (P.box_pages)
+          stream_boxes(P.tma_k_box, ss.k.data(), ss.k_full, ss.k_empty, Int<kStagesK>{});
+        else
+          stream_tiles(P.tma_k, typename Traits::SmemLayoutK{}, ss.k.data(), ss.k_full, ss.k_empty, Int<kStagesK>{});
       } else {
-        stream_tiles(P.tma_v, typename Traits::SmemLayoutV{}, ss.v.data(), ss.v_full, ss.v_empty, Int<kStagesV>{});
+        if (P.box_pages)
+          stream_boxes(P.tma_v_box, ss.v.data(), ss.v_full, ss.v_empty, Int<kStagesV>{});
+        else
+          stream_tiles(P.tma_v, typename Traits::SmemLayoutV{}, ss.v.data(), ss.v_full, ss.v_empty, Int<kStagesV>{});
       }
     }
     return;

@@ -40,6 +40,13 @@ cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_
                            Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
   kp.tma_v = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutKVStage{},
                            Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
+  kp.box_pages = p.block_table != nullptr && p.page_size < Traits::kBlockN;
+  if (kp.box_pages) {
+    kp.tma_k_box = make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKVBox{},
+                                 Shape<Int<Traits::kBoxRows>, Int<D>>{}, _1{});
+    kp.tma_v_box = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutKVBox{},
+                                 Shape<Int<Traits::kBoxRows>, Int<D>>{}, _1{});
+  }
   kp.row_blocks = (p.max_seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   kp.group_blocks = p.row_blocks;
   // BLASST_CUDA_SM90_PINGPONG=0 lets both consumer warpgroups issue their products freely.

@@ -89,6 +89,22 @@ struct PrefillTraits {
                                        make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
                                        SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<D>>{}, _1{}));
 
+  // Paged caches with pages of 16-64 tokens: each tile is loaded as kBoxRows-row boxes, one per
+  // 16 keys, each from its page. A box is rows [16 c, 16 c + 16) of a stage, i.e. the stage's
+  // layout restricted to 16 rows (for D = 128 its two 64-column halves lie BN * 64 elements
+  // apart), placed kBoxOffset * c elements into the stage: 16 rows of one 64-column swizzle atom
+  // column, a multiple of the swizzle's 1024-byte period, so the swizzle lines up.
+  static constexpr int kBoxRows = 16;
+  static constexpr int kBoxOffset = kBoxRows * 64;
+  using SmemLayoutKVBox = decltype(composition(
+      tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>>{}),
+      make_layout(Shape<Int<kBoxRows>, Int<D>>{}, Stride<_1, Int<kBlockN>>{})));
+  using TmaKVBox = decltype(make_tma_copy(SM90_TMA_LOAD{},
+                                          make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+                                          SmemLayoutKVBox{}, Shape<Int<kBoxRows>, Int<D>>{}, _1{}));
+  static constexpr uint32_t kBoxBytes = uint32_t(kBoxRows * D * sizeof(Element));
+  static_assert(kBoxBytes % 1024 == 0, "boxes must keep the 128-byte swizzle phase");
+
   static constexpr uint32_t kTileBytes = uint32_t(kBlockN * D * sizeof(Element));
   static constexpr uint32_t kQBytes = uint32_t(kBlockM * D * sizeof(Element));
 
