@@ -120,18 +120,23 @@ class Blasst:
         return info
 
 
-def to_pages(k, v, page, seed):
-    """K/V [B, L, H, D] copied into pages [B * L / page, page, H, D] in a shuffled order, as a
-    paged cache holds them, and the block table [B, L / page] that finds them."""
-    B, L, H, D = k.shape
-    per_entry = L // page
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    perm = torch.randperm(B * per_entry, generator=gen).to(k.device)
-    kp = torch.empty(B * per_entry, page, H, D, dtype=k.dtype, device=k.device)
-    vp = torch.empty_like(kp)
-    kp[perm] = k.reshape(B * per_entry, page, H, D)
-    vp[perm] = v.reshape(B * per_entry, page, H, D)
-    return kp, vp, perm.to(torch.int32).reshape(B, per_entry).contiguous()
+def to_pages(k, v, page, gen):
+    """K/V [B, L, H, D] copied into pages [B * ceil(L / page), page, H, D] in a shuffled order (the
+    last page of an entry zero-padded), as a paged cache holds them, and the block table
+    [B, ceil(L / page)] that finds them. Shared with gpu_decode_bench.py."""
+    b, lk, hkv, d = k.shape
+    per_seq = (lk + page - 1) // page
+    pages = b * per_seq
+    order = torch.randperm(pages, device=k.device, generator=gen).to(torch.int32)
+    table = order.view(b, per_seq).contiguous()
+    kp = torch.zeros(pages, page, hkv, d, dtype=k.dtype, device=k.device)
+    vp = torch.zeros_like(kp)
+    pad = per_seq * page - lk
+    kpad = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, d)
+    vpad = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, d)
+    kp[table.long().flatten()] = kpad.flatten(0, 1)
+    vp[table.long().flatten()] = vpad.flatten(0, 1)
+    return kp, vp, table
 
 
 # ---- structured inputs ----
@@ -287,7 +292,7 @@ def main():
         L = int(args.seqlens.split(",")[0])
         causal = int(args.causal.split(",")[0])
         q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L)
-        pg = to_pages(k, v, args.page, seed=L) if args.page else None
+        pg = to_pages(k, v, args.page, torch.Generator(device="cuda").manual_seed(L)) if args.page else None
         out = torch.empty_like(q)
         lse = torch.empty(B, L, Hq, device="cuda", dtype=torch.float32)
         lib.run(lib.make_call(q, k, v, out, lse, causal, 0.0, order, paged=pg))
@@ -300,7 +305,7 @@ def main():
 
     for L in [int(x) for x in args.seqlens.split(",")]:
         q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L)
-        pg = to_pages(k, v, args.page, seed=L) if args.page else None
+        pg = to_pages(k, v, args.page, torch.Generator(device="cuda").manual_seed(L)) if args.page else None
         out = torch.empty_like(q)
         lse = torch.empty(B, L, Hq, device="cuda", dtype=torch.float32)
         stats = torch.zeros(Hq, 2, device="cuda", dtype=torch.int64)

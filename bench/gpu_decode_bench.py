@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import Args, RunInfo, Tensor, time_interleaved  # noqa: E402  (C ABI structs, shared)
+from gpu_bench import Args, RunInfo, Tensor, time_interleaved, to_pages  # noqa: E402  (C ABI structs, shared)
 
 BF16 = 2
 ENGINE_CUDA = 2
@@ -112,22 +112,6 @@ def structured_inputs(b, lk, hq, hkv, d, gen):
     return q, k.to(torch.bfloat16), v.to(torch.bfloat16)
 
 
-def paged(k, v, page, gen):
-    b, lk, hkv, d = k.shape
-    per_seq = (lk + page - 1) // page
-    pages = b * per_seq
-    order = torch.randperm(pages, device="cuda", generator=gen).to(torch.int32)
-    table = order.view(b, per_seq).contiguous()
-    kp = torch.zeros(pages, page, hkv, d, dtype=k.dtype, device="cuda")
-    vp = torch.zeros_like(kp)
-    pad = per_seq * page - lk
-    kpad = F.pad(k, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, d)
-    vpad = F.pad(v, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, d)
-    kp[table.long().flatten()] = kpad.flatten(0, 1)
-    vp[table.long().flatten()] = vpad.flatten(0, 1)
-    return kp, vp, table
-
-
 def time_ms(fn, reps, warmup=5):
     for _ in range(warmup):
         fn()
@@ -198,7 +182,7 @@ def main():
         b, lk = (int(x) for x in point.split("x"))
         hq, hkv, d = opts.hq, opts.hkv, opts.d
         q, k, v = structured_inputs(b, lk, hq, hkv, d, gen)
-        kp, vp, table = paged(k, v, opts.page, gen)
+        kp, vp, table = to_pages(k, v, opts.page, gen)
         out = torch.empty_like(q)
         kv_bytes = 2 * b * lk * hkv * d * 2
 
