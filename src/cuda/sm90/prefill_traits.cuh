@@ -10,9 +10,10 @@
 //   smem  Q [64 G, D] (reused for O in the epilogue), K [kStagesK][128, D], V [kStagesV][128, D],
 //         all K-major with the 128-byte swizzle that wgmma and TMA share.
 //   S = Q K^T : wgmma 64 x 128 x D per consumer warpgroup, Q from registers (loaded once per
-//               CTA; G = 2) or shared memory (G = 3), K from shared memory. With Q in shared memory too, a run of skipped tiles
-//               (QK^T back to back) would read 96 bytes of shared memory per tensor-core cycle
-//               and, with the TMA writes of K and V, pass the 128 bytes an SM serves.
+//               CTA; G = 2) or shared memory (G = 3), K from shared memory. With Q in shared
+//               memory too, a run of skipped tiles (QK^T back to back) at D = 128 would read 96
+//               bytes of shared memory per tensor-core cycle and, with the TMA writes of K and V,
+//               pass the 128 bytes an SM serves.
 //   O += P V  : wgmma 64 x D x 128, P from registers (the S accumulators converted in place),
 //               V read transposed (MN-major) through a second view of the same shared memory.
 #pragma once
