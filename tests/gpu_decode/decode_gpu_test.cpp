@@ -344,6 +344,17 @@ TEST_F(DecodeGpu, LongContextAndLargeBatch) {
   const Inputs in2 = make_inputs(wide, 41);
   run_both(wide, in2, &gpu, &cpu);
   expect_match(wide, gpu, cpu);
+
+  // the largest batch the decode path is built for, ragged (lengths 1 .. 700), both orders
+  Problem widest{512, 1, 32, 8, 128, std::vector<int32_t>(512)};
+  for (int b = 0; b < 512; ++b) widest.lk[size_t(b)] = 1 + (b * 389) % 700;
+  widest.factor = 4.0f;
+  const Inputs in3 = make_inputs(widest, 42);
+  for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED}) {
+    widest.order = order;
+    run_both(widest, in3, &gpu, &cpu);
+    expect_match(widest, gpu, cpu);
+  }
 }
 
 TEST_F(DecodeGpu, AnchoredSplitsCostNoSparsity) {
