@@ -274,8 +274,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
             if (j * 8 + qd * 2 + e >= ke) s[mi][j][hf * 2 + e] = kNegInf;
       }
   };
-  // mt[mi][hf] = max of the row's scores in S (the same value in the row's four lanes).
-  auto row_max = [&](float (&mt)[MT][2]) {
+  // mt[mi][hf] = max of the lane's scores of the row in S (thread_row_max), then of the row's
+  // scores (quad_max_rows: the same value in the row's four lanes; idempotent).
+  auto thread_row_max = [&](float (&mt)[MT][2]) {
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
@@ -284,8 +285,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
         float v[NS];
 #pragma unroll
         for (int j = 0; j < NS; ++j) v[j] = fmaxf(s[mi][j][hf * 2], s[mi][j][hf * 2 + 1]);
-        mt[mi][hf] = quad_max(tree_max(v));
+        mt[mi][hf] = tree_max(v);
       }
+  };
+  auto quad_max_rows = [&](float (&mt)[MT][2]) {
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) mt[mi][hf] = quad_max(mt[mi][hf]);
+  };
+  auto row_max = [&](float (&mt)[MT][2]) {
+    thread_row_max(mt);
+    quad_max_rows(mt);
   };
   auto needs_mask = [&](int t) { return (t + 1) * BN > ke_min; };
 
@@ -355,7 +366,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
     compute_s(kb);
     if (needs_mask(t)) mask_s(t);
     float mt[MT][2];
-    row_max(mt);
+    thread_row_max(mt);
 
     // Own copies of K[t+1] and (early) V[t] landed; only K[t+2] may stay in flight.
     if (k_ahead)
@@ -364,6 +375,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
       ptx::cp_async_wait<0>();
     if (vote) {
       // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda).
+      // The rule is applied to each lane's maximum over its part of the row: for a positive
+      // scale, x * scale - m * scale does not decrease with x, so the row's maximum passes iff
+      // one of its four lanes' maxima does, and the vote (an OR) needs no quad reduction
+      // before it: a skipped tile never does one. A lane's maximum is NaN only when all its
+      // entries are (fmaxf drops NaN, as the row maximum does), so where one is, or where the
+      // scale is not positive, the rows are reduced first.
+      bool exact_first = !(scale > 0.0f);
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi) exact_first |= mt[mi][0] != mt[mi][0] || mt[mi][1] != mt[mi][1];
+      if (__any_sync(0xffffffffu, exact_first)) quad_max_rows(mt);
       bool keep = false;
 #pragma unroll
       for (int mi = 0; mi < MT; ++mi)
@@ -392,6 +413,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
     } else {
       __syncthreads();
     }
+    quad_max_rows(mt);
     if (!v_early) {
       load_v(t);
       ptx::cp_async_commit();

@@ -58,17 +58,25 @@ __device__ __forceinline__ auto convert_fragment(Frag const& in) {
   return out;
 }
 
-// Row maxima of a (rows, cols) fragment, reduced over the quad.
+// Maxima of the thread's columns of each row of a (rows, cols) fragment (not yet reduced over
+// the quad: see quad_max_rows).
 template <int R, class Frag>
-__device__ __forceinline__ void row_max(Frag const& s, float (&mt)[R]) {
+__device__ __forceinline__ void thread_row_max(Frag const& s, float (&mt)[R]) {
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     constexpr int C = decltype(size<1>(s))::value;
     float v[C];
 #pragma unroll
     for (int c = 0; c < C; ++c) v[c] = s(r, c);
-    mt[r] = quad_max(tree_max(v));
+    mt[r] = tree_max(v);
   }
+}
+
+// Thread maxima -> row maxima over the quad. Idempotent: already reduced values stay as they are.
+template <int R>
+__device__ __forceinline__ void quad_max_rows(float (&mt)[R]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) mt[r] = quad_max(mt[r]);
 }
 
 // A condition that is the same in every thread of the warp, rewritten so that the compiler
