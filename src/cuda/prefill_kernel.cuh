@@ -374,17 +374,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
     else
       ptx::cp_async_wait<0>();
     if (vote) {
-      // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda).
-      // The rule is applied to each lane's maximum over its part of the row: for a positive
-      // scale, x * scale - m * scale does not decrease with x, so the row's maximum passes iff
-      // one of its four lanes' maxima does, and the vote (an OR) needs no quad reduction
-      // before it: a skipped tile never does one. A lane's maximum is NaN only when all its
-      // entries are (fmaxf drops NaN, as the row maximum does), so where one is, or where the
-      // scale is not positive, the rows are reduced first.
-      bool exact_first = !(scale > 0.0f);
-#pragma unroll
-      for (int mi = 0; mi < MT; ++mi) exact_first |= mt[mi][0] != mt[mi][0] || mt[mi][1] != mt[mi][1];
-      if (__any_sync(0xffffffffu, exact_first)) quad_max_rows(mt);
+      // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda), on
+      // each lane's maximum over its part of the row where that decides the same (a skipped
+      // tile then does no quad reduction at all).
+      if (!vote_on_partial_maxima(scale, &mt[0][0], MT * 2)) quad_max_rows(mt);
       bool keep = false;
 #pragma unroll
       for (int mi = 0; mi < MT; ++mi)

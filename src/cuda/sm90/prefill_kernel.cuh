@@ -371,17 +371,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     bool kept = true;
     // (kSkip first: the dense instantiation then compiles no vote at all.)
     if (kSkip && uniform(j >= first_vote)) {
-      // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda).
-      // The rule is applied to the thread's maxima over its quad's share of the row: for a
-      // positive scale, x * scale - m * scale does not decrease with x, so the row's maximum
-      // passes iff one of the quad's partial maxima does, and the warpgroup's OR needs no quad
-      // reduction before it (two shuffles off the chain of a skipped tile). A partial maximum
-      // is NaN only when all its entries are (fmaxf drops NaN, as the row maximum does), so
-      // where one is, or where the scale is not positive, the rows are reduced first.
-      bool exact_first = !(scale > 0.0f);
-#pragma unroll
-      for (int r = 0; r < R; ++r) exact_first |= mt[r] != mt[r];
-      if (uniform(exact_first)) quad_max_rows(mt);
+      // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda), on
+      // the thread's maxima over its quad's share of the row where that decides the same (two
+      // shuffles off the chain of a skipped tile).
+      if (!vote_on_partial_maxima(scale, mt, R)) quad_max_rows(mt);
       bool keep = false;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
