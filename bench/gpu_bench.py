@@ -279,7 +279,8 @@ def main():
             commit = "unknown"
     # The engine picks the sm_90a kernel on Hopper; BLASST_CUDA_PREFILL_KERNEL=sm80 forces the
     # Ampere kernel there, and its rows are then named blasst-dense-sm80 / blasst-skip-sm80.
-    kernel_suffix = "-sm80" if os.environ.get("BLASST_CUDA_PREFILL_KERNEL") == "sm80" else ""
+    sm80_forced = os.environ.get("BLASST_CUDA_PREFILL_KERNEL") == "sm80"
+    kernel_suffix = "-sm80" if sm80_forced else ""
     if args.page:
         kernel_suffix += f"-p{args.page}"
     sfs = [float(x) for x in args.sf.split(",") if x]
@@ -389,7 +390,7 @@ def main():
         w.writerows(rows)
 
     print(f"{gpu}, {args.dtype}, B={B} Hq={Hq} Hkv={Hkv} D={D}, order={args.order}, commit {commit}"
-          + (" (sm_80 kernel forced)" if os.environ.get("BLASST_CUDA_PREFILL_KERNEL") == "sm80" else "")
+          + (" (sm_80 kernel forced)" if sm80_forced else "")
           + (f", ours from {args.page}-token pages" if args.page else ""))
     print(f"{'L':>6} {'causal':>6} {'kernel':>13} {'sf':>7} {'sparsity':>8} {'ms':>9} {'TFLOP/s':>8} "
           f"{'vs dense':>8} {'/bound':>6}  notes")
