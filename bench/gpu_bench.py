@@ -111,21 +111,22 @@ class Blasst:
             a.stats_per_head = stats.data_ptr()
         return a
 
+    def _prefill(self, a, info):
+        st = self.lib.blasst_prefill(ctypes.byref(a), ctypes.byref(info) if info is not None else None)
+        if st != 0:
+            raise RuntimeError(f"blasst_prefill: {self.lib.blasst_last_error().decode()}")
+
     def launch(self, a):
         """The call as a caller times it: no run_info, so nothing waits for the statistics (with
         one, the engine copies the counts to the host and synchronizes, some 20-30 us per call
         that the peers' asynchronous calls do not pay)."""
-        st = self.lib.blasst_prefill(ctypes.byref(a), None)
-        if st != 0:
-            raise RuntimeError(f"blasst_prefill: {self.lib.blasst_last_error().decode()}")
+        self._prefill(a, None)
 
     def run(self, a):
         """One call with a run_info: what the library reports (visited and skipped tiles)."""
         info = RunInfo()
         self.lib.blasst_run_info_init(ctypes.byref(info))
-        st = self.lib.blasst_prefill(ctypes.byref(a), ctypes.byref(info))
-        if st != 0:
-            raise RuntimeError(f"blasst_prefill: {self.lib.blasst_last_error().decode()}")
+        self._prefill(a, info)
         return info
 
 
