@@ -144,7 +144,7 @@ std::optional<sm90::TmaExtents> sm90_extents(const blasst_args& a, Elem elem) {
   int64_t kv_rows = 0;
   if (a.block_table) {
     // Powers of two: 16-64 tokens go box by box (16 rows each), larger ones tile by tile.
-    if (a.page_size < 16 || (a.page_size & (a.page_size - 1)) != 0) return std::nullopt;
+    if (a.page_size < sm90::kBoxRows || (a.page_size & (a.page_size - 1)) != 0) return std::nullopt;
     if (a.k.batch_stride != int64_t(a.page_size) * a.k.token_stride ||
         a.v.batch_stride != int64_t(a.page_size) * a.v.token_stride)
       return std::nullopt;

@@ -26,6 +26,9 @@ auto gmem_view(const void* data, int32_t rows, int32_t heads, int32_t batch, int
 template <class E, int D, bool kSkip>
 cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
   using Traits = PrefillTraits<E, D>;
+  // The engine reports and checks calls with the host-side copies of these (prefill_sm90.hpp).
+  static_assert(Traits::kGroupRows == kGroupRows && Traits::kBlockN == kBlockN && Traits::kBoxRows == kBoxRows,
+                "host and kernel tile constants");
   KernelParams<Traits> kp{};
   kp.p = p;
   kp.q_shape = make_shape(e.q_rows, int32_t(D), int32_t(p.num_q_heads), e.q_batch);

@@ -14,6 +14,7 @@ namespace blasst::cuda::sm90 {
 
 constexpr int kGroupRows = 64;  // block_m: rows of one decision group (a consumer warpgroup)
 constexpr int kBlockN = 128;    // block_n: keys of a tile
+constexpr int kBoxRows = 16;    // smallest page: pages below a tile are loaded as boxes of these rows
 
 // Extents of the row and batch modes of the TMA views of Q and of K/V (see KernelParams).
 struct TmaExtents {
