@@ -98,7 +98,9 @@ class GroupRunner {
           for (int64_t d = 0; d < dqk_; ++d) kt[d * bn_pad_ + j] = load(a_.k.data, off + d);
         }
       });
-      for (int64_t d = 0; d < dqk_; ++d) std::fill(kt + d * bn_pad_ + n, kt + (d + 1) * bn_pad_, 0.0f);
+      // Zero the columns up to the padded width compute_scores multiplies (no further).
+      const int64_t n_pad = round_up(n, k_.column_pad);
+      for (int64_t d = 0; d < dqk_; ++d) std::fill(kt + d * bn_pad_ + n, kt + d * bn_pad_ + n_pad, 0.0f);
     }
     if (v) {
       for_input_dtype([&](auto load) {
@@ -236,11 +238,15 @@ class GroupRunner {
       convert_tile(grp.batch, grp.kv_head, grp.seqlen_k, t, sc.kt.data(), nullptr);
     }
     const int64_t rows = int64_t(sc.rows.size());
-    k_.gemm_scaled(int(rows), int(bn_pad_), int(dqk_), scale_, sc.q.data(), int(dqk_), kt, int(bn_pad_), s,
+    // Only the tile's n keys (padded to the kernels' column multiple) are multiplied: a tile
+    // past the end of the keys is short, and block_n may be far larger than the keys there are.
+    // Nothing reads a row's scores past its visible keys.
+    const int64_t n_pad = round_up(n, k_.column_pad);
+    k_.gemm_scaled(int(rows), int(n_pad), int(dqk_), scale_, sc.q.data(), int(dqk_), kt, int(bn_pad_), s,
                    int(bn_pad_));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t visible = std::clamp<int64_t>(sc.rows[r].key_end - key0, 0, n);
-      std::fill(s + r * bn_pad_ + visible, s + (r + 1) * bn_pad_, kNegInf);
+      std::fill(s + r * bn_pad_ + visible, s + r * bn_pad_ + n_pad, kNegInf);
     }
   }
 
