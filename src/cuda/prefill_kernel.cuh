@@ -9,7 +9,7 @@
 //   regs S [kMTiles][kBlockN/8][4] fp32 scores of the warp's rows, O [kMTiles][D/8][4] fp32,
 //        running max m (raw, unscaled scores) and partial row sums l per owned row.
 // A tile: S = Q K^T (mma.sync m16n8k16, fp32 accumulate), mask, row max; in skip mode the
-// group votes (a row votes skip iff mt - m < ln(lambda), compared in fp32 on scaled scores;
+// group votes (a row votes skip iff mt < m + ln(lambda) / scale in fp32, the rule of SPEC.md on raw scores;
 // warp vote, per-warp flags, the tile's one barrier); a skipped tile ends there. A kept tile
 // rescales O, computes P = exp2((S - m) * scale * log2 e) and O += P V. V of a tile is loaded
 // before the vote only when the tile is surely or (p.v_prefetch) probably kept.
@@ -282,17 +282,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         // pairwise tree over the 2 * NS values: a short dependency chain before the vote
+        // (skip mode: NaN-propagating, see tree_max)
         float v[NS];
 #pragma unroll
-        for (int j = 0; j < NS; ++j) v[j] = fmaxf(s[mi][j][hf * 2], s[mi][j][hf * 2 + 1]);
-        mt[mi][hf] = tree_max(v);
+        for (int j = 0; j < NS; ++j)
+          v[j] = max_of<kSkip>(s[mi][j][hf * 2], s[mi][j][hf * 2 + 1]);
+        mt[mi][hf] = tree_max<kSkip>(v);
       }
   };
   auto quad_max_rows = [&](float (&mt)[MT][2]) {
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) mt[mi][hf] = quad_max(mt[mi][hf]);
+      for (int hf = 0; hf < 2; ++hf) mt[mi][hf] = quad_max<kSkip>(mt[mi][hf]);
   };
   auto row_max = [&](float (&mt)[MT][2]) {
     thread_row_max(mt);
@@ -324,7 +326,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
       if (needs_mask(n_tiles - 1)) mask_s(n_tiles - 1);
       row_max(mt);
 #pragma unroll
-      for (int mi = 0; mi < MT; ++mi) m[mi][0] = fmaxf(m[mi][0], mt[mi][0]), m[mi][1] = fmaxf(m[mi][1], mt[mi][1]);
+      for (int mi = 0; mi < MT; ++mi) m[mi][0] = max_of<kSkip>(m[mi][0], mt[mi][0]), m[mi][1] = max_of<kSkip>(m[mi][1], mt[mi][1]);
     }
     __syncthreads();  // buffer 2 is refilled in the first iteration
   }
@@ -344,6 +346,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
   // carries the vote.
   const float scale = p.scale;
   const float scale_log2 = p.scale_log2;
+  const bool scale_positive = scale > 0.0f;
+  const float log_lambda_raw = log_lambda / scale;
   int skipped = 0;
   int kb = 0;  // buffer of K[t] = t % 3
   bool prev_kept = true;
@@ -374,19 +378,29 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
     else
       ptx::cp_async_wait<0>();
     if (vote) {
-      // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda), on
-      // each lane's maximum over its part of the row where that decides the same (a skipped
-      // tile then does no quad reduction at all).
-      if (!vote_on_partial_maxima(scale, &mt[0][0], MT * 2)) quad_max_rows(mt);
+      // A row votes keep iff it exists and !(mt < keep_threshold(m)), on each lane's maximum
+      // over its part of the row (quad_reduce.cuh: a skipped tile does no quad reduction at
+      // all); a non-positive scale votes on the row maxima and the rule as written.
       bool keep = false;
+      if (scale_positive) {
 #pragma unroll
-      for (int mi = 0; mi < MT; ++mi)
+        for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const bool exists = warp_row0 + mi * 16 + g + hf * 8 < rows_here;
-          const float x = mt[mi][hf];
-          if (exists && x != kNegInf && !(x * scale - m[mi][hf] * scale < log_lambda)) keep = true;
-        }
+          for (int hf = 0; hf < 2; ++hf) {
+            const bool exists = warp_row0 + mi * 16 + g + hf * 8 < rows_here;
+            keep |= exists && !(mt[mi][hf] < keep_threshold(m[mi][hf], log_lambda_raw));
+          }
+      } else {
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const bool exists = warp_row0 + mi * 16 + g + hf * 8 < rows_here;
+            const float x = quad_max<true>(mt[mi][hf]);
+            mt[mi][hf] = x;
+            if (exists && x != kNegInf && !(x * scale - m[mi][hf] * scale < log_lambda)) keep = true;
+          }
+      }
       // Warp vote, then the tile's barrier over per-warp flags. The flags are double-buffered
       // by tile parity: a warp writes the flags of tile t+2 only after every warp passed the
       // barrier of tile t+1, that is after every warp read the flags of tile t.
@@ -418,7 +432,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
     for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
-        const float m_new = fmaxf(m[mi][hf], mt[mi][hf]);
+        const float m_new = max_of<kSkip>(m[mi][hf], mt[mi][hf]);
         const float m_use = m_new == kNegInf ? 0.0f : m_new;
         const float alpha = ptx::ex2((m[mi][hf] - m_use) * scale_log2);
         const float ms = m_use * scale_log2;

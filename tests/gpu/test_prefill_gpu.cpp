@@ -219,6 +219,57 @@ TEST_F(PrefillGpu, PerKvHeadFactors) {
 }
 
 // With no tile skipped, the skip kernel does the dense kernel's arithmetic: same bits.
+// A NaN score reaches the output as in dense attention, also in a tile whose other scores the
+// rule would skip: the tile maximum of such a row is NaN (SPEC.md, CPU engine), so it keeps.
+// Poisoned: one element of a key of kv head 0 (every row of heads 0 and 1 sees it) and one query
+// row of head 2; NaN must sit exactly where the CPU engine puts it.
+TEST_F(PrefillGpu, NanScoreIsNeverSkipped) {
+  const auto is_nan16 = [](uint16_t h) { return (h & 0x7fffu) > 0x7f80u; };  // bf16
+  for (int d : {128, 64}) {
+    Case c;
+    c.lq = {256};
+    c.lk = {2048};
+    c.hq = 4;
+    c.hkv = 2;
+    c.d = d;
+    c.factor = 0.5f * 2048.0f;  // ln(lambda) = ln(0.5): most tiles are skipped
+    c.seed = 77 + uint64_t(d);
+    SCOPED_TRACE(c.name());
+    Inputs in = make_inputs(c);
+    const GpuRun clean = run_gpu(c, in);
+    ASSERT_EQ(clean.status, BLASST_OK) << clean.message;
+    const int bn = clean.info.geometry.block_n;
+    // A tile the first group of head 0 skips on the clean inputs.
+    int poisoned = -1;
+    for (int t = 1; t < 2048 / bn && poisoned < 0; ++t)
+      if (clean.decisions[size_t(t)] == BLASST_TILE_SKIPPED) poisoned = t;
+    ASSERT_GE(poisoned, 0) << "no skipped tile to poison";
+    const uint16_t nan = 0x7fc0;
+    in.k[(size_t(poisoned * bn + 7) * size_t(c.hkv) + 0) * size_t(d) + 3] = nan;
+    in.q[(size_t(100) * size_t(c.hq) + 2) * size_t(d) + 5] = nan;
+
+    const GpuRun g = run_gpu(c, in);
+    ASSERT_EQ(g.status, BLASST_OK) << g.message;
+    const GpuRun cpu = run_engine(c, in, BLASST_ENGINE_CPU, g.info.geometry);
+    ASSERT_EQ(cpu.status, BLASST_OK) << cpu.message;
+    EXPECT_EQ(g.decisions[size_t(poisoned)], BLASST_TILE_KEPT);
+    int64_t nan_out = 0, mismatched = 0;
+    for (size_t i = 0; i < cpu.out.size(); ++i) {
+      nan_out += is_nan16(cpu.out[i]);
+      mismatched += is_nan16(g.out[i]) != is_nan16(cpu.out[i]);
+    }
+    // Heads 0 and 1 entirely, and row 100 of head 2.
+    EXPECT_EQ(nan_out, int64_t(2 * 256 + 1) * d);
+    EXPECT_EQ(mismatched, 0);
+    for (size_t i = 0; i < cpu.lse.size(); ++i)
+      EXPECT_EQ(std::isnan(g.lse[i]), std::isnan(cpu.lse[i])) << "lse " << i;
+    // Tile for tile as the CPU engine, after the NaN too (a NaN running max keeps every tile).
+    EXPECT_EQ(g.info.visited, cpu.info.visited);
+    EXPECT_EQ(g.info.skipped, cpu.info.skipped);
+    EXPECT_GT(g.info.skipped, 0);  // head 3 still skips
+  }
+}
+
 TEST_F(PrefillGpu, SkipKernelWithoutSkipsIsBitIdenticalToDense) {
   for (int causal = 0; causal < 2; ++causal) {
     Case c;

@@ -297,9 +297,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
     for (int h = 0; h < 2; ++h) {
       float mx = -INFINITY;
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) mx = layout::max_nan(mx, layout::max_nan(s[nt][2 * h], s[nt][2 * h + 1]));
-      mx = layout::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = layout::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      for (int nt = 0; nt < kNT; ++nt) mx = ptx::max_nan(mx, ptx::max_nan(s[nt][2 * h], s[nt][2 * h + 1]));
+      mx = ptx::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = ptx::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       if (lane % 4 == 0) red_max[(buf * kGroups + kg) * kRowsPad + rg * 16 + lane / 4 + 8 * h] = mx;
     }
   };
@@ -310,7 +310,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
       const int r = rg * 16 + lane / 4 + 8 * h;
       float v = red_max[buf * kGroups * kRowsPad + r];
 #pragma unroll
-      for (int g = 1; g < kGroups; ++g) v = layout::max_nan(v, red_max[(buf * kGroups + g) * kRowsPad + r]);
+      for (int g = 1; g < kGroups; ++g) v = ptx::max_nan(v, red_max[(buf * kGroups + g) * kRowsPad + r]);
       mx[h] = v;
     }
   };
@@ -330,10 +330,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
     __syncthreads();
     float mx[2];
     tile_row_max(0, mx);
-    for (int h = 0; h < 2; ++h) m[h] = layout::max_nan(m[h], mx[h]);
+    for (int h = 0; h < 2; ++h) m[h] = ptx::max_nan(m[h], mx[h]);
     if (anchors == 2) {
       tile_row_max(1, mx);
-      for (int h = 0; h < 2; ++h) m[h] = layout::max_nan(m[h], mx[h]);
+      for (int h = 0; h < 2; ++h) m[h] = ptx::max_nan(m[h], mx[h]);
     }
   }
   __syncthreads();  // Q is in place; the seeding is done with K stage 0, the V buffer, red_max
@@ -427,7 +427,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
     if (keep) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float m_new = layout::max_nan(m[h], tile_max[h]);
+        const float m_new = ptx::max_nan(m[h], tile_max[h]);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;
         pend_alpha[h] = exp2f((m[h] - m_use) * kLog2e);
         float sum = 0.0f;
@@ -538,7 +538,7 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const D
   const int i = r / p.q_per_kv, head = hk * p.q_per_kv + r % p.q_per_kv;
   const int64_t part0 = (int64_t(b) * p.num_kv_heads + hk) * p.splits * p.rows_max + r;
   float big = -INFINITY;
-  for (int sp = 0; sp < p.splits; ++sp) big = layout::max_nan(big, p.ws_ml[2 * (part0 + int64_t(sp) * p.rows_max)]);
+  for (int sp = 0; sp < p.splits; ++sp) big = ptx::max_nan(big, p.ws_ml[2 * (part0 + int64_t(sp) * p.rows_max)]);
   T* out = static_cast<T*>(p.out) + q_side_offset(p, p.o_batch_stride, p.o_token_stride, p.o_head_stride, b, i, head);
   if (big == -INFINITY) {
     for (int d = threadIdx.x; d < D; d += kCombineThreads) out[d] = T(0.0f);

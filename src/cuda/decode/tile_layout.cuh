@@ -15,7 +15,4 @@ __device__ __forceinline__ uint32_t swizzled_offset(int row, int col) {
   return uint32_t(row * kCols * 2 + chunk * 16 + (col & 7) * 2);
 }
 
-// max that keeps NaN (fmaxf drops it, and NaN must reach the output as in dense attention).
-__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
-
 }  // namespace blasst::cuda::layout

@@ -6,7 +6,7 @@
 // producer streams the CTA's tile sequence (visit_plan.cuh) into them; each consumer warpgroup
 // walks the same sequence and per tile it processes:
 //   S = Q K^T (wgmma, Q in registers x K in smem) -> release K -> mask (causal diagonal, keys past Lk) ->
-//   row max -> vote (each row: mt - m < ln(lambda) in fp32 on scaled scores; the warpgroup
+//   row max -> vote (each row: mt < m + ln(lambda) / scale in fp32, SPEC.md's rule on raw scores; the warpgroup
 //   keeps the tile iff any existing row keeps it; one bar.red) -> skipped: release V, done ->
 //   kept: rescale O, P = exp2(...) in registers -> O += P V (wgmma, registers x smem) -> release V.
 // A skipped tile thus costs its QK^T and the vote only.
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   Tensor c_rc = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
   constexpr int R = decltype(size<0>(s_rc))::value;
   clear(tOrO);
-  OnlineSoftmax<R> sm;
+  OnlineSoftmax<R, kSkip> sm;
   sm.init();
   bool row_exists[R];  // the thread's rows that are rows of the entry (not padding of the block)
 #pragma unroll
@@ -255,6 +255,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   const float scale_log2 = p.scale_log2;
   int skipped = 0;
   int j = 0;  // position in the group's own order
+  // keep_threshold(m) of each row for the vote, updated with m on kept tiles (off the chain of
+  // a skipped tile). A non-positive scale votes on the rule as written instead.
+  const bool scale_positive = scale > 0.0f;
+  const float log_lambda_raw = log_lambda / scale;
+  float vote_thr[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) vote_thr[r] = keep_threshold(kNegInf, log_lambda_raw);
 
   // Each iteration issues S(t) = Q K^T and, behind it, the P V of the previous kept tile, so
   // that the tensor cores run that product while the warpgroup masks, votes and exponentiates
@@ -366,48 +373,69 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       }
     }
     float mt[R];
-    thread_row_max(s_rc, mt);
+    // (Skip mode: a maximum is NaN as soon as one score is, so such a row keeps the tile, as in
+    // SPEC.md and the CPU engine.)
+    thread_row_max<kSkip>(s_rc, mt);
 
-    bool kept = true;
+    // The previous P V has landed (unconditional on every path, so that the compiler sees every
+    // P V completed before O is touched): its V buffer goes back.
+    auto finish_pending_pv = [&]() {
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      if (pv_pending) {
+        release(&ss.v_empty[pv_stage]);
+        pv_pending = false;
+      }
+    };
+    // The first shuffle round of the row maxima goes out before the vote, so that its latency
+    // passes while the vote's barrier waits; a skipped tile does not use it.
+    float mt_pair[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) mt_pair[r] = __shfl_xor_sync(0xffffffffu, mt[r], 1);
     // (kSkip first: the dense instantiation then compiles no vote at all.)
     if (kSkip && uniform(j >= first_vote)) {
-      // A row votes keep iff it exists, sees a key of the tile and mt - m >= ln(lambda), on
-      // the thread's maxima over its quad's share of the row where that decides the same (two
-      // shuffles off the chain of a skipped tile).
-      if (!vote_on_partial_maxima(scale, mt, R)) quad_max_rows(mt);
       bool keep = false;
+      if (scale_positive) {
+        // A row votes keep iff it exists and !(mt < keep_threshold(m)), on the thread's partial
+        // maxima (quad_reduce.cuh: the OR needs no quad reduction, a skipped tile no shuffle).
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float x = mt[r];
-        if (row_exists[r] && x != kNegInf && !(x * scale - sm.m[r] * scale < log_lambda)) keep = true;
+        for (int r = 0; r < R; ++r) keep |= row_exists[r] && !(mt[r] < vote_thr[r]);
+      } else {
+        quad_max_rows<true>(mt);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const float x = mt[r];
+          if (row_exists[r] && x != kNegInf && !(x * scale - sm.m[r] * scale < log_lambda)) keep = true;
+        }
       }
       // One bar.red.or over the warpgroup: a run of skipped tiles waits the least this way.
       // (Letting warps with a keeping row post their vote in shared memory and go on without
       // waiting was 2% faster with sparsity ~0 and 5-8% slower at 0.6-0.8 on the H100; posting
       // every warp's vote on an mbarrier after a kept tile and exponentiating before reading the
       // outcome was as fast with sparsity ~0 and 5-15% slower at 0.1-0.8.)
-      kept = uniform(warpgroup_any(keep, Traits::kBarVote + grp));
+      // The branch follows the barrier's result directly: a skipped tile ends here.
+      if (!uniform(warpgroup_any(keep, Traits::kBarVote + grp))) {
+        finish_pending_pv();
+        if (trace) trace[t] = 2;  // BLASST_TILE_SKIPPED
+        ++skipped;
+        v_held = sv;
+        v_held_phase = phase_v;
+        continue;
+      }
     }
     float alpha[R];
-    if (kept) {
-      quad_max_rows(mt);
-      sm.exponentiate(s_rc, mt, scale_log2, alpha);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      mt[r] = max_of<kSkip>(mt[r], mt_pair[r]);
+      mt[r] = max_of<kSkip>(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
     }
-
-    // Unconditional, so that the compiler sees every P V completed before O is touched.
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(tOrO);
-    if (pv_pending) {
-      release(&ss.v_empty[pv_stage]);
-      pv_pending = false;
+    sm.exponentiate(s_rc, mt, scale_log2, alpha);
+    if constexpr (kSkip) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) vote_thr[r] = keep_threshold(sm.m[r], log_lambda_raw);
     }
-    if (trace) trace[t] = kept ? 1 : 2;  // BLASST_TILE_KEPT / _SKIPPED
-    if (!kept) {
-      ++skipped;
-      v_held = sv;
-      v_held_phase = phase_v;
-      continue;
-    }
+    finish_pending_pv();
+    if (trace) trace[t] = 1;  // BLASST_TILE_KEPT
     sm.rescale(o_rc, alpha);
     convert_fragment_into(tSrS, rP);
     Barrier::wait(&ss.v_full[sv], phase_v);

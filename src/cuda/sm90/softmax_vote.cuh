@@ -59,8 +59,8 @@ __device__ __forceinline__ auto convert_fragment(Frag const& in) {
 }
 
 // Maxima of the thread's columns of each row of a (rows, cols) fragment (not yet reduced over
-// the quad: see quad_max_rows).
-template <int R, class Frag>
+// the quad: see quad_max_rows); NaN-propagating or not as tree_max.
+template <bool kNanPropagates, int R, class Frag>
 __device__ __forceinline__ void thread_row_max(Frag const& s, float (&mt)[R]) {
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -68,15 +68,16 @@ __device__ __forceinline__ void thread_row_max(Frag const& s, float (&mt)[R]) {
     float v[C];
 #pragma unroll
     for (int c = 0; c < C; ++c) v[c] = s(r, c);
-    mt[r] = tree_max(v);
+    mt[r] = tree_max<kNanPropagates>(v);
   }
 }
 
-// Thread maxima -> row maxima over the quad. Idempotent: already reduced values stay as they are.
-template <int R>
+// Thread maxima -> row maxima over the quad (NaN-propagating or not as tree_max). Idempotent:
+// already reduced values stay as they are.
+template <bool kNanPropagates, int R>
 __device__ __forceinline__ void quad_max_rows(float (&mt)[R]) {
 #pragma unroll
-  for (int r = 0; r < R; ++r) mt[r] = quad_max(mt[r]);
+  for (int r = 0; r < R; ++r) mt[r] = quad_max<kNanPropagates>(mt[r]);
 }
 
 // A condition that is the same in every thread of the warp, rewritten so that the compiler
@@ -95,9 +96,10 @@ __device__ __forceinline__ bool warpgroup_any(bool keep, int barrier_id) {
   return out != 0;
 }
 
-// Online softmax state of the thread's R rows: running max m (raw, unscaled scores) and the
-// thread's partial row sum l (its quad's columns only; reduced in the epilogue).
-template <int R>
+// Online softmax state of the thread's R rows: running max m (raw, unscaled scores;
+// NaN-propagating or not as tree_max) and the thread's partial row sum l (its quad's columns
+// only; reduced in the epilogue).
+template <int R, bool kNanPropagates>
 struct OnlineSoftmax {
   float m[R];
   float l[R];
@@ -114,7 +116,7 @@ struct OnlineSoftmax {
   __device__ __forceinline__ void exponentiate(FragS& s, float const (&mt)[R], float scale_log2, float (&alpha)[R]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const float m_new = fmaxf(m[r], mt[r]);
+      const float m_new = max_of<kNanPropagates>(m[r], mt[r]);
       const float m_use = m_new == kNegInf ? 0.0f : m_new;
       alpha[r] = ptx::ex2((m[r] - m_use) * scale_log2);
       const float ms = m_use * scale_log2;
