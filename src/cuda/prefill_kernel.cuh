@@ -346,7 +346,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
   // carries the vote.
   const float scale = p.scale;
   const float scale_log2 = p.scale_log2;
-  const bool scale_positive = scale > 0.0f;
   const float log_lambda_raw = log_lambda / scale;
   int skipped = 0;
   int kb = 0;  // buffer of K[t] = t % 3
@@ -379,28 +378,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) prefill_kernel
       ptx::cp_async_wait<0>();
     if (vote) {
       // A row votes keep iff it exists and !(mt < keep_threshold(m)), on each lane's maximum
-      // over its part of the row (quad_reduce.cuh: a skipped tile does no quad reduction at
-      // all); a non-positive scale votes on the row maxima and the rule as written.
+      // over its part of the row (quad_reduce.cuh: a skipped tile does no quad reduction at all;
+      // the scale is positive, the engine runs no other).
       bool keep = false;
-      if (scale_positive) {
 #pragma unroll
-        for (int mi = 0; mi < MT; ++mi)
+      for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const bool exists = warp_row0 + mi * 16 + g + hf * 8 < rows_here;
-            keep |= exists && !(mt[mi][hf] < keep_threshold(m[mi][hf], log_lambda_raw));
-          }
-      } else {
-#pragma unroll
-        for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const bool exists = warp_row0 + mi * 16 + g + hf * 8 < rows_here;
-            const float x = quad_max<true>(mt[mi][hf]);
-            mt[mi][hf] = x;
-            if (exists && x != kNegInf && !(x * scale - m[mi][hf] * scale < log_lambda)) keep = true;
-          }
-      }
+        for (int hf = 0; hf < 2; ++hf) {
+          const bool exists = warp_row0 + mi * 16 + g + hf * 8 < rows_here;
+          keep |= exists && !(mt[mi][hf] < keep_threshold(m[mi][hf], log_lambda_raw));
+        }
       // Warp vote, then the tile's barrier over per-warp flags. The flags are double-buffered
       // by tile parity: a warp writes the flags of tile t+2 only after every warp passed the
       // barrier of tile t+1, that is after every warp read the flags of tile t.

@@ -256,8 +256,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   int skipped = 0;
   int j = 0;  // position in the group's own order
   // keep_threshold(m) of each row for the vote, updated with m on kept tiles (off the chain of
-  // a skipped tile). A non-positive scale votes on the rule as written instead.
-  const bool scale_positive = scale > 0.0f;
+  // a skipped tile). The scale is positive: the engine runs no other.
   const float log_lambda_raw = log_lambda / scale;
   float vote_thr[R];
 #pragma unroll
@@ -394,20 +393,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     for (int r = 0; r < R; ++r) mt_pair[r] = __shfl_xor_sync(0xffffffffu, mt[r], 1);
     // (kSkip first: the dense instantiation then compiles no vote at all.)
     if (kSkip && uniform(j >= first_vote)) {
+      // A row votes keep iff it exists and !(mt < keep_threshold(m)), on the thread's partial
+      // maxima (quad_reduce.cuh: the OR needs no quad reduction, a skipped tile no shuffle).
       bool keep = false;
-      if (scale_positive) {
-        // A row votes keep iff it exists and !(mt < keep_threshold(m)), on the thread's partial
-        // maxima (quad_reduce.cuh: the OR needs no quad reduction, a skipped tile no shuffle).
 #pragma unroll
-        for (int r = 0; r < R; ++r) keep |= row_exists[r] && !(mt[r] < vote_thr[r]);
-      } else {
-        quad_max_rows<true>(mt);
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const float x = mt[r];
-          if (row_exists[r] && x != kNegInf && !(x * scale - sm.m[r] * scale < log_lambda)) keep = true;
-        }
-      }
+      for (int r = 0; r < R; ++r) keep |= row_exists[r] && !(mt[r] < vote_thr[r]);
       // One bar.red.or over the warpgroup: a run of skipped tiles waits the least this way.
       // (Letting warps with a keeping row post their vote in shared memory and go on without
       // waiting was 2% faster with sparsity ~0 and 5-8% slower at 0.6-0.8 on the H100; posting
