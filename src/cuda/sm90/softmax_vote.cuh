@@ -58,8 +58,8 @@ __device__ __forceinline__ auto convert_fragment(Frag const& in) {
   return out;
 }
 
-// Maxima of the thread's columns of each row of a (rows, cols) fragment (not yet reduced over
-// the quad: see quad_max_rows); NaN-propagating or not as tree_max.
+// Maxima of the thread's columns of each row of a (rows, cols) fragment, not yet reduced over
+// the quad (the kernel does that in two shuffle rounds); NaN-propagating or not as tree_max.
 template <bool kNanPropagates, int R, class Frag>
 __device__ __forceinline__ void thread_row_max(Frag const& s, float (&mt)[R]) {
 #pragma unroll
@@ -70,14 +70,6 @@ __device__ __forceinline__ void thread_row_max(Frag const& s, float (&mt)[R]) {
     for (int c = 0; c < C; ++c) v[c] = s(r, c);
     mt[r] = tree_max<kNanPropagates>(v);
   }
-}
-
-// Thread maxima -> row maxima over the quad (NaN-propagating or not as tree_max). Idempotent:
-// already reduced values stay as they are.
-template <bool kNanPropagates, int R>
-__device__ __forceinline__ void quad_max_rows(float (&mt)[R]) {
-#pragma unroll
-  for (int r = 0; r < R; ++r) mt[r] = quad_max<kNanPropagates>(mt[r]);
 }
 
 // A condition that is the same in every thread of the warp, rewritten so that the compiler
