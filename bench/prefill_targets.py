@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Tables and target checks from the rows `gpu_bench.py` wrote to bench/results/gpu_prefill.csv.
+
+One benchmark run is the rows one `gpu_bench.py` call appended: same commit, same timestamp. For
+every run of the chosen commit this prints, per (head dim, length, causal), the peers' and our
+dense TFLOP/s, skip mode with nothing skipped against dense mode, and each skip row's speedup over
+dense mode, its ratio to the bound 2/(2-s) (QK^T is always computed) and its speedup over cuDNN.
+Then it checks the prefill targets on the rows of that commit:
+  sm_90a kernel (rows blasst-dense / blasst-skip): dense >= 0.95x cuDNN; skip at s~0 within 3% of
+  dense; >= 0.92 of the bound for s in [0.5, 0.9]; >= 1.45x cuDNN for s in [0.7, 0.8];
+  sm_80 kernel (rows blasst-*-sm80): dense >= FA2; skip at s~0 within 3%; >= 0.92 of the bound
+  for s >= 0.5.
+
+  python3 bench/prefill_targets.py                       # the newest commit in the CSV
+  python3 bench/prefill_targets.py --commit 3cde3ee --d 128
+"""
+
+import argparse
+import csv
+import sys
+from collections import OrderedDict
+
+# Sparsity below which a skip row counts as "nothing skipped".
+SPARSITY_ZERO = 0.005
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def family(kernel):
+    """('dense'|'skip'|peer name, suffix): blasst-skip-sm80 -> ('skip', '-sm80')."""
+    for mode in ("dense", "skip"):
+        prefix = "blasst-" + mode
+        if kernel.startswith(prefix):
+            return mode, kernel[len(prefix):]
+    return kernel, None
+
+
+def runs_of(rows, commit):
+    """The runs of `commit` in file order: {(date, suffix): {(d, L, causal): {...}}}."""
+    runs = OrderedDict()
+    for r in rows:
+        if r["commit"] != commit or r.get("phase", "prefill") != "prefill":
+            continue
+        mode, suffix = family(r["kernel"])
+        key = (int(r["d"]), int(r["lq"]), int(r["causal"]))
+        run = runs.setdefault(r["date"], OrderedDict())
+        shape = run.setdefault(key, {"suffix": None, "dense": None, "skip": [], "peers": {}})
+        entry = {"sparsity": float(r["sparsity"]), "ms": float(r["ms"]), "tflops": float(r["tflops"]),
+                 "sf": r["sf"]}
+        if suffix is None:
+            shape["peers"][mode] = entry
+            continue
+        shape["suffix"] = suffix
+        if mode == "dense":
+            shape["dense"] = entry
+        else:
+            shape["skip"].append(entry)
+    return runs
+
+
+def shape_summary(shape):
+    """Ratios of one (d, L, causal) of one run, or None without dense and skip rows."""
+    dense, skips = shape["dense"], sorted(shape["skip"], key=lambda e: e["sparsity"])
+    if dense is None or not skips:
+        return None
+    cudnn, fa2 = shape["peers"].get("cudnn"), shape["peers"].get("fa2")
+    out = {"suffix": shape["suffix"], "dense": dense, "cudnn": cudnn, "fa2": fa2, "points": []}
+    zero = [e for e in skips if e["sparsity"] < SPARSITY_ZERO]
+    out["skip_zero"] = dense["ms"] / zero[0]["ms"] if zero else None
+    for e in skips:
+        s = e["sparsity"]
+        speedup = dense["ms"] / e["ms"]
+        out["points"].append({"sparsity": s, "speedup": speedup, "of_bound": speedup / (2.0 / (2.0 - s)),
+                              "vs_cudnn": cudnn["ms"] / e["ms"] if cudnn else None})
+    return out
+
+
+def fmt(x, pattern):
+    return "-" if x is None else pattern.format(x)
+
+
+def print_run(date, run, only_d):
+    shapes = [(k, shape_summary(v)) for k, v in run.items() if only_d in (None, k[0])]
+    shapes = [(k, s) for k, s in shapes if s is not None]
+    if not shapes:
+        return
+    print(f"\n### run {date}, rows blasst-*{shapes[0][1]['suffix']}\n")
+    print("| d | L | causal | cuDNN | FA2 | dense | dense / cuDNN | dense / FA2 | skip s~0 / dense |"
+          " skip rows: s: speedup, of bound, vs cuDNN |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (d, L, causal), s in shapes:
+        cud = s["cudnn"]["tflops"] if s["cudnn"] else None
+        fa = s["fa2"]["tflops"] if s["fa2"] else None
+        dt = s["dense"]["tflops"]
+        pts = " ".join(f"{p['sparsity']:.2f}: {p['speedup']:.2f}x, {p['of_bound']:.2f}, {fmt(p['vs_cudnn'], '{:.2f}x')};"
+                       for p in s["points"] if p["sparsity"] >= SPARSITY_ZERO)
+        print(f"| {d} | {L // 1024}K | {'yes' if causal else 'no'} | {fmt(cud, '{:.0f}')} | {fmt(fa, '{:.0f}')} | "
+              f"{dt:.0f} | {fmt(cud and dt / cud, '{:.2f}')} | {fmt(fa and dt / fa, '{:.2f}')} | "
+              f"{fmt(s['skip_zero'], '{:.3f}')} | {pts} |")
+
+
+def check_targets(runs, only_d):
+    """(name, worst value, threshold, met) per target, over every run of the commit."""
+    by_suffix = {"": [], "-sm80": []}
+    for run in runs.values():
+        for (d, L, causal), shape in run.items():
+            if only_d not in (None, d):
+                continue
+            s = shape_summary(shape)
+            if s is not None and s["suffix"] in by_suffix:
+                by_suffix[s["suffix"]].append(s)
+    checks = []
+
+    def add(name, values, threshold, higher_is_better=True):
+        values = [v for v in values if v is not None]
+        if not values:
+            return
+        worst = min(values) if higher_is_better else max(values)
+        checks.append((name, worst, threshold, worst >= threshold if higher_is_better else worst <= threshold,
+                       len(values)))
+
+    sm90, sm80 = by_suffix[""], by_suffix["-sm80"]
+    add("sm_90a dense / cuDNN", [s["cudnn"] and s["dense"]["tflops"] / s["cudnn"]["tflops"] for s in sm90], 0.95)
+    add("sm_90a skip s~0 / dense", [s["skip_zero"] for s in sm90], 0.97)
+    add("sm_90a of bound, s in [0.5, 0.9]",
+        [p["of_bound"] for s in sm90 for p in s["points"] if 0.5 <= p["sparsity"] <= 0.9], 0.92)
+    add("sm_90a vs cuDNN, s in [0.7, 0.8]",
+        [p["vs_cudnn"] for s in sm90 for p in s["points"] if 0.7 <= p["sparsity"] <= 0.8], 1.45)
+    add("sm_80 dense / FA2", [s["fa2"] and s["dense"]["tflops"] / s["fa2"]["tflops"] for s in sm80], 1.0)
+    add("sm_80 skip s~0 / dense", [s["skip_zero"] for s in sm80], 0.97)
+    add("sm_80 of bound, s >= 0.5", [p["of_bound"] for s in sm80 for p in s["points"] if p["sparsity"] >= 0.5], 0.92)
+    return checks
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--csv", default="bench/results/gpu_prefill.csv", help="rows written by gpu_bench.py")
+    ap.add_argument("--commit", default=None, help="commit of the rows (default: the newest in the file)")
+    ap.add_argument("--d", type=int, default=None, help="only this head dim (the targets are stated for 128)")
+    args = ap.parse_args(argv)
+    try:
+        rows = read_rows(args.csv)
+    except OSError as e:
+        sys.exit(f"cannot read {args.csv}: {e}")
+    if not rows:
+        sys.exit(f"{args.csv} has no rows")
+    commit = args.commit or rows[-1]["commit"]
+    runs = runs_of(rows, commit)
+    if not runs:
+        known = sorted({r["commit"] for r in rows})
+        sys.exit(f"no prefill rows of commit {commit} in {args.csv} (commits there: {', '.join(known)})")
+    gpus = sorted({r["gpu"] for r in rows if r["commit"] == commit})
+    print(f"## commit {commit} ({', '.join(gpus)})")
+    for date, run in runs.items():
+        print_run(date, run, args.d)
+    print("\n| target | worst | needs | met | points |\n| --- | --- | --- | --- | --- |")
+    for name, worst, threshold, met, n in check_targets(runs, args.d):
+        print(f"| {name} | {worst:.3f} | {threshold:.2f} | {'yes' if met else 'no'} | {n} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
