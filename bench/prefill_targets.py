@@ -39,7 +39,8 @@ def family(kernel):
 
 
 def runs_of(rows, commit):
-    """The runs of `commit` in file order: {(date, suffix): {(d, L, causal): {...}}}."""
+    """The runs of `commit` in file order: {date: {(d, L, causal): shape}}, where a shape holds
+    the run's dense row, skip rows, peers' rows and the kernel suffix of its blasst rows."""
     runs = OrderedDict()
     for r in rows:
         if r["commit"] != commit or r.get("phase", "prefill") != "prefill":

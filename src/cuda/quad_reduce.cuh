@@ -34,9 +34,10 @@ __device__ __forceinline__ float quad_max(float x) {
 // The skip rule of the prefill kernels on raw scores: a row votes keep on a tile iff
 // !(x < keep_threshold(m, ...)) for its tile maximum x, which is the rule
 // `!(x * scale - m * scale < ln(lambda))` up to rounding (SPEC.md section 6) for a positive
-// scale (the CUDA engine takes no negative one), with one compare after the tile's maxima. It does not decrease with x, so it may run
-// on each lane's maximum over its part of the row (NaN-propagating, see tree_max): a row passes
-// iff one of its four lanes' maxima does, and the OR of the vote needs no quad reduction first.
+// scale (the CUDA engine takes no negative one), with one compare after the tile's maxima.
+// It does not decrease with x, so it may run on each lane's maximum over its part of the row
+// (NaN-propagating, see tree_max): a row passes iff one of its four lanes' maxima does, and
+// the OR of the vote needs no quad reduction first.
 // The threshold is -FLT_MAX at least (fmaxf), so that x = -inf (the row sees no key of the tile)
 // always votes skip, as in the CPU engine, and any other x keeps while m = -inf, or while m is
 // NaN (a NaN score was seen: `x * scale - NaN < ln(lambda)` is false).

@@ -218,7 +218,6 @@ TEST_F(PrefillGpu, PerKvHeadFactors) {
   check_against_cpu(c);
 }
 
-// With no tile skipped, the skip kernel does the dense kernel's arithmetic: same bits.
 // A NaN score reaches the output as in dense attention, also in a tile whose other scores the
 // rule would skip: the tile maximum of such a row is NaN (SPEC.md, CPU engine), so it keeps.
 // Poisoned: one element of a key of kv head 0 (every row of heads 0 and 1 sees it) and one query
@@ -270,6 +269,7 @@ TEST_F(PrefillGpu, NanScoreIsNeverSkipped) {
   }
 }
 
+// With no tile skipped, the skip kernel does the dense kernel's arithmetic: same bits.
 TEST_F(PrefillGpu, SkipKernelWithoutSkipsIsBitIdenticalToDense) {
   for (int causal = 0; causal < 2; ++causal) {
     Case c;
