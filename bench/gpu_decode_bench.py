@@ -12,7 +12,9 @@ Peers see GQA packed the usual way: query heads of one KV head become query rows
 (q [B, Hkv, G, D] against k/v [B, Hkv, Lk, D]), so they read K and V once, as ours does.
 Reported: bytes of K+V per second (dense-equivalent: the whole cache counted even when tiles
 are skipped), the GPU's measured copy bandwidth, sparsity, speedups over our dense mode and each
-peer, and the ratio of the speedup to the bound 2/(2-s).
+peer, and the ratio of the speedup to the bound 2/(2-s). Rows go to the CSV (the copy rate as a
+row of kernel `device-copy`); `bench/decode_targets.py` prints each run's table from them and
+checks the decode targets.
 
 `--sf` gives the same threshold_scale_factors at every point, so the threshold lambda = sf / Lk is
 16x smaller at 128K than at 8K and the long points skip little; `--lambdas` sets sf = lambda x Lk per
@@ -164,7 +166,8 @@ def main():
         ap.error("--lambdas: every lambda must lie in (0, 1); lambda >= 1 turns skipping off (SPEC section 4)")
 
     gpu = torch.cuda.get_device_name()
-    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    # one timestamp per run, so that bench/decode_targets.py can tell runs of one day apart
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                            text=True).stdout.strip() or "unknown"
     dec = Decoder(opts.lib)
@@ -174,7 +177,10 @@ def main():
     skip_kernel = "blasst-skip-anchored" if order else "blasst-skip"
     copy_gbs = copy_bandwidth_gbs()
     print(f"{gpu}: device copy {copy_gbs:.0f} GB/s (bytes read + written)")
-    rows = []
+    # the copy rate goes into the CSV too (kernel device-copy, no shape): the dense target is a
+    # share of it
+    rows = [dict(gpu=gpu, date=date, commit=commit, phase="decode", kernel="device-copy", dtype="bf16", batch=0, lq=0,
+                 lk=0, hq=0, hkv=0, d=0, causal=0, sf=0, sparsity="0.0000", ms="0", tflops="0", gbs=f"{copy_gbs:.1f}")]
     torch.manual_seed(0)  # StudentT samples from the global generator
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
