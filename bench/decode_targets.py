@@ -20,11 +20,13 @@ targets once per visiting order (blasst-skip: ascending, blasst-skip-anchored: a
 
 import argparse
 import csv
+import os
 import re
 import sys
 
-# Sparsity below which a skip row counts as "nothing skipped".
-SPARSITY_ZERO = 0.005
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from target_ratios import SPARSITY_ZERO, fmt, skip_ratios  # noqa: E402
+
 TARGET_POINTS = {(1, 131072), (8, 32768), (32, 16384), (64, 8192)}
 TARGET_SHAPE = {"d": 128, "hq": 32, "hkv": 8}
 
@@ -89,22 +91,9 @@ def point_summary(shape, copy, order):
         return None
     cudnn, fa2 = shape["peers"].get("cudnn"), shape["peers"].get("fa2")
     peers = [p["gbs"] for p in (cudnn, fa2) if p]
-    skips = sorted(shape["skip"].get((order, ""), []), key=lambda e: e["sparsity"])
-    zero = [e for e in skips if e["sparsity"] < SPARSITY_ZERO]
-    out = {"dense": dense, "cudnn": cudnn, "fa2": fa2,
-           "of_copy": dense["gbs"] / copy if copy else None,
-           "of_peer": dense["gbs"] / max(peers) if peers else None,
-           "skip_zero": dense["ms"] / zero[0]["ms"] if zero else None, "points": []}
-    for e in skips:
-        s = e["sparsity"]
-        speedup = dense["ms"] / e["ms"]
-        out["points"].append({"sparsity": s, "speedup": speedup, "of_bound": speedup / (2.0 / (2.0 - s)),
-                              "vs_cudnn": cudnn["ms"] / e["ms"] if cudnn else None})
-    return out
-
-
-def fmt(x, pattern):
-    return "-" if x is None else pattern.format(x)
+    skip_zero, points = skip_ratios(dense, shape["skip"].get((order, ""), []), cudnn)
+    return {"dense": dense, "cudnn": cudnn, "fa2": fa2, "of_copy": dense["gbs"] / copy if copy else None,
+            "of_peer": dense["gbs"] / max(peers) if peers else None, "skip_zero": skip_zero, "points": points}
 
 
 def point_name(point):

@@ -17,11 +17,12 @@ Then it checks the prefill targets on the rows of that commit:
 
 import argparse
 import csv
+import os
 import sys
 from collections import OrderedDict
 
-# Sparsity below which a skip row counts as "nothing skipped".
-SPARSITY_ZERO = 0.005
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from target_ratios import SPARSITY_ZERO, fmt, skip_ratios  # noqa: E402
 
 
 def read_rows(path):
@@ -64,23 +65,13 @@ def runs_of(rows, commit):
 
 def shape_summary(shape):
     """Ratios of one (d, L, causal) of one run, or None without dense and skip rows."""
-    dense, skips = shape["dense"], sorted(shape["skip"], key=lambda e: e["sparsity"])
+    dense, skips = shape["dense"], shape["skip"]
     if dense is None or not skips:
         return None
     cudnn, fa2 = shape["peers"].get("cudnn"), shape["peers"].get("fa2")
-    out = {"suffix": shape["suffix"], "dense": dense, "cudnn": cudnn, "fa2": fa2, "points": []}
-    zero = [e for e in skips if e["sparsity"] < SPARSITY_ZERO]
-    out["skip_zero"] = dense["ms"] / zero[0]["ms"] if zero else None
-    for e in skips:
-        s = e["sparsity"]
-        speedup = dense["ms"] / e["ms"]
-        out["points"].append({"sparsity": s, "speedup": speedup, "of_bound": speedup / (2.0 / (2.0 - s)),
-                              "vs_cudnn": cudnn["ms"] / e["ms"] if cudnn else None})
-    return out
-
-
-def fmt(x, pattern):
-    return "-" if x is None else pattern.format(x)
+    skip_zero, points = skip_ratios(dense, skips, cudnn)
+    return {"suffix": shape["suffix"], "dense": dense, "cudnn": cudnn, "fa2": fa2, "skip_zero": skip_zero,
+            "points": points}
 
 
 def print_run(date, run, only_d):
