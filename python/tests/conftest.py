@@ -1,5 +1,9 @@
 """Shared fixtures: small structured inputs and a tiny randomly initialised Llama (no download)."""
 
+import csv
+import importlib.util
+import pathlib
+
 import pytest
 import torch
 
@@ -74,3 +78,24 @@ def llama():
 @pytest.fixture
 def sharp_llama():
     return tiny_llama(sharpen=32.0)
+
+
+# Columns of the benchmark CSVs under bench/results/ (gpu_bench.py, gpu_decode_bench.py).
+BENCH_CSV_FIELDS = ["gpu", "date", "commit", "phase", "kernel", "dtype", "batch", "lq", "lk", "hq", "hkv", "d",
+                    "causal", "sf", "sparsity", "ms", "tflops", "gbs"]
+
+
+def load_bench_script(name):
+    """The module bench/<name>.py (the bench folder is not a package)."""
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_bench_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=BENCH_CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)

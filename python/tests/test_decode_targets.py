@@ -1,22 +1,14 @@
 """bench/decode_targets.py: runs, ratios and target checks it derives from decode benchmark rows."""
 
 import csv
-import importlib.util
-import pathlib
 
 import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "decode_targets.py"
-FIELDS = ["gpu", "date", "commit", "phase", "kernel", "dtype", "batch", "lq", "lk", "hq", "hkv", "d", "causal", "sf",
-          "sparsity", "ms", "tflops", "gbs"]
+from conftest import load_bench_script, write_bench_csv as write
 
 
 @pytest.fixture(scope="module")
 def targets():
-    spec = importlib.util.spec_from_file_location("decode_targets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("decode_targets")
 
 
 def row(date, kernel, ms, sparsity=0.0, sf=0, gbs=None, batch=8, lk=32768, commit="abc1234"):
@@ -27,13 +19,6 @@ def row(date, kernel, ms, sparsity=0.0, sf=0, gbs=None, batch=8, lk=32768, commi
 
 def copy_row(date, gbs):
     return {**row(date, "device-copy", 0, gbs=gbs, batch=0, lk=0), "hq": 0, "hkv": 0, "d": 0}
-
-
-def write(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def test_kernel_names(targets):

@@ -1,35 +1,18 @@
 """bench/prefill_targets.py: the ratios and target checks it derives from benchmark rows."""
 
-import csv
-import importlib.util
-import pathlib
-
 import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "prefill_targets.py"
-FIELDS = ["gpu", "date", "commit", "phase", "kernel", "dtype", "batch", "lq", "lk", "hq", "hkv", "d", "causal", "sf",
-          "sparsity", "ms", "tflops", "gbs"]
+from conftest import load_bench_script, write_bench_csv as write
 
 
 @pytest.fixture(scope="module")
 def targets():
-    spec = importlib.util.spec_from_file_location("prefill_targets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("prefill_targets")
 
 
 def row(date, kernel, sparsity, ms, commit="abc1234", tflops=100.0, d=128, L=8192, causal=0):
     return {"gpu": "GPU", "date": date, "commit": commit, "phase": "prefill", "kernel": kernel, "dtype": "bf16",
             "batch": 1, "lq": L, "lk": L, "hq": 32, "hkv": 8, "d": d, "causal": causal, "sf": 1.0,
             "sparsity": sparsity, "ms": ms, "tflops": tflops, "gbs": 0}
-
-
-def write(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def test_ratios_of_one_run(tmp_path, targets):
