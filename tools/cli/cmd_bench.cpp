@@ -5,7 +5,7 @@
 // over dense and its ratio to the bound 2 / (2 - s) (the share of work that skipping removes
 // when QK^T must still be computed for every tile). Rows are appended to a CSV file.
 //
-// `blasst bench --engine cuda ...` is forwarded to bench/gpu_bench.py (see main.cpp).
+// `blasst bench --engine cuda ...` runs the GPU benchmark scripts instead (gpu_bench_forward.hpp).
 #include <blasst/blasst.hpp>
 
 #include <cstdio>
@@ -180,7 +180,8 @@ void add_bench_command(CLI::App& app, int* exit_code) {
   CLI::App* sub = app.add_subcommand("bench", "CPU benchmark: dense vs skip-softmax at several thresholds on the structured "
                                               "workload; prints a table and appends CSV rows");
   sub->add_option("--phase", o->phase, "prefill, decode or all")->capture_default_str()->check(CLI::IsMember({"prefill", "decode", "all"}));
-  sub->add_option("--engine", o->engine, "cpu (this benchmark) or cuda (runs python3 <source>/bench/gpu_bench.py with the other arguments)")
+  sub->add_option("--engine", o->engine, "cpu (this benchmark) or cuda: runs python3 <source>/bench/gpu_bench.py (prefill) and/or "
+                  "gpu_decode_bench.py (decode) with the arguments other than --engine and --phase")
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   sub->add_option("--seqlen", o->seqlen, "Sequence length in tokens: prefill Lq = Lk, decode Lk; 0 = 4096 (prefill), 16384 (decode)")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 30));

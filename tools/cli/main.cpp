@@ -1,69 +1,16 @@
 // `blasst`: command-line front of the library.
 //   blasst run    attention on .npy inputs, writing O, LSE and statistics
 //   blasst demo   the embedded structured workload at several thresholds, vs dense
-//   blasst bench  CPU benchmark (GPU benchmarks are forwarded to bench/gpu_bench.py)
+//   blasst bench  CPU benchmark (--engine cuda runs the GPU benchmarks, gpu_bench_forward.hpp)
 #include <blasst/blasst.h>
 
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <filesystem>
 #include <string>
-#include <vector>
 
 #include "cli_common.hpp"
-
-namespace {
-
-// `blasst bench --engine cuda ...` runs the Python GPU benchmark with the other arguments.
-int forward_gpu_bench(int argc, char** argv) {
-  std::vector<std::string> rest;
-  for (int i = 2; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--engine" && i + 1 < argc) {
-      ++i;
-      continue;
-    }
-    if (a.rfind("--engine=", 0) == 0) continue;
-    rest.push_back(a);
-  }
-#ifdef BLASST_SOURCE_DIR
-  const std::string script = std::string(BLASST_SOURCE_DIR) + "/bench/gpu_bench.py";
-#else
-  const std::string script = "bench/gpu_bench.py";
-#endif
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(script, ec))
-    return blasst::cli::report_error("bench --engine cuda: the GPU benchmark script " + script +
-                                     " is missing (it runs the CUDA engines through Python)");
-  std::vector<char*> args;
-  std::string python = "python3";
-  args.push_back(python.data());
-  std::string script_arg = script;
-  args.push_back(script_arg.data());
-  for (auto& a : rest) args.push_back(a.data());
-  args.push_back(nullptr);
-  std::fflush(stdout);
-  ::execvp("python3", args.data());
-  return blasst::cli::report_error(std::string("bench --engine cuda: cannot run python3: ") + std::strerror(errno),
-                                   blasst::cli::kExitFailure);
-}
-
-bool wants_gpu_bench(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) != "bench") return false;
-  for (int i = 2; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "-h" || a == "--help") return false;
-    if ((a == "--engine" && i + 1 < argc && std::string(argv[i + 1]) == "cuda") || a == "--engine=cuda") return true;
-  }
-  return false;
-}
-
-}  // namespace
+#include "gpu_bench_forward.hpp"
 
 int main(int argc, char** argv) {
-  if (wants_gpu_bench(argc, argv)) return forward_gpu_bench(argc, argv);
+  if (blasst::cli::wants_gpu_bench(argc, argv)) return blasst::cli::forward_gpu_bench(argc, argv);
   if (argc >= 2 && argv[1][0] != '-') {
     const std::string cmd = argv[1];
     if (cmd != "run" && cmd != "demo" && cmd != "bench")
