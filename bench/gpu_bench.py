@@ -8,7 +8,8 @@ FlashAttention-2 backends) on the same structured inputs, side by side in one pr
 
 Inputs are built in torch with a sink (key 0), local windows (a positional component that
 peaks on the diagonal) and heavy tails, so the measured sparsity is that of a structured
-problem rather than of noise. Times are CUDA-event medians after warm-up; each timed call is
+problem rather than of noise (`--sample` times a real attention sample of data/samples/
+instead). Times are CUDA-event medians after warm-up; each timed call is
 queued behind a short sleep kernel so that host-side launch cost stays out of the numbers.
 Reported: dense-equivalent TFLOP/s (4*Lq*Lk*D*Hq per entry, halved for causal), sparsity
 (skipped / visited tiles), speedups over our dense mode and the peers, and the ratio of the
@@ -173,6 +174,28 @@ def make_inputs(B, L, Hq, Hkv, D, dtype, seed, sink=6.0, window=3.0, tail=0.03, 
     return q.to(dtype).contiguous(), k.to(dtype).contiguous(), v.to(dtype).contiguous()
 
 
+def load_sample(prefix):
+    """Q, K, V [1, L, H, D] (CPU, float16) of a real attention sample: the files <prefix>_q.npy,
+    _k.npy, _v.npy, where prefix is a path or a name under data/samples/ (data/samples/README.md).
+    Exits with a message when a file is missing or the shapes do not fit together."""
+    import numpy as np
+    if not os.path.exists(f"{prefix}_q.npy") and os.sep not in prefix:
+        prefix = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "samples", prefix)
+    out = []
+    for part in "qkv":
+        path = f"{prefix}_{part}.npy"
+        try:
+            out.append(torch.from_numpy(np.load(path)))
+        except (OSError, ValueError) as e:
+            sys.exit(f"--sample: cannot read {path}: {e}")
+    q, k, v = out
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3] \
+            or q.shape[2] % k.shape[2] != 0:
+        sys.exit(f"--sample {prefix}: expected q [B, L, Hq, D] and k, v [B, L, Hkv, D] with Hkv dividing Hq; got "
+                 f"q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+    return q, k, v
+
+
 def time_ms(fn, warmup, reps):
     """Median of per-call CUDA-event times; a sleep kernel ahead of each call hides host cost."""
     for _ in range(warmup):
@@ -253,7 +276,7 @@ def main():
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--seqlens", default="8192,16384,32768")
-    ap.add_argument("--causal", default="0,1")
+    ap.add_argument("--causal", default=None, help="0, 1 or 0,1 (default 0,1; with --sample 1)")
     ap.add_argument("--sf", default="1,10,100,300,1000,3000", help="threshold_scale_factor values for skip mode")
     ap.add_argument("--lambdas", default=None,
                     help="skip mode at lambda values instead: threshold_scale_factor = lambda * L per length")
@@ -271,7 +294,21 @@ def main():
                          "peers read the contiguous tensors; rows named blasst-*-p<N>. 0: contiguous")
     ap.add_argument("--profile-once", action="store_true",
                     help="run dense, skip (first --sf) and fa2 once at the first length, for a profiler")
+    ap.add_argument("--sample", default=None,
+                    help="time a real attention sample instead of the structured inputs: a prefix of data/samples/ "
+                         "(e.g. smollm2_licenses_L23_kv1_8192) or a path prefix of <p>_q.npy, _k.npy, _v.npy; the "
+                         "shape comes from the files, causal only unless --causal says otherwise; rows named "
+                         "blasst-*-real")
     args = ap.parse_args()
+    sample = load_sample(args.sample) if args.sample else None
+    if sample is not None:
+        if args.profile_once:
+            ap.error("--profile-once times the structured inputs; leave out --sample")
+        args.batch, L_sample, args.hq, args.d = sample[0].shape
+        args.hkv = sample[1].shape[2]
+        args.seqlens = str(L_sample)
+    if args.causal is None:
+        args.causal = "1" if sample is not None else "0,1"  # the samples are causal self-attention
 
     from torch.nn.attention import SDPBackend
     lib = Blasst(args.lib)
@@ -293,6 +330,8 @@ def main():
     kernel_suffix = "-sm80" if sm80_forced else ""
     if args.page:
         kernel_suffix += f"-p{args.page}"
+    if sample is not None:
+        kernel_suffix += "-real"
     sfs = [float(x) for x in args.sf.split(",") if x]
     if args.page and any(int(x) % args.page for x in args.seqlens.split(",")):
         sys.exit(f"--page {args.page} must divide every length in --seqlens")
@@ -315,7 +354,10 @@ def main():
         return
 
     for L in [int(x) for x in args.seqlens.split(",")]:
-        q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L)
+        if sample is not None:
+            q, k, v = (t.to("cuda", dtype).contiguous() for t in sample)
+        else:
+            q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L)
         pg = to_pages(k, v, args.page, torch.Generator(device="cuda").manual_seed(L)) if args.page else None
         out = torch.empty_like(q)
         lse = torch.empty(B, L, Hq, device="cuda", dtype=torch.float32)
@@ -401,7 +443,8 @@ def main():
 
     print(f"{gpu}, {args.dtype}, B={B} Hq={Hq} Hkv={Hkv} D={D}, order={args.order}, commit {commit}"
           + (" (sm_80 kernel forced)" if sm80_forced else "")
-          + (f", ours from {args.page}-token pages" if args.page else ""))
+          + (f", ours from {args.page}-token pages" if args.page else "")
+          + (f", real sample {args.sample}" if sample is not None else ""))
     print(f"{'L':>6} {'causal':>6} {'kernel':>13} {'sf':>7} {'sparsity':>8} {'ms':>9} {'TFLOP/s':>8} "
           f"{'vs dense':>8} {'/bound':>6}  notes")
     for (L, causal, kernel, sf, s, ms, tf, sp, rb, how, note) in table:
