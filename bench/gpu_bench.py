@@ -175,7 +175,7 @@ def make_inputs(B, L, Hq, Hkv, D, dtype, seed, sink=6.0, window=3.0, tail=0.03, 
 
 
 def load_sample(prefix):
-    """Q, K, V [1, L, H, D] (CPU, float16) of a real attention sample: the files <prefix>_q.npy,
+    """Q, K, V [B, L, H, D] (CPU tensors, dtype as stored) of a real attention sample: <prefix>_q.npy,
     _k.npy, _v.npy, where prefix is a path or a name under data/samples/ (data/samples/README.md).
     Exits with a message when a file is missing or the shapes do not fit together."""
     import numpy as np
