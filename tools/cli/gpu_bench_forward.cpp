@@ -62,7 +62,8 @@ int forward_gpu_bench(int argc, char** argv) {
   std::vector<std::string> rest;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
-    if ((a == "--engine" || a == "--phase") && i + 1 < argc) {
+    if (a == "--engine" || a == "--phase") {
+      if (i + 1 >= argc) return report_error("bench: " + a + " needs a value");
       if (a == "--phase") phase = argv[i + 1];
       ++i;
       continue;

@@ -54,6 +54,7 @@ else
   echo "ok: --phase all stops at the first failing benchmark"
 fi
 expect 2 "--phase must be prefill, decode or all, not 'sideways'" "$cli" bench --engine cuda --phase sideways
+expect 2 '--phase needs a value' "$cli" bench --engine cuda --phase
 expect 0 'gpu_decode_bench.py' "$cli" bench --engine cuda --help
 expect 2 "unknown command 'frobnicate'" "$cli" frobnicate
 expect 2 'a command is required' "$cli"
