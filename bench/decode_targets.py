@@ -19,13 +19,13 @@ targets once per visiting order (blasst-skip: ascending, blasst-skip-anchored: a
 """
 
 import argparse
-import csv
 import os
 import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from target_ratios import SPARSITY_ZERO, fmt, skip_ratios  # noqa: E402
+from target_ratios import (exit_no_rows, fmt, format_skip_points, print_checks, print_commit_header,  # noqa: E402
+                           read_rows, skip_ratios, target_check)
 
 TARGET_POINTS = {(1, 131072), (8, 32768), (32, 16384), (64, 8192)}
 TARGET_SHAPE = {"d": 128, "hq": 32, "hkv": 8}
@@ -112,12 +112,10 @@ def print_run(run):
             s = point_summary(shape, copy, order)
             if s is None:
                 continue
-            pts = " ".join(f"{p['sparsity']:.2f}: {p['speedup']:.2f}x, {p['of_bound']:.2f}, "
-                           f"{fmt(p['vs_cudnn'], '{:.2f}x')};" for p in s["points"] if p["sparsity"] >= SPARSITY_ZERO)
             print(f"| {point_name(point)} | {fmt(s['cudnn'] and s['cudnn']['gbs'], '{:.0f}')} | "
                   f"{fmt(s['fa2'] and s['fa2']['gbs'], '{:.0f}')} | {s['dense']['gbs']:.0f} | "
                   f"{fmt(s['of_copy'] and 100 * s['of_copy'], '{:.0f}%')} | {fmt(s['of_peer'], '{:.3f}')} | {order} | "
-                  f"{fmt(s['skip_zero'], '{:.3f}')} | {pts} |")
+                  f"{fmt(s['skip_zero'], '{:.3f}')} | {format_skip_points(s['points'])} |")
 
 
 def is_target(point):
@@ -130,20 +128,21 @@ def check_targets(runs):
     checks = []
 
     def add(name, values, threshold):
-        values = [v for v in values if v is not None]
-        if values:
-            worst = min(values)
-            checks.append((name, worst, threshold, worst >= threshold, len(values)))
+        check = target_check(name, values, threshold)
+        if check:
+            checks.append(check)
 
-    dense = [point_summary(shape, run["copy"], None) for run in runs
-             for point, shape in run["points"].items() if is_target(point)]
-    dense = [s for s in dense if s is not None]
+    def summaries(order):
+        """The target points' summaries of every run for one order (None: dense rows only)."""
+        out = [point_summary(shape, run["copy"], order) for run in runs
+               for point, shape in run["points"].items() if is_target(point)]
+        return [s for s in out if s is not None]
+
+    dense = summaries(None)
     add("dense / better of cuDNN and FA2", [s["of_peer"] for s in dense], 1.0)
     add("dense / copy rate", [s["of_copy"] for s in dense], 0.9)
     for order in ("ascending", "anchored"):
-        per = [point_summary(shape, run["copy"], order) for run in runs
-               for point, shape in run["points"].items() if is_target(point)]
-        per = [s for s in per if s is not None and s["points"]]
+        per = [s for s in summaries(order) if s["points"]]
         add(f"{order}: skip s~0 / dense", [s["skip_zero"] for s in per], 0.97)
         add(f"{order}: of bound, s in [0.5, 0.9]",
             [p["of_bound"] for s in per for p in s["points"] if 0.5 <= p["sparsity"] <= 0.9], 0.9)
@@ -157,32 +156,22 @@ def main(argv=None):
     ap.add_argument("--csv", default="bench/results/gpu_decode.csv", help="rows written by gpu_decode_bench.py")
     ap.add_argument("--commit", default=None, help="commit of the rows (default: the newest in the file)")
     args = ap.parse_args(argv)
-    try:
-        with open(args.csv, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        sys.exit(f"cannot read {args.csv}: {e}")
-    if not rows:
-        sys.exit(f"{args.csv} has no rows")
+    rows = read_rows(args.csv)
     commit = args.commit or rows[-1]["commit"]
     try:
         runs = runs_of(rows, commit)
     except (KeyError, ValueError) as e:
         sys.exit(f"{args.csv}: unexpected row ({e})")
     if not runs:
-        known = sorted({r["commit"] for r in rows})
-        sys.exit(f"no decode rows of commit {commit} in {args.csv} (commits there: {', '.join(known)})")
-    gpus = sorted({r["gpu"] for r in rows if r["commit"] == commit})
-    print(f"## commit {commit} ({', '.join(gpus)})")
+        exit_no_rows(rows, "decode", commit, args.csv)
+    print_commit_header(rows, commit)
     for run in runs:
         print_run(run)
     checks = check_targets(runs)
     if not checks:
         print("\nno rows at the target points (d = 128, Hq = 32, Hkv = 8, 64-token pages)")
         return 0
-    print("\n| target | worst | needs | met | points |\n| --- | --- | --- | --- | --- |")
-    for name, worst, threshold, met, n in checks:
-        print(f"| {name} | {worst:.3f} | {threshold:.2f} | {'yes' if met else 'no'} | {n} |")
+    print_checks(checks)
     return 0
 
 

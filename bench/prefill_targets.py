@@ -16,18 +16,13 @@ Then it checks the prefill targets on the rows of that commit:
 """
 
 import argparse
-import csv
 import os
 import sys
 from collections import OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from target_ratios import SPARSITY_ZERO, fmt, skip_ratios  # noqa: E402
-
-
-def read_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from target_ratios import (exit_no_rows, fmt, format_skip_points, print_checks, print_commit_header,  # noqa: E402
+                           read_rows, skip_ratios, target_check)
 
 
 def family(kernel):
@@ -87,11 +82,9 @@ def print_run(date, run, only_d):
         cud = s["cudnn"]["tflops"] if s["cudnn"] else None
         fa = s["fa2"]["tflops"] if s["fa2"] else None
         dt = s["dense"]["tflops"]
-        pts = " ".join(f"{p['sparsity']:.2f}: {p['speedup']:.2f}x, {p['of_bound']:.2f}, {fmt(p['vs_cudnn'], '{:.2f}x')};"
-                       for p in s["points"] if p["sparsity"] >= SPARSITY_ZERO)
         print(f"| {d} | {L // 1024}K | {'yes' if causal else 'no'} | {fmt(cud, '{:.0f}')} | {fmt(fa, '{:.0f}')} | "
               f"{dt:.0f} | {fmt(cud and dt / cud, '{:.2f}')} | {fmt(fa and dt / fa, '{:.2f}')} | "
-              f"{fmt(s['skip_zero'], '{:.3f}')} | {pts} |")
+              f"{fmt(s['skip_zero'], '{:.3f}')} | {format_skip_points(s['points'])} |")
 
 
 def check_targets(runs, only_d):
@@ -106,13 +99,10 @@ def check_targets(runs, only_d):
                 by_suffix[s["suffix"]].append(s)
     checks = []
 
-    def add(name, values, threshold, higher_is_better=True):
-        values = [v for v in values if v is not None]
-        if not values:
-            return
-        worst = min(values) if higher_is_better else max(values)
-        checks.append((name, worst, threshold, worst >= threshold if higher_is_better else worst <= threshold,
-                       len(values)))
+    def add(name, values, threshold):
+        check = target_check(name, values, threshold)
+        if check:
+            checks.append(check)
 
     sm90, sm80 = by_suffix[""], by_suffix["-sm80"]
     add("sm_90a dense / cuDNN", [s["cudnn"] and s["dense"]["tflops"] / s["cudnn"]["tflops"] for s in sm90], 0.95)
@@ -133,24 +123,15 @@ def main(argv=None):
     ap.add_argument("--commit", default=None, help="commit of the rows (default: the newest in the file)")
     ap.add_argument("--d", type=int, default=None, help="only this head dim (the targets are stated for 128)")
     args = ap.parse_args(argv)
-    try:
-        rows = read_rows(args.csv)
-    except OSError as e:
-        sys.exit(f"cannot read {args.csv}: {e}")
-    if not rows:
-        sys.exit(f"{args.csv} has no rows")
+    rows = read_rows(args.csv)
     commit = args.commit or rows[-1]["commit"]
     runs = runs_of(rows, commit)
     if not runs:
-        known = sorted({r["commit"] for r in rows})
-        sys.exit(f"no prefill rows of commit {commit} in {args.csv} (commits there: {', '.join(known)})")
-    gpus = sorted({r["gpu"] for r in rows if r["commit"] == commit})
-    print(f"## commit {commit} ({', '.join(gpus)})")
+        exit_no_rows(rows, "prefill", commit, args.csv)
+    print_commit_header(rows, commit)
     for date, run in runs.items():
         print_run(date, run, args.d)
-    print("\n| target | worst | needs | met | points |\n| --- | --- | --- | --- | --- |")
-    for name, worst, threshold, met, n in check_targets(runs, args.d):
-        print(f"| {name} | {worst:.3f} | {threshold:.2f} | {'yes' if met else 'no'} | {n} |")
+    print_checks(check_targets(runs, args.d))
     return 0
 
 

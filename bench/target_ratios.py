@@ -1,5 +1,8 @@
-"""Ratios shared by prefill_targets.py and decode_targets.py: skip rows against our dense mode,
-the bound 2/(2-s) and cuDNN."""
+"""What prefill_targets.py and decode_targets.py share: reading the CSV, skip rows against our
+dense mode, the bound 2/(2-s) and cuDNN, and the table of target checks."""
+
+import csv
+import sys
 
 # Sparsity below which a skip row counts as "nothing skipped".
 SPARSITY_ZERO = 0.005
@@ -22,3 +25,47 @@ def skip_ratios(dense, skips, cudnn):
 
 def fmt(x, pattern):
     return "-" if x is None else pattern.format(x)
+
+
+def format_skip_points(points):
+    """The skip rows that skipped something, as 's: speedup, of bound, vs cuDNN;' table cells."""
+    return " ".join(f"{p['sparsity']:.2f}: {p['speedup']:.2f}x, {p['of_bound']:.2f}, {fmt(p['vs_cudnn'], '{:.2f}x')};"
+                    for p in points if p["sparsity"] >= SPARSITY_ZERO)
+
+
+def target_check(name, values, threshold):
+    """(name, worst value, threshold, met, count) for a target every value must reach (None
+    values left out), or None without values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    worst = min(values)
+    return name, worst, threshold, worst >= threshold, len(values)
+
+
+def print_checks(checks):
+    print("\n| target | worst | needs | met | points |\n| --- | --- | --- | --- | --- |")
+    for name, worst, threshold, met, n in checks:
+        print(f"| {name} | {worst:.3f} | {threshold:.2f} | {'yes' if met else 'no'} | {n} |")
+
+
+def read_rows(path):
+    """The rows of a benchmark CSV as dicts; exits with a message when it cannot be read or is empty."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        sys.exit(f"cannot read {path}: {e}")
+    if not rows:
+        sys.exit(f"{path} has no rows")
+    return rows
+
+
+def print_commit_header(rows, commit):
+    gpus = sorted({r["gpu"] for r in rows if r["commit"] == commit})
+    print(f"## commit {commit} ({', '.join(gpus)})")
+
+
+def exit_no_rows(rows, phase, commit, path):
+    known = sorted({r["commit"] for r in rows})
+    sys.exit(f"no {phase} rows of commit {commit} in {path} (commits there: {', '.join(known)})")

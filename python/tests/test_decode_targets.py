@@ -1,7 +1,5 @@
 """bench/decode_targets.py: runs, ratios and target checks it derives from decode benchmark rows."""
 
-import csv
-
 import pytest
 from conftest import load_bench_script, write_bench_csv as write
 
@@ -47,8 +45,7 @@ def test_ratios_runs_and_checks(tmp_path, targets):
             row("2026-11-23", "blasst-dense", 1.0, commit="other")]
     path = tmp_path / "d.csv"
     write(path, rows)
-    with open(path, newline="") as f:
-        runs = targets.runs_of(list(csv.DictReader(f)), "abc1234")
+    runs = targets.runs_of(targets.read_rows(path), "abc1234")
     assert [r["date"] for r in runs] == [t1, "2026-11-23", "2026-11-23"]
     assert runs[0]["copy"] == 3000.0 and runs[1]["copy"] is None
     shape = runs[0]["points"][(8, 32768, 128, 32, 8)]
