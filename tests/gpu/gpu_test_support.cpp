@@ -33,16 +33,6 @@ float half_to_float(uint16_t h) {
   return f;
 }
 
-float to_float(blasst_dtype dt, uint16_t h) {
-  if (dt == BLASST_DTYPE_BFLOAT16) {
-    const uint32_t u = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  return half_to_float(h);
-}
-
 uint16_t from_float(blasst_dtype dt, float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -84,6 +74,16 @@ struct DeviceBuffer {
 };
 
 }  // namespace
+
+float to_float(blasst_dtype dt, uint16_t h) {
+  if (dt == BLASST_DTYPE_BFLOAT16) {
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  return half_to_float(h);
+}
 
 std::string Case::name() const {
   std::ostringstream os;

@@ -40,6 +40,9 @@ struct Inputs {
 
 Inputs make_inputs(const Case& c);
 
+// The float value of a 16-bit element of dtype dt (bf16 or fp16).
+float to_float(blasst_dtype dt, uint16_t h);
+
 struct GpuRun {
   blasst_status status = BLASST_ERROR_INTERNAL;
   std::string message;
