@@ -24,8 +24,8 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from target_ratios import (exit_no_rows, fmt, format_skip_points, print_checks, print_commit_header,  # noqa: E402
-                           read_rows, skip_ratios, target_check)
+from target_ratios import (add_check, exit_no_rows, fmt, format_skip_points, point_values,  # noqa: E402
+                           print_checks, print_commit_header, read_rows, skip_ratios)
 
 TARGET_POINTS = {(1, 131072), (8, 32768), (32, 16384), (64, 8192)}
 TARGET_SHAPE = {"d": 128, "hq": 32, "hkv": 8}
@@ -127,11 +127,6 @@ def check_targets(runs):
     """(name, worst value, threshold, met, points) per target, over every run of the commit."""
     checks = []
 
-    def add(name, values, threshold):
-        check = target_check(name, values, threshold)
-        if check:
-            checks.append(check)
-
     def summaries(order):
         """The target points' summaries of every run for one order (None: dense rows only)."""
         out = [point_summary(shape, run["copy"], order) for run in runs
@@ -139,15 +134,13 @@ def check_targets(runs):
         return [s for s in out if s is not None]
 
     dense = summaries(None)
-    add("dense / better of cuDNN and FA2", [s["of_peer"] for s in dense], 1.0)
-    add("dense / copy rate", [s["of_copy"] for s in dense], 0.9)
+    add_check(checks, "dense / better of cuDNN and FA2", [s["of_peer"] for s in dense], 1.0)
+    add_check(checks, "dense / copy rate", [s["of_copy"] for s in dense], 0.9)
     for order in ("ascending", "anchored"):
         per = [s for s in summaries(order) if s["points"]]
-        add(f"{order}: skip s~0 / dense", [s["skip_zero"] for s in per], 0.97)
-        add(f"{order}: of bound, s in [0.5, 0.9]",
-            [p["of_bound"] for s in per for p in s["points"] if 0.5 <= p["sparsity"] <= 0.9], 0.9)
-        add(f"{order}: vs cuDNN, s in [0.7, 0.8]",
-            [p["vs_cudnn"] for s in per for p in s["points"] if 0.7 <= p["sparsity"] <= 0.8], 1.4)
+        add_check(checks, f"{order}: skip s~0 / dense", [s["skip_zero"] for s in per], 0.97)
+        add_check(checks, f"{order}: of bound, s in [0.5, 0.9]", point_values(per, "of_bound", 0.5, 0.9), 0.9)
+        add_check(checks, f"{order}: vs cuDNN, s in [0.7, 0.8]", point_values(per, "vs_cudnn", 0.7, 0.8), 1.4)
     return checks
 
 

@@ -21,8 +21,8 @@ import sys
 from collections import OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from target_ratios import (exit_no_rows, fmt, format_skip_points, print_checks, print_commit_header,  # noqa: E402
-                           read_rows, skip_ratios, target_check)
+from target_ratios import (add_check, exit_no_rows, fmt, format_skip_points, point_values,  # noqa: E402
+                           print_checks, print_commit_header, read_rows, skip_ratios)
 
 
 def family(kernel):
@@ -98,22 +98,15 @@ def check_targets(runs, only_d):
             if s is not None and s["suffix"] in by_suffix:
                 by_suffix[s["suffix"]].append(s)
     checks = []
-
-    def add(name, values, threshold):
-        check = target_check(name, values, threshold)
-        if check:
-            checks.append(check)
-
     sm90, sm80 = by_suffix[""], by_suffix["-sm80"]
-    add("sm_90a dense / cuDNN", [s["cudnn"] and s["dense"]["tflops"] / s["cudnn"]["tflops"] for s in sm90], 0.95)
-    add("sm_90a skip s~0 / dense", [s["skip_zero"] for s in sm90], 0.97)
-    add("sm_90a of bound, s in [0.5, 0.9]",
-        [p["of_bound"] for s in sm90 for p in s["points"] if 0.5 <= p["sparsity"] <= 0.9], 0.92)
-    add("sm_90a vs cuDNN, s in [0.7, 0.8]",
-        [p["vs_cudnn"] for s in sm90 for p in s["points"] if 0.7 <= p["sparsity"] <= 0.8], 1.45)
-    add("sm_80 dense / FA2", [s["fa2"] and s["dense"]["tflops"] / s["fa2"]["tflops"] for s in sm80], 1.0)
-    add("sm_80 skip s~0 / dense", [s["skip_zero"] for s in sm80], 0.97)
-    add("sm_80 of bound, s >= 0.5", [p["of_bound"] for s in sm80 for p in s["points"] if p["sparsity"] >= 0.5], 0.92)
+    add_check(checks, "sm_90a dense / cuDNN",
+              [s["cudnn"] and s["dense"]["tflops"] / s["cudnn"]["tflops"] for s in sm90], 0.95)
+    add_check(checks, "sm_90a skip s~0 / dense", [s["skip_zero"] for s in sm90], 0.97)
+    add_check(checks, "sm_90a of bound, s in [0.5, 0.9]", point_values(sm90, "of_bound", 0.5, 0.9), 0.92)
+    add_check(checks, "sm_90a vs cuDNN, s in [0.7, 0.8]", point_values(sm90, "vs_cudnn", 0.7, 0.8), 1.45)
+    add_check(checks, "sm_80 dense / FA2", [s["fa2"] and s["dense"]["tflops"] / s["fa2"]["tflops"] for s in sm80], 1.0)
+    add_check(checks, "sm_80 skip s~0 / dense", [s["skip_zero"] for s in sm80], 0.97)
+    add_check(checks, "sm_80 of bound, s >= 0.5", point_values(sm80, "of_bound", 0.5), 0.92)
     return checks
 
 

@@ -33,14 +33,18 @@ def format_skip_points(points):
                     for p in points if p["sparsity"] >= SPARSITY_ZERO)
 
 
-def target_check(name, values, threshold):
-    """(name, worst value, threshold, met, count) for a target every value must reach (None
-    values left out), or None without values."""
+def add_check(checks, name, values, threshold):
+    """Appends (name, worst value, threshold, met, count) to `checks` for a target every value
+    must reach (None values left out); nothing without values."""
     values = [v for v in values if v is not None]
-    if not values:
-        return None
-    worst = min(values)
-    return name, worst, threshold, worst >= threshold, len(values)
+    if values:
+        worst = min(values)
+        checks.append((name, worst, threshold, worst >= threshold, len(values)))
+
+
+def point_values(summaries, key, low, high=float("inf")):
+    """`key` ('of_bound' or 'vs_cudnn') of every skip point of `summaries` with sparsity in [low, high]."""
+    return [p[key] for s in summaries for p in s["points"] if low <= p["sparsity"] <= high]
 
 
 def print_checks(checks):
