@@ -99,3 +99,10 @@ def write_bench_csv(path, rows):
         w = csv.DictWriter(f, fieldnames=BENCH_CSV_FIELDS)
         w.writeheader()
         w.writerows(rows)
+
+
+def assert_no_rows_of_commit(script, csv_path, phase):
+    """A target script asked for a commit the CSV lacks exits naming the commit and the phase."""
+    with pytest.raises(SystemExit) as e:
+        script.main(["--csv", str(csv_path), "--commit", "nope"])
+    assert f"no {phase} rows of commit nope" in str(e.value)

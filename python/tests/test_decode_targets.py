@@ -1,7 +1,7 @@
 """bench/decode_targets.py: runs, ratios and target checks it derives from decode benchmark rows."""
 
 import pytest
-from conftest import load_bench_script, write_bench_csv as write
+from conftest import assert_no_rows_of_commit, load_bench_script, write_bench_csv as write
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,7 @@ def test_non_target_points_and_cli(tmp_path, targets, capsys):
     assert targets.main(["--csv", str(path)]) == 0
     out = capsys.readouterr().out
     assert "| 8 x 4K |" in out and "no rows at the target points" in out
-    with pytest.raises(SystemExit) as e:
-        targets.main(["--csv", str(path), "--commit", "nope"])
-    assert "no decode rows of commit nope" in str(e.value)
+    assert_no_rows_of_commit(targets, path, "decode")
     write(path, [row("t1", "blasst-dense-fast", 10.0)])
     with pytest.raises(SystemExit) as e:
         targets.main(["--csv", str(path)])
