@@ -298,8 +298,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
       float mx = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) mx = ptx::max_nan(mx, ptx::max_nan(s[nt][2 * h], s[nt][2 * h + 1]));
-      mx = ptx::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = ptx::max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx = quad_max</*kNanPropagates=*/true>(mx);
       if (lane % 4 == 0) red_max[(buf * kGroups + kg) * kRowsPad + rg * 16 + lane / 4 + 8 * h] = mx;
     }
   };
