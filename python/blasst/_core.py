@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 
 from . import _lib
+from ._guard import warn_if_dense
+from ._validate import check_inputs, int32_values, view_extent
 
 _DTYPES = {torch.float32: _lib.DTYPE_FLOAT32, torch.float16: _lib.DTYPE_FLOAT16, torch.bfloat16: _lib.DTYPE_BFLOAT16}
 _ORDERS = {"ascending": _lib.ORDER_ASCENDING, "anchored": _lib.ORDER_ANCHORED}
@@ -66,11 +68,6 @@ def last_run_info() -> Optional[RunInfo]:
     return getattr(_last, "info", None)
 
 
-def _addressable(t: torch.Tensor) -> int:
-    """Elements addressable from t.data_ptr() to the end of its storage (blasst_tensor.numel)."""
-    return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
-
-
 def _fill_tensor(dst: _lib.BlasstTensor, name: str, t: torch.Tensor, ragged: bool) -> None:
     """Dense: dims 0, 1, 2 are batch, token, head ([B, L, H, D] or lse [B, L, H]).
     Ragged: dims 0, 1 are packed token, head ([T, H, D] or lse [T, H])."""
@@ -82,21 +79,20 @@ def _fill_tensor(dst: _lib.BlasstTensor, name: str, t: torch.Tensor, ragged: boo
         dst.batch_stride, dst.token_stride, dst.head_stride = 0, t.stride(0), t.stride(1)
     else:
         dst.batch_stride, dst.token_stride, dst.head_stride = t.stride(0), t.stride(1), t.stride(2)
-    dst.numel = max(_addressable(t), 1)
+    dst.numel = max(view_extent(t), 1)  # the view, not its storage: no access past it
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if (t.stride(-1) == 1 or t.shape[-1] == 1) else t.contiguous()
 
 
-def _int32(t: Optional[torch.Tensor], name: str, device: torch.device) -> Optional[torch.Tensor]:
-    if t is None:
-        return None
-    if t.device != device:
-        raise ValueError(f"blasst: {name} is on {t.device}, expected {device} (the device of q)")
-    if t.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"blasst: {name} has dtype {t.dtype}, expected int32")
-    return t.to(torch.int32).contiguous()
+def max_length(cu_seqlens: Optional[torch.Tensor], default: int) -> int:
+    """Longest entry of a ragged side (a host sync on CUDA), or `default` without cu_seqlens."""
+    if cu_seqlens is None:
+        return default
+    if cu_seqlens.numel() < 2:
+        return 0
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item())
 
 
 def output_shapes(q: torch.Tensor, v: torch.Tensor, phase: int, num_kv_heads: int, return_stats: bool):
@@ -135,68 +131,31 @@ def run(
     return_decisions: bool = False,
 ):
     """Runs one call; returns (out, lse, stats, decisions or None, RunInfo)."""
+    layout = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
+                          per_kv_head_factor, max_seqlen_q, max_seqlen_k)
     device = q.device
-    for name, t in (("k", k), ("v", v)):
-        if t.device != device:
-            raise ValueError(f"blasst: {name} is on {t.device}, expected {device} (the device of q)")
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"blasst: q has dtype {q.dtype}, expected float32, float16 or bfloat16")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"blasst: q, k and v must share one dtype (q {q.dtype}, k {k.dtype}, v {v.dtype})")
-
-    ragged_q = cu_seqlens_q is not None
-    paged = block_table is not None
-    ragged_k = cu_seqlens_k is not None
-    if q.dim() != (3 if ragged_q else 4):
-        raise ValueError(
-            f"blasst: q has shape {tuple(q.shape)}, expected "
-            + ("[total_q, Hq, D] with cu_seqlens_q" if ragged_q else "[B, Lq, Hq, D]")
-        )
-    kv_dims = 4 if (paged or not ragged_k) else 3
-    for name, t in (("k", k), ("v", v)):
-        if t.dim() != kv_dims:
-            want = "[num_pages, page_size, Hkv, D]" if paged else ("[total_k, Hkv, D]" if ragged_k else "[B, Lk, Hkv, D]")
-            raise ValueError(f"blasst: {name} has shape {tuple(t.shape)}, expected {want}")
-    if paged and ragged_k:
-        raise ValueError("blasst: cu_seqlens_k cannot be combined with block_table (paged K/V takes seqlens_k)")
+    ragged_q, ragged_k, paged, batch = layout.ragged_q, layout.ragged_k, layout.paged, layout.batch
+    kv_dims = 3 if (ragged_k and not paged) else 4
+    num_q_heads, dqk = layout.num_q_heads, layout.head_dim_qk
+    num_kv_heads, dv = layout.num_kv_heads, layout.head_dim_v
 
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    cu_seqlens_q = _int32(cu_seqlens_q, "cu_seqlens_q", device)
-    cu_seqlens_k = _int32(cu_seqlens_k, "cu_seqlens_k", device)
-    seqlens_q = _int32(seqlens_q, "seqlens_q", device)
-    seqlens_k = _int32(seqlens_k, "seqlens_k", device)
-    block_table = _int32(block_table, "block_table", device)
-
-    num_q_heads, dqk = q.shape[-2], q.shape[-1]
-    num_kv_heads, dv = v.shape[-2], v.shape[-1]
-    if k.shape[-2] != num_kv_heads:
-        raise ValueError(f"blasst: k has {k.shape[-2]} heads but v has {num_kv_heads}")
-
-    if ragged_q:
-        batch = cu_seqlens_q.shape[0] - 1
-    elif paged:
-        batch = block_table.shape[0]
-    else:
-        batch = q.shape[0]
-    if ragged_k and cu_seqlens_k.shape[0] != batch + 1:
-        raise ValueError(f"blasst: cu_seqlens_k has {cu_seqlens_k.shape[0]} entries, expected batch + 1 = {batch + 1}")
-    if not ragged_q and not paged and not ragged_k and k.shape[0] != batch:
-        raise ValueError(f"blasst: q has batch {batch} but k has batch {k.shape[0]}")
+    cu_seqlens_q = int32_values(cu_seqlens_q, "cu_seqlens_q")
+    cu_seqlens_k = int32_values(cu_seqlens_k, "cu_seqlens_k")
+    seqlens_q = int32_values(seqlens_q, "seqlens_q")
+    seqlens_k = int32_values(seqlens_k, "seqlens_k")
+    block_table = int32_values(block_table, "block_table")
 
     # Bounds of the per-entry lengths. For ragged layouts they cannot come from shapes alone;
     # reading cu_seqlens is a host sync on CUDA, so callers that care pass max_seqlen_*.
     if max_seqlen_q <= 0:
-        if ragged_q:
-            max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max().item()) if batch > 0 else 0
-        else:
-            max_seqlen_q = q.shape[1]
+        max_seqlen_q = max_length(cu_seqlens_q, q.shape[1] if not ragged_q else 0)
     if max_seqlen_k <= 0:
         if paged:
             max_seqlen_k = block_table.shape[1] * k.shape[1]
-        elif ragged_k:
-            max_seqlen_k = int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max().item()) if batch > 0 else 0
         else:
-            max_seqlen_k = k.shape[1]
+            max_seqlen_k = max_length(cu_seqlens_k, k.shape[1] if not ragged_k else 0)
+    warn_if_dense(threshold_scale_factor, per_kv_head_factor, max_seqlen_k)
 
     out_shape, lse_shape, stats_shape = output_shapes(q, v, phase, num_kv_heads, return_stats)
     # Rows past an entry's length are never written by the engine: give them defined values.
@@ -238,12 +197,6 @@ def run(
     a.causal = 1 if causal else 0
     a.threshold.threshold_scale_factor = float(threshold_scale_factor)
     if per_kv_head_factor is not None:
-        if per_kv_head_factor.device != device:
-            raise ValueError(f"blasst: per_kv_head_factor is on {per_kv_head_factor.device}, expected {device}")
-        if per_kv_head_factor.numel() != num_kv_heads:
-            raise ValueError(
-                f"blasst: per_kv_head_factor has {per_kv_head_factor.numel()} values, expected num_kv_heads = {num_kv_heads}"
-            )
         per_kv_head_factor = per_kv_head_factor.to(torch.float32).contiguous()
         a.threshold.per_kv_head_factor = per_kv_head_factor.data_ptr()
     a.geometry.block_m = block_m

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from . import _core, _lib, ops  # noqa: F401  (ops registers torch.ops.blasst.*)
+from . import _core, _guard, _lib, ops  # noqa: F401  (ops registers torch.ops.blasst.*)
 from .schema import Formula
 
 DECODE_MAX_QUERY_LEN = 8
@@ -20,6 +20,36 @@ def resolve_phase(phase: str, seqlen_q: int, seqlen_k: int, decode_max_query_len
     if phase != "auto":
         raise ValueError(f"blasst: phase is {phase!r}, expected 'auto', 'prefill' or 'decode'")
     return "decode" if 1 <= seqlen_q <= decode_max_query_len and seqlen_k > seqlen_q else "prefill"
+
+
+def _longest(cu_seqlens: Optional[Tensor]) -> Optional[int]:
+    """Longest entry of a ragged side from its offsets, or None when they cannot be read here.
+    The op reads them too when max_seqlen_* is not given (a host sync on a GPU); under
+    torch.compile they are not readable while tracing."""
+    if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        return None
+    if torch.compiler.is_compiling():
+        _guard.warn_at_call_site(
+            "blasst: phase='auto' with a ragged layout under torch.compile takes the packed total as the length; "
+            "pass max_seqlen_q / max_seqlen_k (or phase='decode' / 'prefill') to choose by the longest entry")
+        return None
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
+def _phase_lengths(q, k, block_table, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """(longest query entry, longest key entry) for phase="auto": the caller's bounds, else a
+    ragged side's longest entry (a ragged batch of nine one-token sequences is decode, whatever
+    its total), else the (padded) shapes. Malformed layouts fall through to the op's checks."""
+    seqlen_q = max_seqlen_q or _longest(cu_seqlens_q)
+    if seqlen_q is None:
+        seqlen_q = q.shape[1] if q.dim() == 4 else q.shape[0]
+    seqlen_k = max_seqlen_k or _longest(cu_seqlens_k)
+    if seqlen_k is None:
+        if block_table is not None and block_table.dim() == 2 and k.dim() == 4:
+            seqlen_k = block_table.shape[1] * k.shape[1]
+        else:
+            seqlen_k = k.shape[1] if k.dim() == 4 else k.shape[0]
+    return seqlen_q, seqlen_k
 
 
 def attention(
@@ -59,6 +89,9 @@ def attention(
     or tensor of num_kv_heads values gives one factor per KV head. target_sparsity with formula
     ((a, b) for a * exp(b * s), a dict of coefficients, or a schema.Formula) is the alternative.
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"blasst: {name} is a {type(t).__name__}, expected a torch.Tensor")
     if threshold_scale_factor is not None and target_sparsity is not None:
         raise ValueError("blasst: give threshold_scale_factor or target_sparsity, not both")
     per_head = None
@@ -73,6 +106,8 @@ def attention(
         if not 0.0 <= target_sparsity < 1.0:
             raise ValueError(f"blasst: target_sparsity is {target_sparsity}, expected a value in [0, 1)")
         factor = formula.factor(target_sparsity) if target_sparsity > 0 else 0.0
+    elif isinstance(threshold_scale_factor, Tensor) and threshold_scale_factor.dim() == 0:
+        factor = float(threshold_scale_factor)
     elif isinstance(threshold_scale_factor, Tensor):
         per_head = threshold_scale_factor.to(device=q.device, dtype=torch.float32).reshape(-1)
     elif isinstance(threshold_scale_factor, (list, tuple)):
@@ -80,15 +115,11 @@ def attention(
     elif threshold_scale_factor is not None:
         factor = float(threshold_scale_factor)
 
-    # lengths for the automatic phase choice: the padded bounds, or for ragged / paged layouts the
-    # totals (an upper bound on every entry's length)
-    seqlen_q = max_seqlen_q or (q.shape[1] if q.dim() == 4 else q.shape[0])
-    if max_seqlen_k:
-        seqlen_k = max_seqlen_k
-    elif block_table is not None:
-        seqlen_k = block_table.shape[1] * k.shape[1]
+    if phase == "auto":
+        seqlen_q, seqlen_k = _phase_lengths(q, k, block_table, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                            max_seqlen_k)
     else:
-        seqlen_k = k.shape[1] if k.dim() == 4 else k.shape[0]
+        seqlen_q = seqlen_k = 0  # not used
     resolved = resolve_phase(phase, seqlen_q, seqlen_k)
     op = torch.ops.blasst.prefill if resolved == "prefill" else torch.ops.blasst.decode
     out, lse, stats = op(

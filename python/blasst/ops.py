@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import _core, _lib
+from ._validate import check_inputs
 
 
 def _impl(phase, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q,
@@ -34,7 +35,12 @@ def _impl(phase, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, bloc
     return out, lse, stats
 
 
-def _fake(phase, q, v, return_stats):
+def _fake(phase, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, per_kv_head_factor,
+          max_seqlen_q, max_seqlen_k, return_stats):
+    # The same checks as the real kernel, so that torch.compile and meta tensors refuse what the
+    # engine would refuse (a k on another device than q lands here, not in the engine).
+    check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, per_kv_head_factor,
+                 max_seqlen_q, max_seqlen_k)
     out_shape, lse_shape, stats_shape = _core.output_shapes(q, v, phase, v.shape[-2], return_stats)
     return (q.new_empty(out_shape), q.new_empty(lse_shape, dtype=torch.float32),
             q.new_empty(stats_shape, dtype=torch.int64))
@@ -81,7 +87,8 @@ def _prefill_fake(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None,
                   max_seqlen_q=0, max_seqlen_k=0, scale=0.0, causal=True, threshold_scale_factor=0.0,
                   per_kv_head_factor=None, block_m=0, block_n=0, order=0, splits=0, engine=0, num_threads=0,
                   return_stats=False):
-    return _fake(_lib.PHASE_PREFILL, q, v, return_stats)
+    return _fake(_lib.PHASE_PREFILL, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
+                 per_kv_head_factor, max_seqlen_q, max_seqlen_k, return_stats)
 
 
 @decode.register_fake
@@ -89,4 +96,21 @@ def _decode_fake(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, 
                  max_seqlen_q=0, max_seqlen_k=0, scale=0.0, causal=True, threshold_scale_factor=0.0,
                  per_kv_head_factor=None, block_m=0, block_n=0, order=0, splits=0, engine=0, num_threads=0,
                  return_stats=False):
-    return _fake(_lib.PHASE_DECODE, q, v, return_stats)
+    return _fake(_lib.PHASE_DECODE, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
+                 per_kv_head_factor, max_seqlen_q, max_seqlen_k, return_stats)
+
+
+def _no_backward(ctx, *grads):
+    raise NotImplementedError(
+        "blasst attention is forward-only: blasst::prefill and blasst::decode have no backward pass yet. Run them "
+        "under torch.no_grad() / torch.inference_mode(), or detach q, k and v; to train, use another attention "
+        "implementation.")
+
+
+def _setup_context(ctx, inputs, output):
+    pass
+
+
+# A clear error at backward() instead of PyTorch's generic "no autograd formula".
+for _op in (prefill, decode):
+    _op.register_autograd(_no_backward, setup_context=_setup_context)
