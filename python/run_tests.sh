@@ -17,7 +17,7 @@ fi
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   # torch from PyPI is large: install it only when it is missing.
   "$PYTHON" -c "import torch" 2>/dev/null || "$PYTHON" -m pip install torch
-  "$PYTHON" -m pip install -q scikit-build-core numpy pytest tqdm matplotlib scipy "transformers>=4.56"
+  "$PYTHON" -m pip install -q scikit-build-core numpy pytest hypothesis tqdm matplotlib scipy "transformers>=4.56"
   # --no-build-isolation: build with the scikit-build-core and cmake already here (no download);
   # the build tree stays in build-py/ (pyproject.toml) so rebuilds are incremental.
   CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
