@@ -5,6 +5,7 @@
 
 #include <exception>
 #include <new>
+#include <utility>
 #include <string>
 
 #include "core/validate.hpp"
@@ -43,6 +44,30 @@ bool args_on_device(const blasst_args& a) {
 #endif
 }
 
+// The CPU engine reads every pointer of the call: none may be device memory (a device pointer
+// beside host q would be read by the host). One pointer query each, only when a device exists.
+Status check_host_memory(const blasst_args& a, bool q_on_device) {
+  if (q_on_device)
+    return {BLASST_ERROR_INVALID_ARGUMENT, "engine cpu: q.data is device memory; the CPU engine needs host memory"};
+#ifdef BLASST_HAVE_CUDA
+  if (!cuda::device_available()) return Status::ok();
+  const std::pair<const char*, const void*> pointers[] = {
+      {"k.data", a.k.data}, {"v.data", a.v.data}, {"out.data", a.out.data}, {"lse.data", a.lse.data},
+      {"cu_seqlens_q", a.cu_seqlens_q}, {"seqlens_q", a.seqlens_q}, {"cu_seqlens_k", a.cu_seqlens_k},
+      {"seqlens_k", a.seqlens_k}, {"block_table", a.block_table},
+      {"threshold.per_kv_head_factor", a.threshold.per_kv_head_factor}, {"stats_per_head", a.stats_per_head},
+      {"decisions", a.decisions}};
+  for (const auto& [name, p] : pointers)
+    if (p && cuda::is_device_pointer(p))
+      return {BLASST_ERROR_INVALID_ARGUMENT,
+              std::string("engine cpu: ") + name + " is device memory but q is host memory; the CPU engine needs "
+              "every tensor in host memory"};
+#else
+  (void)a;
+#endif
+  return Status::ok();
+}
+
 Status run_checked(blasst_phase phase, const blasst_args& args, blasst_run_info* info) {
   if (Status s = detail::validate_shape_args(args, phase); !s) return s;
   blasst_run_info local;
@@ -62,12 +87,12 @@ Status run_checked(blasst_phase phase, const blasst_args& args, blasst_run_info*
       return {BLASST_ERROR_UNSUPPORTED, "engine cuda: this build of blasst has no CUDA engine (built without nvcc)"};
     if (!cuda_ready()) return {BLASST_ERROR_UNSUPPORTED, "engine cuda: no usable CUDA device"};
 #ifdef BLASST_HAVE_CUDA
+    if (Status s = detail::validate_device_extents(args); !s) return s;
     // CUDA engines synchronize to read the totals only when the caller asked for them.
     status = cuda::run(args, phase, info ? &local : nullptr);
 #endif
   } else {
-    if (on_device)
-      return {BLASST_ERROR_INVALID_ARGUMENT, "engine cpu: q.data is device memory; the CPU engine needs host memory"};
+    if (Status s = check_host_memory(args, on_device); !s) return s;
     const blasst_geometry geometry = detail::resolve_geometry(args.geometry);
     if (Status s = detail::validate_host_contents(args, phase, geometry); !s) return s;
     status = cpu::run(args, phase, geometry, &local);

@@ -10,7 +10,10 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "core/validate.hpp"
 
 namespace {
 
@@ -430,6 +433,38 @@ TEST(Validation, StatusNamesAndInitHelpers) {
   EXPECT_EQ(a.q.data, nullptr);
   EXPECT_EQ(a.threshold.threshold_scale_factor, 0.0f);
   EXPECT_STREQ(blasst_version(), "0.1.0");
+}
+
+// What a GPU call checks without reading device memory: padded Q/out/LSE and K/V extents and the
+// pages of a paged cache (a buffer one element short is refused, naming the tensor).
+TEST(Validation, DeviceExtentsOfPaddedAndPagedLayouts) {
+  {
+    Call c;
+    EXPECT_EQ(blasst::detail::validate_device_extents(c.a).code(), BLASST_OK) << "baseline";
+  }
+  for (auto [name, field] : {std::pair{"q", &blasst_args::q}, std::pair{"k", &blasst_args::k},
+                             std::pair{"v", &blasst_args::v}, std::pair{"out", &blasst_args::out},
+                             std::pair{"lse", &blasst_args::lse}}) {
+    Call c;
+    (c.a.*field).numel -= 1;
+    const blasst::Status s = blasst::detail::validate_device_extents(c.a);
+    EXPECT_EQ(s.code(), BLASST_ERROR_INVALID_ARGUMENT) << name;
+    EXPECT_EQ(s.message().rfind(std::string(name) + " is too small", 0), 0u) << s.message();
+  }
+  {
+    Call c;
+    c.use_paged(8);
+    EXPECT_EQ(blasst::detail::validate_device_extents(c.a).code(), BLASST_OK) << "paged baseline";
+    c.a.num_pages += 1;  // one page past the buffer
+    const blasst::Status s = blasst::detail::validate_device_extents(c.a);
+    EXPECT_NE(s.message().find("k is too small: page"), std::string::npos) << s.message();
+  }
+  {
+    Call c;  // ragged sides: offsets are device memory there, so only the padded side is checked
+    c.a.cu_seqlens_q = c.cu_q.data();
+    c.a.q.numel = 1;
+    EXPECT_EQ(blasst::detail::validate_device_extents(c.a).code(), BLASST_OK);
+  }
 }
 
 }  // namespace

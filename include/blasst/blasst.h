@@ -84,8 +84,12 @@ typedef enum blasst_decision BLASST_ENUM_BASE {
  *     batch_stride is ignored.
  *   - paged K/V (block_table given): "b" is the physical page and t the slot in the page,
  *     so batch_stride is the page stride ([num_pages, page_size, Hkv, D] layout).
- * numel is the number of elements addressable from data: every access the call can make
- * is checked against it before anything runs.
+ * numel is the number of elements addressable from data (the extent of the view, not of a
+ * larger allocation it may be part of): every access the call can make is checked against it
+ * before anything runs. CUDA engines do not read device memory on the host, so there the extents
+ * of padded layouts and of every page are checked, while the contents of cu_seqlens, seqlens,
+ * block_table and per_kv_head_factor (device memory) are trusted: they must hold what the CPU
+ * engine would accept (it checks them all). The CPU engine refuses device pointers.
  */
 typedef struct blasst_tensor {
   void* data;

@@ -90,6 +90,49 @@ Status check_lengths(const char* cu_name, const int32_t* cu, const char* len_nam
   return Status::ok();
 }
 
+// Q-side tensors (q, out, lse) of batch entry b with lq rows: rows are contiguous in the token
+// index of a ragged or padded layout.
+Status check_q_side_entry(const blasst_args& a, int64_t b, int64_t lq) {
+  if (lq == 0) return Status::ok();
+  for (auto [name, t, dim] : {std::tuple{"q", &a.q, int64_t(a.head_dim_qk)},
+                              std::tuple{"out", &a.out, int64_t(a.head_dim_v)},
+                              std::tuple{"lse", &a.lse, int64_t(1)}}) {
+    if (!t->data) continue;
+    int64_t base = 0;  // offset of row 0, computed with overflow checks
+    bool ok = a.cu_seqlens_q ? mul_add(a.cu_seqlens_q[b], t->token_stride, 0, &base)
+                             : mul_add(b, t->batch_stride, 0, &base);
+    if (!ok) return invalid(name, " offsets overflow at batch entry ", b);
+    if (Status s = check_extent(name, *t, base, lq, a.num_q_heads, dim, "batch entry", b); !s) return s;
+  }
+  return Status::ok();
+}
+
+// K and V of batch entry b with lk keys, contiguous or ragged (not paged).
+Status check_kv_entry(const blasst_args& a, int64_t b, int64_t lk) {
+  if (lk == 0) return Status::ok();
+  for (auto [name, t, dim] : {std::tuple{"k", &a.k, int64_t(a.head_dim_qk)},
+                              std::tuple{"v", &a.v, int64_t(a.head_dim_v)}}) {
+    int64_t base = 0;
+    bool ok = a.cu_seqlens_k ? mul_add(a.cu_seqlens_k[b], t->token_stride, 0, &base)
+                             : mul_add(b, t->batch_stride, 0, &base);
+    if (!ok) return invalid(name, " offsets overflow at batch entry ", b);
+    if (Status s = check_extent(name, *t, base, lk, a.num_kv_heads, dim, "batch entry", b); !s) return s;
+  }
+  return Status::ok();
+}
+
+// Paged K and V: every page the call may use holds page_size slots.
+Status check_pages(const blasst_args& a) {
+  for (auto [name, t, dim] : {std::tuple{"k", &a.k, int64_t(a.head_dim_qk)},
+                              std::tuple{"v", &a.v, int64_t(a.head_dim_v)}}) {
+    int64_t base = 0;
+    if (!mul_add(a.num_pages - 1, t->batch_stride, 0, &base)) return invalid(name, " page offsets overflow");
+    if (Status s = check_extent(name, *t, base, a.page_size, a.num_kv_heads, dim, "page", a.num_pages - 1); !s)
+      return s;
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 blasst_geometry resolve_geometry(const blasst_geometry& requested) {
@@ -188,19 +231,7 @@ Status validate_host_contents(const blasst_args& a, blasst_phase phase, const bl
   for (int64_t b = 0; b < a.batch; ++b) {
     const int64_t lq = seqlen_q(a, b);
     const int64_t lk = seqlen_k(a, b);
-    // Q side: rows are contiguous in the token index of a ragged or padded layout.
-    for (auto [name, t, dim] : {std::tuple{"q", &a.q, int64_t(a.head_dim_qk)},
-                                std::tuple{"out", &a.out, int64_t(a.head_dim_v)},
-                                std::tuple{"lse", &a.lse, int64_t(1)}}) {
-      if (!t->data || lq == 0) continue;
-      const int64_t heads = a.num_q_heads;
-      // base of row 0, computed with overflow checks
-      int64_t base = 0;
-      bool ok = a.cu_seqlens_q ? mul_add(a.cu_seqlens_q[b], t->token_stride, 0, &base)
-                               : mul_add(b, t->batch_stride, 0, &base);
-      if (!ok) return invalid(name, " offsets overflow at batch entry ", b);
-      if (Status s = check_extent(name, *t, base, lq, heads, dim, "batch entry", b); !s) return s;
-    }
+    if (Status s = check_q_side_entry(a, b, lq); !s) return s;
     if (lk == 0) continue;
     if (a.block_table) {
       const int64_t pages = ceil_div(lk, a.page_size);
@@ -210,23 +241,7 @@ Status validate_host_contents(const blasst_args& a, blasst_phase phase, const bl
           return invalid("block_table[", b, "][", p, "] is ", page, ", expected 0..num_pages-1 = ", a.num_pages - 1);
       }
     }
-    for (auto [name, t, dim] : {std::tuple{"k", &a.k, int64_t(a.head_dim_qk)},
-                                std::tuple{"v", &a.v, int64_t(a.head_dim_v)}}) {
-      if (a.block_table) {
-        // every page the call may use holds page_size slots
-        int64_t base = 0;
-        if (!mul_add(a.num_pages - 1, t->batch_stride, 0, &base))
-          return invalid(name, " page offsets overflow");
-        if (Status s = check_extent(name, *t, base, a.page_size, a.num_kv_heads, dim, "page", a.num_pages - 1); !s)
-          return s;
-      } else {
-        int64_t base = 0;
-        bool ok = a.cu_seqlens_k ? mul_add(a.cu_seqlens_k[b], t->token_stride, 0, &base)
-                                 : mul_add(b, t->batch_stride, 0, &base);
-        if (!ok) return invalid(name, " offsets overflow at batch entry ", b);
-        if (Status s = check_extent(name, *t, base, lk, a.num_kv_heads, dim, "batch entry", b); !s) return s;
-      }
-    }
+    if (Status s = a.block_table ? check_pages(a) : check_kv_entry(a, b, lk); !s) return s;
   }
 
   if (a.stats_per_head == nullptr && a.decisions == nullptr) return Status::ok();
@@ -239,6 +254,16 @@ Status validate_host_contents(const blasst_args& a, blasst_phase phase, const bl
     if (a.decisions_numel < needed)
       return invalid("decisions_numel is ", a.decisions_numel, ", expected >= batch * groups * tiles = ", needed);
   }
+  return Status::ok();
+}
+
+Status validate_device_extents(const blasst_args& a) {
+  // Strides are >= 0, so the last entry of a padded layout reaches furthest; ragged layouts
+  // need cu_seqlens (device memory) and are bounded by the engine's own use of numel.
+  if (!a.cu_seqlens_q)
+    if (Status s = check_q_side_entry(a, a.batch - 1, a.max_seqlen_q); !s) return s;
+  if (a.block_table) return check_pages(a);
+  if (!a.cu_seqlens_k) return check_kv_entry(a, a.batch - 1, a.max_seqlen_k);
   return Status::ok();
 }
 

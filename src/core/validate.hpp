@@ -18,4 +18,9 @@ Status validate_shape_args(const blasst_args& args, blasst_phase phase);
 Status validate_host_contents(const blasst_args& args, blasst_phase phase,
                               const blasst_geometry& geometry);
 
+// The extents a GPU call can check without reading device memory: Q, out and LSE of padded
+// layouts, K and V of padded layouts, and every page of a paged cache, against each numel.
+// (The lengths, offsets and block table are device memory there and are not read.)
+Status validate_device_extents(const blasst_args& args);
+
 }  // namespace blasst::detail
