@@ -2,7 +2,9 @@
 
 Read: every form ModelOpt, TensorRT-LLM and the other producers write:
   * config_groups with one group {"algorithm": "skip_softmax", "threshold_scale_factor": ...,
-    "target_sparsity": ..., "ignore": [...], "targets": [...]} (at most one such group);
+    "target_sparsity": ..., "ignore": [...], "targets": [...]}, beside any number of groups of other
+    algorithms (N:M sparse_softmax, ...), which are left to their owners: not read, not validated,
+    written back untouched. Two skip_softmax groups are refused, as TensorRT-LLM refuses them;
   * ModelOpt's older export: a group {"sparse_algo": "softmax_skip", "targets": [...]} with
     "threshold_scale_factor" beside config_groups;
   * the flat user form {"algorithm": "skip_softmax", "threshold_scale_factor": ..., ...}.
@@ -28,9 +30,13 @@ PHASES = ("prefill", "decode")
 DEFAULT_FORMULA = "a * exp(b * target_sparsity)"
 ALGORITHM = "skip_softmax"
 LEGACY_ALGORITHM = "softmax_skip"
-# Our extension key (outside sparse_attention_config, so no reader of that block is disturbed):
-# per (layer, KV head) formula coefficients, {"formula": ..., phase: {layer: {"a": [..], "b": [..]}}}.
+# Our extension keys live outside sparse_attention_config, so no reader of that block (TensorRT-LLM
+# validates its groups' fields) is disturbed:
+# per (layer, KV head) formula coefficients, {"formula": ..., phase: {layer: {"a": [..], "b": [..]}}};
 PER_HEAD_KEY = "blasst_per_kv_head_threshold"
+# the context lengths where the checkpoint's default target can skip (written by calibration),
+# {phase: {"target_sparsity", "threshold_scale_factor", "min_context_length", "max_context_length"}}.
+SPARSE_CONTEXT_KEY = "blasst_sparse_context"
 
 
 class SchemaError(ValueError):
@@ -188,6 +194,21 @@ def _string_list(value: Any, where: str) -> list[str]:
     return list(value)
 
 
+def skip_groups(groups: dict) -> list[tuple[str, dict]]:
+    """The (name, group) of config_groups' skip_softmax group, [] when it has none. Groups of other
+    algorithms are not looked into. More than one skip_softmax group is refused: TensorRT-LLM
+    documents them as invalid, and which one holds for a layer would be a guess."""
+    skip = [(n, g) for n, g in groups.items() if isinstance(g, dict) and _is_skip_group(g)]
+    if len(skip) > 1:
+        others = [n for n in groups if n not in {name for name, _ in skip}]
+        raise SchemaError(
+            f"sparse_attention_config has {len(skip)} skip_softmax groups ({', '.join(n for n, _ in skip)}); at most "
+            f"one is allowed (TensorRT-LLM's rule; groups of other algorithms"
+            f"{' such as ' + ', '.join(others) if others else ''} may sit beside it). Merge them into one group "
+            "whose `ignore` lists the layers to keep dense")
+    return skip
+
+
 def read_sparse_attention_config(sac: Any) -> Optional[SkipSoftmaxSpec]:
     """The skip_softmax part of a sparse_attention_config (None when it has none)."""
     if sac is None:
@@ -207,10 +228,7 @@ def read_sparse_attention_config(sac: Any) -> Optional[SkipSoftmaxSpec]:
     else:
         if not isinstance(groups, dict):
             raise SchemaError("sparse_attention_config.config_groups must be a dict of groups")
-        skip = [(n, g) for n, g in groups.items() if isinstance(g, dict) and _is_skip_group(g)]
-        if len(skip) > 1:
-            raise SchemaError(f"sparse_attention_config has {len(skip)} skip_softmax groups "
-                              f"({', '.join(n for n, _ in skip)}); at most one is allowed")
+        skip = skip_groups(groups)
         if not skip:
             return None
         (group_name, group), outer = skip[0], sac
@@ -268,31 +286,44 @@ def write_sparse_attention_config(
        "target_sparsity": {"prefill": .., "decode": ..}}},
      "producer": {"name": "blasst", "version": ..}}
 
-    Groups of other algorithms in `existing` are kept; an existing skip_softmax group (either
-    form) is replaced under its own name, keeping the formula and target of a phase not given.
+    Groups of other algorithms in `existing` are kept as they are, in their place; an existing
+    skip_softmax group (either form) is replaced under its own name, keeping the formula and target
+    of a phase not given. `ignore` is always written, [] included, as ModelOpt writes it.
     """
     sac = json.loads(json.dumps(existing)) if existing else {}
     groups = sac.setdefault("config_groups", {})
-    name = next((n for n, g in groups.items() if isinstance(g, dict) and _is_skip_group(g)), None)
+    if not isinstance(groups, dict):
+        raise SchemaError("sparse_attention_config.config_groups must be a dict of groups")
+    skip = skip_groups(groups)  # two skip groups: refused rather than one of them silently kept
+    name = skip[0][0] if skip else None
     if name is None:
         i = 0
         while f"group_{i}" in groups:
             i += 1
         name = f"group_{i}"
-    old = groups.get(name, {})
-    sac.pop("threshold_scale_factor", None)  # the older layout's formula moves into the group
+    old = dict(groups.get(name, {}))
+    # The older layout keeps the skip group's formula and target beside config_groups (read_sparse_
+    # attention_config applies them to the group); they move into the group, the group's own winning.
+    outer_tsf = sac.pop("threshold_scale_factor", None)
+    outer_target = sac.pop("target_sparsity", None)
+    if skip and outer_tsf is not None and "threshold_scale_factor" not in old:
+        old["threshold_scale_factor"] = outer_tsf
     group: dict[str, Any] = {"algorithm": ALGORITHM}
     group["targets"] = list(targets if targets is not None else old.get("targets", ["Attention"]))
-    if ignore or old.get("ignore"):
-        group["ignore"] = list(ignore if ignore is not None else old.get("ignore", []))
+    group["ignore"] = list(ignore if ignore is not None else old.get("ignore", []))
     for k, v in old.items():  # keep fields we do not manage (e.g. initial_disabled_steps)
         if k not in ("algorithm", "sparse_algo", "targets", "ignore", "threshold_scale_factor", "target_sparsity"):
             group[k] = v
     # A calibration of one phase keeps the other phase's formula and target from the old group.
     formulas = {**_group_formulas(old), **(formulas or {})}
-    old_targets = old.get("target_sparsity")
-    if isinstance(old_targets, dict):
-        target_sparsity = {**{p: v for p, v in old_targets.items() if p in PHASES}, **(target_sparsity or {})}
+    old_targets = {}
+    for value in (outer_target if skip else None, old.get("target_sparsity")):
+        try:
+            old_targets.update(per_phase(value, "target_sparsity"))
+        except SchemaError:
+            pass  # an unreadable old target is replaced, not carried over
+    if old_targets or target_sparsity:
+        target_sparsity = {**old_targets, **(target_sparsity or {})}
     if formulas:
         exprs = {f.expr for f in formulas.values()}
         if len(exprs) == 1:
@@ -316,14 +347,21 @@ def load_config_json(path: str | Path) -> dict:
         return json.load(f)
 
 
-def update_config_json(path: str | Path, sparse_attention_config: dict, per_head: Optional[dict] = None) -> None:
+def update_config_json(path: str | Path, sparse_attention_config: dict, per_head: Optional[dict] = None,
+                       extensions: Optional[dict[str, Any]] = None) -> None:
     """Sets sparse_attention_config (and our per-head extension, if given) in a config.json, keeping
-    every other key; creates the file if it does not exist."""
+    every other key; creates the file if it does not exist. extensions: more top-level keys to set
+    (a value of None removes the key)."""
     path = Path(path)
     config = load_config_json(path) if path.exists() else {}
     config["sparse_attention_config"] = sparse_attention_config
     if per_head is not None:
         config[PER_HEAD_KEY] = per_head
+    for key, value in (extensions or {}).items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:

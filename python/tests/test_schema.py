@@ -162,3 +162,83 @@ def test_calibrating_one_phase_keeps_the_other_phases_formula():
     spec = schema.read_sparse_attention_config(again)
     assert spec.formulas["decode"].coefficients == {"a": 1.0, "b": 2.0}
     assert spec.formulas["prefill"].coefficients == {"a": 54.3, "b": 6.76}
+
+
+def test_writes_ignore_even_when_empty():
+    """ModelOpt writes `ignore` in the skip_softmax group even when it lists nothing; so do we."""
+    formulas = {"prefill": schema.Formula(coefficients={"a": 7.92, "b": 8.615})}
+    group = schema.write_sparse_attention_config(formulas=formulas)["config_groups"]["group_0"]
+    assert group["ignore"] == []
+    # an existing group's list is kept when no new one is given, and replaced when one is
+    kept = schema.write_sparse_attention_config(PRIOR_ART_EXAMPLE, formulas=formulas)
+    assert kept["config_groups"]["group_0"]["ignore"] == ["model.layers.0.self_attn"]
+    cleared = schema.write_sparse_attention_config(PRIOR_ART_EXAMPLE, formulas=formulas, ignore=[])
+    assert cleared["config_groups"]["group_0"]["ignore"] == []
+
+
+# A checkpoint with groups of several algorithms: the skip_softmax group is not the first, and the
+# other groups hold fields that would be errors in a skip_softmax group (theirs, not ours to judge).
+MULTI_GROUP = {
+    "config_groups": {
+        "nm": {"algorithm": "sparse_softmax", "sparsity_n": 2, "sparsity_m": 4, "target_sparsity": 1.5,
+               "ignore": 3, "threshold_scale_factor": "learned"},
+        "legacy_other": {"sparse_algo": "sparse24", "targets": ["model.layers.*.mlp"]},
+        "skip": {"algorithm": "skip_softmax", "targets": ["LlamaAttention"], "ignore": ["model.layers.0.*"],
+                 "threshold_scale_factor": {"formula": "a * exp(b * target_sparsity)",
+                                            "prefill": {"a": 7.93, "b": 8.61}, "decode": {"a": 0.12, "b": 9.85}},
+                 "target_sparsity": {"prefill": 0.5, "decode": 0.3}},
+    },
+    "producer": {"name": "modelopt", "version": "0.45.0"},
+}
+
+
+def test_reads_the_skip_group_of_a_multi_group_config_and_writes_the_others_back_untouched():
+    spec = schema.read_sparse_attention_config(MULTI_GROUP)
+    assert spec.group_name == "skip" and spec.ignore == ["model.layers.0.*"]
+    assert spec.target_sparsity == {"prefill": 0.5, "decode": 0.3}
+    cfg = blasst.BlasstConfig.from_sparse_attention_config(MULTI_GROUP)
+    assert cfg.factor("decode") == pytest.approx(0.12 * math.exp(9.85 * 0.3))
+    assert not cfg.applies_to("model.layers.0.self_attn", "LlamaAttention")
+    sac = schema.write_sparse_attention_config(
+        MULTI_GROUP, formulas={"prefill": schema.Formula(coefficients={"a": 1.0, "b": 2.0})})
+    assert list(sac["config_groups"]) == ["nm", "legacy_other", "skip"]  # names and order kept
+    for name in ("nm", "legacy_other"):
+        assert sac["config_groups"][name] == MULTI_GROUP["config_groups"][name]
+    assert sac["config_groups"]["skip"]["threshold_scale_factor"]["decode"] == {"a": 0.12, "b": 9.85}
+
+
+def test_two_skip_groups_are_refused_when_read_and_when_written():
+    """TensorRT-LLM: at most one skip_softmax group. Writing used to replace the first and leave the
+    second, giving a config no reader accepts."""
+    two = {"config_groups": {"a": {"algorithm": "skip_softmax", "targets": ["LlamaAttention"]},
+                             "b": {"sparse_algo": "softmax_skip", "targets": ["MistralAttention"]},
+                             "c": {"algorithm": "sparse_softmax"}}}
+    fit = {"prefill": schema.Formula(coefficients={"a": 1.0, "b": 2.0})}
+    with pytest.raises(schema.SchemaError, match="2 skip_softmax groups"):
+        schema.write_sparse_attention_config(two, formulas=fit)
+    with pytest.raises(schema.SchemaError, match=r"2 skip_softmax groups \(a, b\).*such as c"):
+        schema.read_sparse_attention_config(two)
+
+
+def test_legacy_layout_beside_other_groups_keeps_the_phase_not_calibrated():
+    """ModelOpt's older export keeps the formula beside config_groups; updating one phase moves it
+    into the group without losing the other phase's coefficients, and leaves other groups alone."""
+    nm = {"algorithm": "sparse_softmax", "sparsity_n": 2, "sparsity_m": 4}
+    legacy = {**MODELOPT_LEGACY, "config_groups": {**MODELOPT_LEGACY["config_groups"], "group_1": nm}}
+    sac = schema.write_sparse_attention_config(
+        legacy, formulas={"prefill": schema.Formula(coefficients={"a": 1.0, "b": 2.0})})
+    assert "threshold_scale_factor" not in sac and sac["config_groups"]["group_1"] == nm
+    spec = schema.read_sparse_attention_config(sac)
+    assert spec.formulas["prefill"].coefficients == {"a": 1.0, "b": 2.0}
+    assert spec.formulas["decode"].coefficients == {"a": 0.12, "b": 9.85}
+
+
+def test_update_config_json_sets_and_removes_extension_keys(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", schema.SPARSE_CONTEXT_KEY: {"old": 1}}))
+    sac = schema.write_sparse_attention_config(formulas={"prefill": schema.Formula(coefficients={"a": 1.0, "b": 2.0})})
+    schema.update_config_json(path, sac, extensions={schema.SPARSE_CONTEXT_KEY: {"prefill": {"min_context_length": 8}}})
+    assert json.loads(path.read_text())[schema.SPARSE_CONTEXT_KEY] == {"prefill": {"min_context_length": 8}}
+    schema.update_config_json(path, sac, extensions={schema.SPARSE_CONTEXT_KEY: None})
+    config = json.loads(path.read_text())
+    assert schema.SPARSE_CONTEXT_KEY not in config and config["model_type"] == "llama"

@@ -3,6 +3,11 @@
     from blasst.calibrate import calibrate_model, random_samples
     result = calibrate_model(model, samples, phases=("prefill", "decode"))
     result.fits["prefill"].a, result.fits["prefill"].b
+    result.sparse_context["prefill"]  # per target: its factor and the shortest context that skips
+
+lambda = factor / context_length >= 1 turns skipping off, so a target skips only in contexts longer
+than its factor; calibration reports that range and warns when a target leaves the calibration
+lengths or the model's whole context dense. Samples longer than the model's context are refused.
 """
 
 from .collect import DEFAULT_TRIALS, SampleRecord, TrialCollector

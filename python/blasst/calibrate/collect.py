@@ -19,6 +19,7 @@ the G query heads of each KV head).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -148,21 +149,46 @@ def _last_geometry() -> Optional[dict]:
             "splits": info.splits}
 
 
+def _cache_argument(model) -> str:
+    """The name under which the model's forward takes the KV cache: `cache` in current transformers
+    (where `past_key_values` is deprecated and warns), `past_key_values` before and in remote code
+    that kept it."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    if "cache" in params:
+        return "cache"
+    return "past_key_values"
+
+
+def _cache_of(out):
+    """The KV cache a forward returned, read by its field name: reading the old name through the
+    output's compatibility property logs a deprecation in current transformers."""
+    keys = out.keys() if hasattr(out, "keys") else ()
+    for name in ("cache", "past_key_values"):
+        if name in keys:
+            return out[name]
+    raise ValueError("blasst calibrate: the model returned no KV cache with use_cache=True; decode calibration "
+                     "needs one (or calibrate --phases prefill)")
+
+
 @torch.no_grad()
 def run_samples(model, samples, collector: TrialCollector, *, decode_tokens: int = 0, progress=None) -> None:
     """Runs each sample (token ids [1, L] with its length bin) through the model: one prefill
     forward, then decode_tokens greedy decode steps with the KV cache."""
     device = next(model.parameters()).device
+    cache_arg = _cache_argument(model)
     for ids, length_bin in samples:
         ids = ids.to(device)
         collector.begin_sample(length_bin)
         out = model(input_ids=ids, use_cache=decode_tokens > 0)
         if decode_tokens > 0:
-            cache = out.past_key_values
+            cache = _cache_of(out)
             token = out.logits[:, -1:].argmax(dim=-1)
             for _ in range(decode_tokens):
-                out = model(input_ids=token, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = model(input_ids=token, use_cache=True, **{cache_arg: cache})
+                cache = _cache_of(out)
                 token = out.logits[:, -1:].argmax(dim=-1)
         collector.end_sample()
         if progress is not None:

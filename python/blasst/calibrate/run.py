@@ -14,6 +14,7 @@ from .. import __version__, hf as _hf
 from ..config import BlasstConfig
 from ..schema import Formula, write_sparse_attention_config, DEFAULT_FORMULA
 from .collect import DEFAULT_TRIALS, TrialCollector, run_samples
+from .context import REPORTED_TARGETS, check_lengths, dense_range_warnings, model_context_length, sparse_context
 from .fit import FitResult, extrapolation_warning, fit_exponential
 
 
@@ -26,6 +27,10 @@ class CalibrationResult:
     geometry: dict[str, dict] = field(default_factory=dict)  # phase -> engine geometry used
     warnings: list[str] = field(default_factory=list)
     target_classes: list[str] = field(default_factory=list)
+    # phase -> where each target can skip (lambda < 1) and, per length, the target above which it
+    # runs dense (context.sparse_context)
+    sparse_context: dict[str, dict] = field(default_factory=dict)
+    model_context: Optional[tuple[int, str]] = None  # (positions, config field) of the model
 
     def points(self, phase: str) -> list[dict]:
         """Every (sample, trial) point of a phase: length bin, KV length, lambda, factor, sparsity."""
@@ -69,6 +74,8 @@ class CalibrationResult:
             "fits": {p: f.to_dict() for p, f in self.fits.items()},
             "geometry": self.geometry,
             "warnings": self.warnings,
+            "model_context_length": self.model_context[0] if self.model_context else None,
+            "sparse_context": self.sparse_context,
             "points": {p: self.points(p) for p in ("prefill", "decode")},
             "per_head_fits": {p: {layer: [f.to_dict() if f else None for f in fs] for layer, fs in layers.items()}
                               for p, layers in self.per_head_fits.items()},
@@ -109,6 +116,10 @@ def calibrate_model(
             raise ValueError(f"phase {p!r}: expected 'prefill' or 'decode'")
     if "decode" in phases and decode_tokens < 1:
         raise ValueError("decode calibration needs decode_tokens >= 1")
+    # refused before the first sample: a run past the model's positions is meaningless and long
+    context = model_context_length(getattr(model, "config", None))
+    lengths = sorted({int(ids.shape[-1]) for ids, _ in samples})
+    check_lengths(lengths, context, decode_tokens if "decode" in phases else 0, what="sample lengths")
     config = BlasstConfig(threshold_scale_factor=0.0, ignore=list(ignore), order=order, block_m=block_m,
                           block_n=block_n, splits=splits, engine=engine)
     previous = getattr(model.config, "_attn_implementation", None)
@@ -135,7 +146,8 @@ def calibrate_model(
         if previous and previous != "blasst":
             _hf.disable(model, previous)
 
-    result = CalibrationResult(trials=list(collector.trials), records=collector.records, geometry=collector.geometry)
+    result = CalibrationResult(trials=list(collector.trials), records=collector.records, geometry=collector.geometry,
+                               model_context=context)
     result.target_classes = sorted({type(m).__name__ for _, m in _hf.attention_modules(model)})
     lam = np.asarray(collector.trials)
     for phase in phases:
@@ -156,6 +168,8 @@ def calibrate_model(
         msg = extrapolation_warning(fit, target, phase)
         if msg:
             result.warnings.append(msg)
+        bins = sorted({r.length_bin for r in recs})
+        result.warnings.extend(dense_range_warnings(phase, fit, target, bins, context))
         if per_head:
             layers = sorted({name for r in recs for name in r.counts})
             result.per_head_fits[phase] = {}
@@ -175,6 +189,9 @@ def calibrate_model(
             if missing:
                 result.warnings.append(f"{phase}: {missing} (layer, KV head) pairs had too few points for their own "
                                        "fit and use the phase's fit")
+        targets = list(REPORTED_TARGETS) + ([target] if target else [])
+        head_fits = [f for fs in result.per_head_fits.get(phase, {}).values() for f in fs]
+        result.sparse_context[phase] = sparse_context(fit, targets, context[0] if context else None, bins, head_fits)
     for w in result.warnings:
         warnings.warn("blasst calibrate: " + w, stacklevel=2)
     return result
