@@ -164,7 +164,7 @@ void describe(const blasst_args& a, blasst_phase phase, double work) {
   std::fprintf(stderr,
                "phase %d batch %d heads %d/%d dims %d/%d max_seqlen %d/%d cu %d/%d lens %d/%d table %d stride %d "
                "page %d pages %d strides q %lld/%lld/%lld numel q %lld k %lld v %lld out %lld scale %g causal %d "
-               "factor %g per-head %d geometry %d/%d order %d splits %d engine %d threads %d stats %d decisions %lld "
+               "factor %g per-head %d per-request %d geometry %d/%d order %d splits %d engine %d threads %d stats %d decisions %lld "
                "work %g\n",
                int(phase), a.batch, a.num_q_heads, a.num_kv_heads, a.head_dim_qk, a.head_dim_v, a.max_seqlen_q,
                a.max_seqlen_k, a.cu_seqlens_q != nullptr, a.cu_seqlens_k != nullptr, a.seqlens_q != nullptr,
@@ -172,7 +172,7 @@ void describe(const blasst_args& a, blasst_phase phase, double work) {
                (long long)a.q.batch_stride, (long long)a.q.token_stride, (long long)a.q.head_stride,
                (long long)a.q.numel, (long long)a.k.numel, (long long)a.v.numel, (long long)a.out.numel,
                double(a.scale), a.causal, double(a.threshold.threshold_scale_factor),
-               a.threshold.per_kv_head_factor != nullptr, a.geometry.block_m, a.geometry.block_n, order,
+               a.threshold.per_kv_head_factor != nullptr, a.threshold.per_request_factor != nullptr, a.geometry.block_m, a.geometry.block_n, order,
                a.geometry.splits, engine, a.num_threads, a.stats_per_head != nullptr,
                a.decisions ? (long long)a.decisions_numel : -1LL, work);
 }
@@ -257,7 +257,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   a.threshold.threshold_scale_factor = r.chance(20) ? 0.0f : r.real(0.0f, 80.0f, 15);
   std::vector<float> head_factors(size_t(std::max(a.num_kv_heads, 1)));
   for (auto& f : head_factors) f = r.real(0.0f, 80.0f, 10);
+  std::vector<float> request_factors(size_t(std::max(a.batch, 1)));
+  for (auto& f : request_factors) f = r.real(0.0f, 80.0f, 10);
   if (r.chance(20)) a.threshold.per_kv_head_factor = head_factors.data();
+  if (r.chance(20)) a.threshold.per_request_factor = request_factors.data();
   a.geometry.block_m = r.chance(20) ? 0 : r.field(1, 70);
   a.geometry.block_n = r.chance(20) ? 0 : r.field(1, 70);
   set_raw(a.geometry.order, r.chance(95) ? r.range(0, 1) : r.field(0, 1, 100));

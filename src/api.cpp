@@ -55,7 +55,8 @@ Status check_host_memory(const blasst_args& a, bool q_on_device) {
       {"k.data", a.k.data}, {"v.data", a.v.data}, {"out.data", a.out.data}, {"lse.data", a.lse.data},
       {"cu_seqlens_q", a.cu_seqlens_q}, {"seqlens_q", a.seqlens_q}, {"cu_seqlens_k", a.cu_seqlens_k},
       {"seqlens_k", a.seqlens_k}, {"block_table", a.block_table},
-      {"threshold.per_kv_head_factor", a.threshold.per_kv_head_factor}, {"stats_per_head", a.stats_per_head},
+      {"threshold.per_kv_head_factor", a.threshold.per_kv_head_factor},
+      {"threshold.per_request_factor", a.threshold.per_request_factor}, {"stats_per_head", a.stats_per_head},
       {"decisions", a.decisions}};
   for (const auto& [name, p] : pointers)
     if (p && cuda::is_device_pointer(p))

@@ -239,6 +239,32 @@ TEST(Threshold, GuardAppliesPerBatchEntryLength) {
   }
 }
 
+// Per-request factors replace the scalar for their batch entry, each with its own guard
+// (lambda of its own Lk): the serving form, one threshold per request of a batch.
+TEST(Threshold, PerRequestFactorsReplaceTheScalarPerEntry) {
+  ref::Problem p = sink_problem();
+  p.batch = 3;
+  p.lq = {1, 1, 1};
+  p.lk = {256, 256, 96};
+  for (int b = 1; b < 3; ++b) {
+    p.q.push_back(p.q[0]);
+    p.k.push_back(std::vector<float>(p.k[0].begin(), p.k[0].begin() + p.lk[size_t(b)] * 8));
+    p.v.push_back(std::vector<float>(p.v[0].begin(), p.v[0].begin() + p.lk[size_t(b)] * 4));
+  }
+  for (blasst_phase phase : {BLASST_PHASE_PREFILL, BLASST_PHASE_DECODE}) {
+    RunSpec s = spec_of(phase, 16, 32, BLASST_ORDER_ASCENDING, 1, 100.0f);  // the scalar is replaced
+    s.per_request = {0.0f, 100.0f, 50.0f};
+    for (Layout layout : {Layout::Padded, Layout::Ragged, Layout::Paged}) {
+      s.layout = layout;
+      const Checked c = run_and_check(p, s, "per-request");
+      ASSERT_EQ(c.engine.status, BLASST_OK) << c.engine.message;
+      EXPECT_EQ(trace(c.engine, 0, 0), "KKKKKKKK");  // factor 0: dense
+      EXPECT_EQ(trace(c.engine, 1, 0), "KSSSSSSS");  // 100 / 256 < 1
+      EXPECT_EQ(trace(c.engine, 2, 0), "KSS.....");  // 50 / 96 < 1 (the scalar 100 would be off)
+    }
+  }
+}
+
 // Per-KV-head factors replace the scalar, each head with its own guard.
 TEST(Threshold, PerKvHeadFactorsReplaceTheScalar) {
   ref::Problem p = hand_problem(1, 256, 4, 2);

@@ -280,6 +280,21 @@ const std::vector<BadArg>& bad_args() {
          c.head_factors = {-0.5f, 1.0f};
          c.a.threshold.per_kv_head_factor = c.head_factors.data();
        }},
+      {"per_request_factor_nan", "per_request_factor[1]",
+       [](Call& c) {
+         c.head_factors = {1.0f, kNan};
+         c.a.threshold.per_request_factor = c.head_factors.data();
+       }},
+      {"per_request_factor_negative", "per_request_factor[0]",
+       [](Call& c) {
+         c.head_factors = {-0.5f, 1.0f};
+         c.a.threshold.per_request_factor = c.head_factors.data();
+       }},
+      {"per_request_and_per_head", "not both",
+       [](Call& c) {
+         c.a.threshold.per_kv_head_factor = c.head_factors.data();
+         c.a.threshold.per_request_factor = c.head_factors.data();
+       }},
       {"num_threads_negative", "num_threads", [](Call& c) { c.a.num_threads = -1; }},
       {"decisions_numel_negative", "decisions_numel", [](Call& c) { c.a.decisions_numel = -1; }},
       {"decisions_too_small", "decisions_numel", [](Call& c) { c.a.decisions_numel = 3; }},

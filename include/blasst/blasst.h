@@ -113,10 +113,17 @@ typedef struct blasst_geometry {
  *   lambda_b = threshold_scale_factor / Lk_b;  0 = exact dense; lambda >= 1 turns skipping off
  *   for that batch entry. per_kv_head_factor, when not NULL, holds num_kv_heads factors
  *   (host memory for the CPU engine, device memory for CUDA engines) and replaces the scalar.
+ * per_request_factor, when not NULL, holds batch factors, one per batch entry (same memory
+ *   rules), and replaces the scalar for its entry; it cannot be combined with per_kv_head_factor.
+ *   CUDA engines read it when the kernel runs, so a call captured in a CUDA graph takes the
+ *   values present at each replay. The CPU engine refuses a value that is not finite and >= 0;
+ *   CUDA engines do not check device memory: there such a value (NaN, negative, inf) makes its
+ *   entry dense, as lambda >= 1 does.
  */
 typedef struct blasst_threshold {
   float threshold_scale_factor;
   const float* per_kv_head_factor;
+  const float* per_request_factor;
 } blasst_threshold;
 
 typedef struct blasst_args {

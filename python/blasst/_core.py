@@ -129,10 +129,11 @@ def run(
     num_threads: int = 0,
     return_stats: bool = False,
     return_decisions: bool = False,
+    per_request_factor: Optional[torch.Tensor] = None,
 ):
     """Runs one call; returns (out, lse, stats, decisions or None, RunInfo)."""
     layout = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
-                          per_kv_head_factor, max_seqlen_q, max_seqlen_k)
+                          per_kv_head_factor, max_seqlen_q, max_seqlen_k, per_request_factor)
     device = q.device
     ragged_q, ragged_k, paged, batch = layout.ragged_q, layout.ragged_k, layout.paged, layout.batch
     kv_dims = 3 if (ragged_k and not paged) else 4
@@ -155,7 +156,8 @@ def run(
             max_seqlen_k = block_table.shape[1] * k.shape[1]
         else:
             max_seqlen_k = max_length(cu_seqlens_k, k.shape[1] if not ragged_k else 0)
-    warn_if_dense(threshold_scale_factor, per_kv_head_factor, max_seqlen_k)
+    if per_request_factor is None:
+        warn_if_dense(threshold_scale_factor, per_kv_head_factor, max_seqlen_k)
 
     out_shape, lse_shape, stats_shape = output_shapes(q, v, phase, num_kv_heads, return_stats)
     # Rows past an entry's length are never written by the engine: give them defined values.
@@ -199,6 +201,10 @@ def run(
     if per_kv_head_factor is not None:
         per_kv_head_factor = per_kv_head_factor.to(torch.float32).contiguous()
         a.threshold.per_kv_head_factor = per_kv_head_factor.data_ptr()
+    if per_request_factor is not None:
+        # read by the engine when it runs (on a GPU: at each CUDA graph replay)
+        per_request_factor = per_request_factor.to(torch.float32).contiguous()
+        a.threshold.per_request_factor = per_request_factor.data_ptr()
     a.geometry.block_m = block_m
     a.geometry.block_n = block_n
     a.geometry.order = order

@@ -66,6 +66,7 @@ class BlasstThreshold(ctypes.Structure):
     _fields_ = [
         ("threshold_scale_factor", ctypes.c_float),
         ("per_kv_head_factor", ctypes.c_void_p),
+        ("per_request_factor", ctypes.c_void_p),
     ]
 
 

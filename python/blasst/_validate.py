@@ -88,6 +88,7 @@ def check_inputs(
     per_kv_head_factor: Optional[torch.Tensor] = None,
     max_seqlen_q: int = 0,
     max_seqlen_k: int = 0,
+    per_request_factor: Optional[torch.Tensor] = None,
 ) -> Layout:
     """Raises BlasstInvalidArgument naming the argument for anything the engines could misread."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -95,7 +96,7 @@ def check_inputs(
             _fail(f"{name} is a {type(t).__name__}, expected a torch.Tensor")
     _check_devices(q, {"k": k, "v": v, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
                        "seqlens_q": seqlens_q, "seqlens_k": seqlens_k, "block_table": block_table,
-                       "per_kv_head_factor": per_kv_head_factor})
+                       "per_kv_head_factor": per_kv_head_factor, "per_request_factor": per_request_factor})
     if q.dtype not in FLOAT_DTYPES:
         _fail(f"q has dtype {q.dtype}, expected float32, float16 or bfloat16")
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -159,6 +160,13 @@ def check_inputs(
         _fail(f"q has batch {batch} but k and v have batch {k.shape[0]}")
     elif not ragged_k and ragged_q and k.shape[0] != batch:
         _fail(f"cu_seqlens_q gives batch {batch} but k and v have batch {k.shape[0]}")
+    if per_request_factor is not None:
+        if per_kv_head_factor is not None:
+            _fail("give per_kv_head_factor or per_request_factor, not both")
+        if not per_request_factor.dtype.is_floating_point:
+            _fail(f"per_request_factor has dtype {per_request_factor.dtype}, expected a floating dtype")
+        if tuple(per_request_factor.shape) != (batch,):
+            _fail(f"per_request_factor has shape {tuple(per_request_factor.shape)}, expected [batch = {batch}]")
     if per_kv_head_factor is not None:
         if not per_kv_head_factor.dtype.is_floating_point:
             _fail(f"per_kv_head_factor has dtype {per_kv_head_factor.dtype}, expected a floating dtype")

@@ -77,6 +77,7 @@ def attention(
     block_table: Optional[Tensor] = None,
     max_seqlen_q: int = 0,
     max_seqlen_k: int = 0,
+    per_request_factor: Union[Sequence[float], Tensor, None] = None,
 ):
     """BLASST attention.
 
@@ -88,6 +89,11 @@ def attention(
     threshold_scale_factor: lambda = factor / Lk per batch entry (0 or None = dense); a sequence
     or tensor of num_kv_heads values gives one factor per KV head. target_sparsity with formula
     ((a, b) for a * exp(b * s), a dict of coefficients, or a schema.Formula) is the alternative.
+    per_request_factor: one factor per batch entry (a [B] tensor on q's device, or a sequence),
+    replacing the scalar for its entry; not combined with per-KV-head factors. The engine reads
+    it when it runs, so a CUDA graph that captured the call takes the values present at each
+    replay. On a GPU its values are not checked: one that is not finite and > 0 makes its entry
+    dense (the CPU engine refuses it).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
@@ -115,6 +121,8 @@ def attention(
     elif threshold_scale_factor is not None:
         factor = float(threshold_scale_factor)
 
+    if per_request_factor is not None and not isinstance(per_request_factor, Tensor):
+        per_request_factor = torch.tensor([float(x) for x in per_request_factor], dtype=torch.float32, device=q.device)
     if phase == "auto":
         seqlen_q, seqlen_k = _phase_lengths(q, k, block_table, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                             max_seqlen_k)
@@ -126,6 +134,7 @@ def attention(
         q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q, max_seqlen_k,
         float(scale) if scale is not None else 0.0, bool(causal), factor, per_head, int(block_m), int(block_n),
         _core.order_code(order), int(splits), _core.engine_code(engine), int(num_threads), bool(return_stats),
+        per_request_factor,
     )
     return (out, lse, stats) if return_stats else (out, lse)
 

@@ -23,24 +23,24 @@ from ._validate import check_inputs
 
 def _impl(phase, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q,
           max_seqlen_k, scale, causal, threshold_scale_factor, per_kv_head_factor, block_m, block_n, order,
-          splits, engine, num_threads, return_stats):
+          splits, engine, num_threads, return_stats, per_request_factor):
     out, lse, stats, _, _ = _core.run(
         phase, q, k, v,
         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqlens_q=seqlens_q, seqlens_k=seqlens_k,
         block_table=block_table, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, scale=scale,
         causal=causal, threshold_scale_factor=threshold_scale_factor, per_kv_head_factor=per_kv_head_factor,
         block_m=block_m, block_n=block_n, order=order, splits=splits, engine=engine, num_threads=num_threads,
-        return_stats=return_stats,
+        return_stats=return_stats, per_request_factor=per_request_factor,
     )
     return out, lse, stats
 
 
 def _fake(phase, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, per_kv_head_factor,
-          max_seqlen_q, max_seqlen_k, return_stats):
+          max_seqlen_q, max_seqlen_k, return_stats, per_request_factor=None):
     # The same checks as the real kernel, so that torch.compile and meta tensors refuse what the
     # engine would refuse (a k on another device than q lands here, not in the engine).
     check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, per_kv_head_factor,
-                 max_seqlen_q, max_seqlen_k)
+                 max_seqlen_q, max_seqlen_k, per_request_factor)
     out_shape, lse_shape, stats_shape = _core.output_shapes(q, v, phase, v.shape[-2], return_stats)
     return (q.new_empty(out_shape), q.new_empty(lse_shape, dtype=torch.float32),
             q.new_empty(stats_shape, dtype=torch.int64))
@@ -57,11 +57,12 @@ def prefill(
     threshold_scale_factor: float = 0.0, per_kv_head_factor: Optional[Tensor] = None,
     block_m: int = 0, block_n: int = 0, order: int = 0, splits: int = 0,
     engine: int = 0, num_threads: int = 0, return_stats: bool = False,
+    per_request_factor: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Prefill attention (decision group: block_m query rows of one query head)."""
     return _impl(_lib.PHASE_PREFILL, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
                  max_seqlen_q, max_seqlen_k, scale, causal, threshold_scale_factor, per_kv_head_factor, block_m,
-                 block_n, order, splits, engine, num_threads, return_stats)
+                 block_n, order, splits, engine, num_threads, return_stats, per_request_factor)
 
 
 @torch.library.custom_op("blasst::decode", mutates_args=())
@@ -75,29 +76,30 @@ def decode(
     threshold_scale_factor: float = 0.0, per_kv_head_factor: Optional[Tensor] = None,
     block_m: int = 0, block_n: int = 0, order: int = 0, splits: int = 0,
     engine: int = 0, num_threads: int = 0, return_stats: bool = False,
+    per_request_factor: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Decode attention (decision group: all G query heads of one KV head x all query rows)."""
     return _impl(_lib.PHASE_DECODE, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
                  max_seqlen_q, max_seqlen_k, scale, causal, threshold_scale_factor, per_kv_head_factor, block_m,
-                 block_n, order, splits, engine, num_threads, return_stats)
+                 block_n, order, splits, engine, num_threads, return_stats, per_request_factor)
 
 
 @prefill.register_fake
 def _prefill_fake(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None, block_table=None,
                   max_seqlen_q=0, max_seqlen_k=0, scale=0.0, causal=True, threshold_scale_factor=0.0,
                   per_kv_head_factor=None, block_m=0, block_n=0, order=0, splits=0, engine=0, num_threads=0,
-                  return_stats=False):
+                  return_stats=False, per_request_factor=None):
     return _fake(_lib.PHASE_PREFILL, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
-                 per_kv_head_factor, max_seqlen_q, max_seqlen_k, return_stats)
+                 per_kv_head_factor, max_seqlen_q, max_seqlen_k, return_stats, per_request_factor)
 
 
 @decode.register_fake
 def _decode_fake(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None, block_table=None,
                  max_seqlen_q=0, max_seqlen_k=0, scale=0.0, causal=True, threshold_scale_factor=0.0,
                  per_kv_head_factor=None, block_m=0, block_n=0, order=0, splits=0, engine=0, num_threads=0,
-                 return_stats=False):
+                 return_stats=False, per_request_factor=None):
     return _fake(_lib.PHASE_DECODE, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
-                 per_kv_head_factor, max_seqlen_q, max_seqlen_k, return_stats)
+                 per_kv_head_factor, max_seqlen_q, max_seqlen_k, return_stats, per_request_factor)
 
 
 def _no_backward(ctx, *grads):

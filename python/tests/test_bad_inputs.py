@@ -216,6 +216,26 @@ def per_head_factor_on_meta():
     return _prefill(q, k, v, per_kv_head_factor=torch.ones(HKV, device="meta"))
 
 
+def per_request_wrong_count():
+    q, k, v = qkv()
+    return blasst.attention(q, k, v, per_request_factor=[1.0])
+
+
+def per_request_with_per_head():
+    q, k, v = qkv()
+    return blasst.attention(q, k, v, threshold_scale_factor=[1.0, 2.0], per_request_factor=[1.0, 2.0])
+
+
+def per_request_int_dtype():
+    q, k, v = qkv()
+    return blasst.attention(q, k, v, per_request_factor=torch.tensor([1, 2]))
+
+
+def per_request_nan_on_cpu():
+    q, k, v = qkv()
+    return blasst.attention(q, k, v, per_request_factor=[1.0, float("nan")])
+
+
 def negative_factor():
     q, k, v = qkv()
     return blasst.attention(q, k, v, threshold_scale_factor=-1.0)
@@ -281,6 +301,10 @@ CASES = [
     (per_head_factor_wrong_count, "per_kv_head_factor"),
     (per_head_factor_op_2d, "per_kv_head_factor"),
     (per_head_factor_on_meta, "per_kv_head_factor is on meta"),
+    (per_request_wrong_count, "per_request_factor has shape"),
+    (per_request_with_per_head, "not both"),
+    (per_request_int_dtype, "per_request_factor has dtype"),
+    (per_request_nan_on_cpu, "per_request_factor\\[1\\]"),
     (negative_factor, "threshold_scale_factor"),
     (nan_factor, "threshold_scale_factor"),
     (nan_scale, "scale"),

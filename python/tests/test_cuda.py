@@ -61,6 +61,38 @@ def test_cuda_graph_capture():
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_per_request_factors_follow_cuda_graph_replays(phase):
+    # One capture; the factors change in place between replays (a serving engine's per-request
+    # thresholds) and each replay equals an eager call with the values it found.
+    lq = 128 if phase == "prefill" else 1
+    q, k, v = cuda(*structured_qkv(2, lq, 2048, 8, 2, 128, dtype=torch.bfloat16))
+    factors = torch.tensor([40.0, 40.0], device="cuda")
+
+    def call():
+        return blasst.attention(q, k, v, phase=phase, per_request_factor=factors, return_stats=True)
+
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        _run_or_skip(call)  # warm-up
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, _, stats = call()
+    skipped = []
+    for values in ([40.0, 40.0], [0.0, 1e9], [40.0, 0.0]):
+        factors.copy_(torch.tensor(values))
+        g.replay()
+        torch.cuda.synchronize()
+        expected, _, expected_stats = blasst.attention(q, k, v, phase=phase, return_stats=True,
+                                                       per_request_factor=torch.tensor(values, device="cuda"))
+        assert torch.equal(out, expected) and torch.equal(stats, expected_stats), values
+        skipped.append(int(stats[:, 1].sum()))
+    assert skipped[0] > skipped[2] > 0 and skipped[1] == 0
+
+
 def test_decode_on_gpu():
     q, k, v = structured_qkv(2, 1, 700, 8, 2, 128, dtype=torch.bfloat16)
     out, _ = _run_or_skip(lambda: blasst.attention(*cuda(q, k, v), phase="decode"))

@@ -1,5 +1,7 @@
 """The torch ops over the C ABI: layouts, dtypes, statistics, decisions, opcheck, torch.compile."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -109,6 +111,26 @@ def test_per_kv_head_factors_and_lambda_guard():
         _, _, st = blasst.attention(q, k, v, threshold_scale_factor=256.0, block_m=32, block_n=32,
                                     return_stats=True)
     assert st[:, 1].sum() == 0
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_per_request_factors_equal_calls_entry_by_entry(phase):
+    lq = 64 if phase == "prefill" else 2
+    q, k, v = structured_qkv(3, lq, 256, 4, 2, 64, spread=1.0)
+    factors = [0.0, 8.0, 300.0]  # dense, skipping, lambda >= 1
+    out, _, st = blasst.attention(q, k, v, phase=phase, threshold_scale_factor=5.0, per_request_factor=factors,
+                                  block_m=32, block_n=32, return_stats=True)
+    total = torch.zeros_like(st)
+    for b, f in enumerate(factors):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DenseThresholdWarning)
+            o, _, s = blasst.attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], phase=phase, threshold_scale_factor=f,
+                                       block_m=32, block_n=32, return_stats=True)
+        assert torch.equal(out[b:b + 1], o)
+        total += s
+        if f == 8.0:
+            assert s[:, 1].sum() > 0
+    assert torch.equal(st, total)
 
 
 def test_target_sparsity_with_formula():

@@ -41,6 +41,13 @@ inline int64_t kv_offset(const blasst_args& a, const blasst_tensor& t, int64_t b
   return base + token * t.token_stride + h * t.head_stride;
 }
 
+// The threshold factor of batch entry b, KV head kv_head (SPEC section 4; host memory).
+inline double threshold_factor(const blasst_args& a, int64_t b, int64_t kv_head) {
+  if (a.threshold.per_kv_head_factor) return a.threshold.per_kv_head_factor[kv_head];
+  if (a.threshold.per_request_factor) return a.threshold.per_request_factor[b];
+  return a.threshold.threshold_scale_factor;
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Number of decision groups per batch entry and their tile grid (SPEC section 2).

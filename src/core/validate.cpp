@@ -192,6 +192,8 @@ Status validate_shape_args(const blasst_args& a, blasst_phase phase) {
   if (!std::isfinite(a.scale)) return invalid("scale is ", a.scale, ", expected a finite number (0 = 1/sqrt(head_dim_qk))");
   if (a.causal != 0 && a.causal != 1) return invalid("causal is ", a.causal, ", expected 0 or 1");
 
+  if (a.threshold.per_kv_head_factor && a.threshold.per_request_factor)
+    return invalid("threshold: give per_kv_head_factor or per_request_factor, not both");
   const float f = a.threshold.threshold_scale_factor;
   if (!std::isfinite(f) || f < 0)
     return invalid("threshold.threshold_scale_factor is ", f, ", expected a finite value >= 0 (0 = dense)");
@@ -225,6 +227,13 @@ Status validate_host_contents(const blasst_args& a, blasst_phase phase, const bl
       const float f = a.threshold.per_kv_head_factor[h];
       if (!std::isfinite(f) || f < 0)
         return invalid("threshold.per_kv_head_factor[", h, "] is ", f, ", expected a finite value >= 0");
+    }
+  }
+  if (a.threshold.per_request_factor) {
+    for (int32_t b = 0; b < a.batch; ++b) {
+      const float f = a.threshold.per_request_factor[b];
+      if (!std::isfinite(f) || f < 0)
+        return invalid("threshold.per_request_factor[", b, "] is ", f, ", expected a finite value >= 0");
     }
   }
 

@@ -480,8 +480,7 @@ Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, b
         row0 = (item.group % row_blocks) * g.block_m;
         row_end = std::min(lq, row0 + g.block_m);
       }
-      const double factor =
-          a.threshold.per_kv_head_factor ? a.threshold.per_kv_head_factor[grp.kv_head] : a.threshold.threshold_scale_factor;
+      const double factor = detail::threshold_factor(a, b, grp.kv_head);
       grp.skip_enabled = skipping_enabled(factor, lk);
       grp.log_lambda = grp.skip_enabled ? float(std::log(factor / double(lk))) : kNegInf;
 

@@ -41,10 +41,17 @@ struct AttentionOperands {
   float scale;       // > 0 (the default 1/sqrt(D) resolved)
 
   float threshold_scale_factor;
-  const float* per_kv_head_factor;  // device memory, null = use the scalar
+  const float* per_kv_head_factor;  // [num_kv_heads], device memory, null = not per head
+  const float* per_request_factor;  // [batch], device memory, read at run time (graph replays)
 };
 
 // The operands of a validated call.
 AttentionOperands attention_operands(const blasst_args& a);
+
+// Whether a call runs the skip instantiation of a kernel: a positive scalar, or factors in
+// device memory whose values the host does not read (they may change before a graph replay).
+inline bool skip_instantiation(const blasst_threshold& t) {
+  return t.threshold_scale_factor > 0.0f || t.per_kv_head_factor != nullptr || t.per_request_factor != nullptr;
+}
 
 }  // namespace blasst::cuda

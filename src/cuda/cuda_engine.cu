@@ -53,6 +53,7 @@ AttentionOperands attention_operands(const blasst_args& a) {
   o.scale = a.scale != 0.0f ? a.scale : float(1.0 / std::sqrt(double(a.head_dim_qk)));
   o.threshold_scale_factor = a.threshold.threshold_scale_factor;
   o.per_kv_head_factor = a.threshold.per_kv_head_factor;
+  o.per_request_factor = a.threshold.per_request_factor;
   return o;
 }
 
@@ -196,6 +197,8 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
     if (Status s = check_device_pointer(name, ptr); !s) return s;
   if (a.threshold.per_kv_head_factor)
     if (Status s = check_device_pointer("threshold.per_kv_head_factor", a.threshold.per_kv_head_factor); !s) return s;
+  if (a.threshold.per_request_factor)
+    if (Status s = check_device_pointer("threshold.per_request_factor", a.threshold.per_request_factor); !s) return s;
 
   const int64_t row_blocks = ceil_div(a.max_seqlen_q, tiles.block_m);
   const int64_t tiles_per_group = ceil_div(a.max_seqlen_k, tiles.block_n);
@@ -219,7 +222,7 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
   p.stats_per_head = stats;
   p.decisions = a.decisions;
   // The dense instantiation when nothing can be skipped: factor 0 and no per-head factors.
-  const bool skip = a.threshold.threshold_scale_factor > 0.0f || a.threshold.per_kv_head_factor != nullptr;
+  const bool skip = skip_instantiation(a.threshold);
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   cudaError_t err;

@@ -13,6 +13,15 @@ struct SkipThreshold {
   float log_lambda = -INFINITY;  // ln(lambda) when on
 };
 
+// The factor of batch entry b, KV head kv_head: per KV head, per request (read here, at run
+// time, so CUDA graph replays see new values), or the call's scalar.
+template <class Operands>
+__device__ __forceinline__ float threshold_factor(const Operands& p, int b, int kv_head) {
+  if (p.per_kv_head_factor) return p.per_kv_head_factor[kv_head];
+  if (p.per_request_factor) return p.per_request_factor[b];
+  return p.threshold_scale_factor;
+}
+
 __device__ __forceinline__ SkipThreshold skip_threshold(float factor, int lk) {
   SkipThreshold t;
   const double lambda = lk > 0 ? double(factor) / double(lk) : 1.0;

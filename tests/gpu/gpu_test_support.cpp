@@ -94,7 +94,7 @@ std::string Case::name() const {
   os << " hq=" << hq << " hkv=" << hkv << " d=" << d << " causal=" << causal
      << " order=" << (order == BLASST_ORDER_ANCHORED ? "anchored" : "ascending")
      << " dtype=" << (dtype == BLASST_DTYPE_BFLOAT16 ? "bf16" : "fp16") << " layout=" << int(layout)
-     << " page=" << page_size << " factor=" << factor << " per_head=" << per_head.size();
+     << " page=" << page_size << " factor=" << factor << " per_head=" << per_head.size() << " per_request=" << per_request.size();
   return os.str();
 }
 
@@ -198,7 +198,8 @@ Inputs make_inputs(const Case& c) {
   return in;
 }
 
-GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_geometry geometry, blasst_phase phase) {
+GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_geometry geometry, blasst_phase phase,
+                  const std::vector<std::vector<float>>* replays, std::vector<GpuRun>* replay_runs) {
   GpuRun r;
   const bool gpu = engine == BLASST_ENGINE_CUDA;
   const int batch = int(c.lq.size());
@@ -246,7 +247,7 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
 
   // Host or device copies of everything the call reads and writes.
   DeviceBuffer<uint16_t> dq, dk, dv, dout;
-  DeviceBuffer<float> dlse, dfactors;
+  DeviceBuffer<float> dlse, dfactors, drequest;
   DeviceBuffer<int32_t> dlen_q, dlen_k, dbt;
   DeviceBuffer<uint8_t> dtrace;
   DeviceBuffer<int64_t> dstats;
@@ -266,12 +267,14 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
     if (!lens_q.empty()) dlen_q.upload(lens_q), dlen_k.upload(lens_k);
     if (c.layout == Layout::Paged) dbt.upload(in.block_table);
     if (!factors.empty()) dfactors.upload(factors);
+    if (!c.per_request.empty()) drequest.upload(c.per_request);
     a.q.data = dq.ptr, a.k.data = dk.ptr, a.v.data = dv.ptr, a.out.data = dout.ptr, a.lse.data = dlse.ptr;
     a.decisions = dtrace.ptr;
     a.stats_per_head = dstats.ptr;
     len_q = dlen_q.ptr, len_k = dlen_k.ptr;
     a.block_table = dbt.ptr;
     a.threshold.per_kv_head_factor = dfactors.ptr;
+    a.threshold.per_request_factor = drequest.ptr;
   } else {
     a.q.data = const_cast<uint16_t*>(in.q.data()), a.k.data = const_cast<uint16_t*>(in.k.data());
     a.v.data = const_cast<uint16_t*>(in.v.data());
@@ -280,6 +283,7 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
     len_k = lens_k.empty() ? nullptr : lens_k.data();
     a.block_table = c.layout == Layout::Paged ? in.block_table.data() : nullptr;
     a.threshold.per_kv_head_factor = factors.empty() ? nullptr : factors.data();
+    a.threshold.per_request_factor = c.per_request.empty() ? nullptr : c.per_request.data();
   }
   if (c.layout == Layout::Ragged) {
     a.cu_seqlens_q = len_q, a.cu_seqlens_k = len_k;
@@ -290,6 +294,43 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
     a.page_size = c.page_size;
     a.num_pages = in.num_pages;
     a.block_table_stride = in.bt_stride;
+  }
+
+  if (gpu && replays) {
+    // One capture on a stream of its own (workspace from the caller, no run info: nothing may
+    // synchronize), then a replay per set of per-request factors written to the same buffer.
+    cudaStream_t stream = nullptr;
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    EXPECT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    a.stream = stream;
+    size_t ws_bytes = 0;
+    EXPECT_EQ(blasst_workspace_size(&a, phase, &ws_bytes), BLASST_OK) << blasst_last_error();
+    DeviceBuffer<uint8_t> dws;
+    dws.upload(std::vector<uint8_t>(std::max<size_t>(ws_bytes, 1), 0));
+    a.workspace = ws_bytes ? dws.ptr : nullptr;
+    a.workspace_bytes = ws_bytes;
+    EXPECT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    r.status = phase == BLASST_PHASE_PREFILL ? blasst_prefill(&a, nullptr) : blasst_decode(&a, nullptr);
+    r.message = blasst_last_error();
+    EXPECT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    EXPECT_EQ(r.status, BLASST_OK) << r.message;
+    EXPECT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    for (const std::vector<float>& values : *replays) {
+      EXPECT_EQ(values.size(), drequest.n);
+      EXPECT_EQ(cudaMemcpy(drequest.ptr, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice),
+                cudaSuccess);
+      EXPECT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      GpuRun run;
+      run.status = r.status;
+      dout.download(run.out), dlse.download(run.lse), dtrace.download(run.decisions), dstats.download(run.stats);
+      replay_runs->push_back(std::move(run));
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+    return r;
   }
 
   blasst_run_info_init(&r.info);
@@ -384,7 +425,9 @@ void check_against_cpu(const Case& c) {
         const uint8_t* ct = cpu.decisions.data() + gi * size_t(tiles);
         for (int64_t t = 0; t < tiles; ++t) {
           if (gt[t] == ct[t]) continue;
-          const float f = c.per_head.empty() ? c.factor : c.per_head[size_t(h / (c.hq / c.hkv))];
+          const float f = !c.per_head.empty()      ? c.per_head[size_t(h / (c.hq / c.hkv))]
+                          : !c.per_request.empty() ? c.per_request[size_t(b)]
+                                                   : c.factor;
           const int64_t lk = c.lk[size_t(b)], lq = c.lq[size_t(b)];
           bool within = false;
           double margin = kInf;

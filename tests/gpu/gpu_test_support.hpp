@@ -22,7 +22,8 @@ struct Case {
   Layout layout = Layout::Contiguous;
   int page_size = 16;
   float factor = 0.0f;
-  std::vector<float> per_head;  // empty = scalar factor
+  std::vector<float> per_head;     // empty = scalar factor
+  std::vector<float> per_request;  // one factor per batch entry; empty = scalar factor
   uint64_t seed = 1;
   std::string name() const;
 };
@@ -54,8 +55,13 @@ struct GpuRun {
 };
 
 // Runs the case on the given engine (CUDA: device copies; CPU: host buffers) at `geometry`.
+// With `replays` (CUDA, c.per_request set): captures the call in a CUDA graph once, then for
+// each set of per-request factors writes it to the call's factor buffer and replays the graph;
+// one result per replay goes to replay_runs (info is not read back under capture).
 GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_geometry geometry,
-                  blasst_phase phase = BLASST_PHASE_PREFILL);
+                  blasst_phase phase = BLASST_PHASE_PREFILL,
+                  const std::vector<std::vector<float>>* replays = nullptr,
+                  std::vector<GpuRun>* replay_runs = nullptr);
 inline GpuRun run_gpu(const Case& c, const Inputs& in, blasst_phase phase = BLASST_PHASE_PREFILL) {
   return run_engine(c, in, BLASST_ENGINE_CUDA, blasst_geometry{0, 0, c.order, 0}, phase);
 }

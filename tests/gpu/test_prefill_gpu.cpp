@@ -218,6 +218,65 @@ TEST_F(PrefillGpu, PerKvHeadFactors) {
   check_against_cpu(c);
 }
 
+// One factor per batch entry (device memory): off, on, lambda >= 1 (off), on; every layout.
+TEST_F(PrefillGpu, PerRequestFactors) {
+  for (Layout layout : {Layout::Padded, Layout::Ragged, Layout::Paged}) {
+    Case c;
+    c.lq = {300, 513, 64, 700};
+    c.lk = {1500, 2049, 900, 1800};
+    c.hq = 8;
+    c.hkv = 2;
+    c.d = 128;
+    c.causal = 1;
+    c.layout = layout;
+    c.factor = 7.0f;  // replaced by the per-request factors
+    c.per_request = {0.0f, 400.0f, 1e9f, 900.0f};
+    c.seed = 321;
+    SCOPED_TRACE(c.name());
+    check_against_cpu(c);
+  }
+}
+
+// A call captured in a CUDA graph reads the per-request factors at each replay: new values in
+// the same buffer change the decisions without a new capture, and each replay equals a plain
+// call with those values, bit for bit (prefill and decode).
+TEST_F(PrefillGpu, PerRequestFactorsFollowGraphReplays) {
+  for (blasst_phase phase : {BLASST_PHASE_PREFILL, BLASST_PHASE_DECODE}) {
+    Case c;
+    c.lq = phase == BLASST_PHASE_PREFILL ? std::vector<int64_t>{256, 400} : std::vector<int64_t>{1, 2};
+    c.lk = {3000, 2500};
+    c.hq = 8;
+    c.hkv = 2;
+    c.d = 128;
+    c.causal = 1;
+    c.layout = Layout::Padded;
+    c.per_request = {300.0f, 300.0f};
+    c.seed = 77;
+    SCOPED_TRACE(c.name());
+    const Inputs in = make_inputs(c);
+    const std::vector<std::vector<float>> sets = {{300.0f, 300.0f}, {0.0f, 1e9f}, {600.0f, 0.0f}, {300.0f, 300.0f}};
+    std::vector<GpuRun> replayed;
+    const GpuRun capture =
+        run_engine(c, in, BLASST_ENGINE_CUDA, blasst_geometry{0, 0, c.order, 0}, phase, &sets, &replayed);
+    ASSERT_EQ(capture.status, BLASST_OK) << capture.message;
+    ASSERT_EQ(replayed.size(), sets.size());
+    int64_t skipped[4] = {};
+    for (size_t i = 0; i < sets.size(); ++i) {
+      Case plain = c;
+      plain.per_request = sets[i];
+      const GpuRun ref = run_gpu(plain, in, phase);
+      ASSERT_EQ(ref.status, BLASST_OK) << ref.message;
+      EXPECT_EQ(replayed[i].out, ref.out) << "replay " << i;
+      EXPECT_EQ(replayed[i].decisions, ref.decisions) << "replay " << i;
+      EXPECT_EQ(replayed[i].stats, ref.stats) << "replay " << i;
+      for (size_t h = 0; h < ref.stats.size() / 2; ++h) skipped[i] += ref.stats[2 * h + 1];
+    }
+    EXPECT_GT(skipped[0], 0) << "the structured inputs skip at factor 300";
+    EXPECT_EQ(skipped[1], 0) << "factor 0 and lambda >= 1: nothing skipped";
+    EXPECT_EQ(skipped[3], skipped[0]);
+  }
+}
+
 // A NaN score reaches the output as in dense attention, also in a tile whose other scores the
 // rule would skip: the tile maximum of such a row is NaN (SPEC.md, CPU engine), so it keeps.
 // Poisoned: one element of a key of kv head 0 (every row of heads 0 and 1 sees it) and one query

@@ -186,7 +186,9 @@ Blasst blasst(const Problem& p, const Geometry& g, const Threshold& t, const uin
     for (int64_t group = 0; group < r.groups; ++group) {
       const std::vector<Row> rows = group_rows(p, g, b, group);
       const int kh = group_kv_head(p, g, group);
-      const float factor = t.per_kv_head.empty() ? t.factor : t.per_kv_head.at(size_t(kh));
+      const float factor = !t.per_kv_head.empty() ? t.per_kv_head.at(size_t(kh))
+                           : !t.per_request.empty() ? t.per_request.at(size_t(b))
+                                                    : t.factor;
       const bool skipping = factor > 0.0f && double(factor) / double(p.lk[b]) < 1.0;
       const float lnl = skipping ? float(std::log(double(factor) / double(p.lk[b]))) : -kInfF;
 

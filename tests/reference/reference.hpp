@@ -59,6 +59,7 @@ struct Geometry {
 struct Threshold {
   float factor = 0.0f;
   std::vector<float> per_kv_head;  // empty = the scalar factor for every KV head
+  std::vector<float> per_request;  // empty = the scalar factor for every batch entry
 };
 
 struct Blasst {

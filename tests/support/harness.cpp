@@ -209,6 +209,7 @@ ref::Threshold ref_threshold(const RunSpec& spec) {
   ref::Threshold t;
   t.factor = spec.factor;
   t.per_kv_head = spec.per_kv_head;
+  t.per_request = spec.per_request;
   return t;
 }
 
@@ -239,6 +240,7 @@ EngineResult run_engine(const ref::Problem& p, const RunSpec& spec) {
   a.geometry = spec.geometry;
   a.threshold.threshold_scale_factor = spec.factor;
   a.threshold.per_kv_head_factor = spec.per_kv_head.empty() ? nullptr : spec.per_kv_head.data();
+  a.threshold.per_request_factor = spec.per_request.empty() ? nullptr : spec.per_request.data();
 
   // Length arrays.
   const std::vector<int32_t> cu_q = prefix(p.lq), cu_k = prefix(p.lk);

@@ -62,6 +62,7 @@ struct RunSpec {
   blasst_geometry geometry{64, 64, BLASST_ORDER_ASCENDING, 1};
   float factor = 0.0f;
   std::vector<float> per_kv_head;
+  std::vector<float> per_request;  // one factor per batch entry (replaces the scalar)
   int threads = 2;
   Layout layout = Layout::Contiguous;
   int page_size = 16;

@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   const int first = split * chunk_len;
   const int last = min(tiles, first + chunk_len);
 
-  const float factor = p.per_kv_head_factor ? p.per_kv_head_factor[hk] : p.threshold_scale_factor;
+  const float factor = threshold_factor(p, b, hk);
   const SkipThreshold threshold = kSkip ? skip_threshold(factor, lk) : SkipThreshold{};
   const bool skip_on = threshold.on;
   const float log_lambda = threshold.log_lambda;
@@ -460,8 +460,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
       atomicAdd(&p.stats_per_head[2 * hk], visited);
       atomicAdd(&p.stats_per_head[2 * hk + 1], skipped);
     }
-    atomicAdd(&p.totals[0], visited);
-    atomicAdd(&p.totals[1], skipped);
+    if (p.totals) {
+      atomicAdd(&p.totals[0], visited);
+      atomicAdd(&p.totals[1], skipped);
+    }
   }
 
   // Epilogue: the key groups' partial O and l to shared memory (O over the K stages and the V

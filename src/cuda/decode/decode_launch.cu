@@ -63,7 +63,7 @@ KernelChoice choice_d(int d, int m_tiles, bool skip) {
 }
 
 bool skip_mode(const blasst_args& a) {
-  return a.threshold.threshold_scale_factor > 0.0f || a.threshold.per_kv_head_factor != nullptr;
+  return skip_instantiation(a.threshold);
 }
 
 KernelChoice choose(const blasst_args& a) {
@@ -207,7 +207,10 @@ Status run_decode(const blasst_args& a, blasst_run_info* info) {
 
   Buffers& buf = buffers();
   std::lock_guard<std::mutex> lock(buf.mutex);
-  if (!buf.totals) {
+  // The engine's own totals buffer serves run info only: a call without info (a CUDA graph
+  // capture, say) allocates and writes nothing of the engine's, so even a process's first call
+  // can be captured.
+  if (info && !buf.totals) {
     if (cudaError_t e = cudaMalloc(&buf.totals, 2 * sizeof(unsigned long long)); e != cudaSuccess)
       return cuda_error(e, "allocating statistics");
     if (cudaError_t e = cudaMallocHost(&buf.host_totals, 2 * sizeof(unsigned long long)); e != cudaSuccess)
@@ -236,12 +239,13 @@ Status run_decode(const blasst_args& a, blasst_run_info* info) {
   p.ws_ml = static_cast<float*>(workspace);
   p.ws_o = ws_bytes > 0 ? p.ws_ml + 2 * partial_rows(a, splits) : nullptr;
   p.stats_per_head = reinterpret_cast<unsigned long long*>(a.stats_per_head);
-  p.totals = buf.totals;
+  p.totals = info ? buf.totals : nullptr;
   p.decisions = a.decisions;
   p.tiles_max = ceil_div_int(a.max_seqlen_k, kBlockN);
 
-  if (cudaError_t e = cudaMemsetAsync(buf.totals, 0, 2 * sizeof(unsigned long long), stream); e != cudaSuccess)
-    return cuda_error(e, "clearing statistics");
+  if (p.totals)
+    if (cudaError_t e = cudaMemsetAsync(p.totals, 0, 2 * sizeof(unsigned long long), stream); e != cudaSuccess)
+      return cuda_error(e, "clearing statistics");
   if (a.stats_per_head) {
     if (cudaError_t e = cudaMemsetAsync(a.stats_per_head, 0, size_t(a.num_kv_heads) * 2 * sizeof(int64_t), stream);
         e != cudaSuccess)

@@ -23,7 +23,8 @@ struct DecodeParams : AttentionOperands {
   float* ws_o;
   int rows_max;  // G * max_seqlen_q
 
-  // Statistics (device): per KV head (visited, skipped); totals (visited, skipped).
+  // Statistics (device): per KV head (visited, skipped); totals (visited, skipped), null when
+  // the call asked for no run info.
   unsigned long long* stats_per_head;
   unsigned long long* totals;
   uint8_t* decisions;  // [batch, Hkv, tiles_max] or null

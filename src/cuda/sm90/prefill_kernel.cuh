@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   }
 
   const SkipThreshold threshold =
-      kSkip ? skip_threshold(p.per_kv_head_factor ? p.per_kv_head_factor[kv_head] : p.threshold_scale_factor, lk)
+      kSkip ? skip_threshold(threshold_factor(p, b, kv_head), lk)
             : SkipThreshold{};
   const bool skip_on = threshold.on;
   const float log_lambda = threshold.log_lambda;
