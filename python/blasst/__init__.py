@@ -14,6 +14,7 @@ import importlib
 from ._lib import BlasstError, BlasstInvalidArgument, BlasstUnsupported, built_with_cuda, cuda_available
 from ._lib import version as engine_version
 from ._core import RunInfo, last_run_info
+from ._guard import DenseThresholdWarning
 from . import ops
 from .api import attention, resolve_phase, run_with_decisions
 from .config import BlasstConfig, ConfigError
@@ -24,8 +25,15 @@ __version__ = "0.1.0"
 __all__ = [
     "attention", "run_with_decisions", "resolve_phase", "ops", "BlasstConfig", "Formula", "RunInfo",
     "last_run_info", "BlasstError", "BlasstInvalidArgument", "BlasstUnsupported", "ConfigError", "SchemaError",
-    "cuda_available", "built_with_cuda", "engine_version", "hf", "schema", "calibrate",
+    "DenseThresholdWarning", "cuda_available", "built_with_cuda", "engine_version", "hf", "schema", "calibrate",
 ]
+
+
+# attn_implementation="blasst" for transformers: registered now if transformers' attention
+# interfaces are loaded, else as soon as they are (transformers itself is not imported here)
+from . import _hf_autoregister  # noqa: E402
+
+_hf_autoregister.install()
 
 
 def __getattr__(name):

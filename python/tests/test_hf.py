@@ -160,3 +160,76 @@ def test_torch_compile_fullgraph_model(llama):
         compiled = torch.compile(llama, fullgraph=True, backend="aot_eager")
         out = compiled(ids).logits
     assert (out - eager).abs().max() < 1e-4
+
+
+def padded_batch(side, length=40):
+    ids = torch.randint(0, 96, (3, length), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones(3, length, dtype=torch.long)
+    if side == "left":
+        mask[1, :11] = 0
+        mask[2, :length - 3] = 0
+    else:
+        mask[1, 29:] = 0
+        mask[2, 3:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_torch_compile_fullgraph_with_padding_mask(llama, side):
+    """The mask is built inside the compiled graph: no host read of its values, same logits."""
+    ids, mask = padded_batch(side)
+    ref = logits(llama, "sdpa", ids, attention_mask=mask)
+    blasst.hf.enable(llama, blasst.BlasstConfig(threshold_scale_factor=1.0, **GEOM))
+    with torch.no_grad():
+        eager = llama(ids, attention_mask=mask).logits
+        compiled = torch.compile(llama, fullgraph=True, backend="aot_eager")
+        out = compiled(ids, attention_mask=mask).logits
+    valid = mask.bool()
+    assert (out - eager)[valid].abs().max() < 1e-5
+    assert (out - ref)[valid].abs().max() < 1e-4
+    if side == "left":
+        # a mask BLASST cannot honour fails inside the compiled graph too, never a wrong answer
+        holes = mask.clone()
+        holes[0, 20] = 0
+        with pytest.raises(RuntimeError, match="holes"):
+            with torch.no_grad():
+                compiled(ids, attention_mask=holes)
+
+
+REGISTRATION = """
+import sys
+import torch
+{first}
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.{load}
+model.eval()
+ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+impl = model.config._attn_implementation
+with torch.no_grad():
+    out = model(ids).logits
+    model.set_attn_implementation("sdpa")
+    ref = model(ids).logits
+assert (out - ref).abs().max() < 1e-4
+print("ok", impl)
+"""
+
+
+@pytest.mark.parametrize("order", ["blasst-first", "transformers-first"])
+def test_import_blasst_registers_attn_implementation(tmp_path, order):
+    """In a fresh interpreter `import blasst` alone makes attn_implementation="blasst" known to
+    transformers, whether transformers is imported before or after, without importing it itself."""
+    import subprocess
+    import sys
+
+    tiny_llama().save_pretrained(tmp_path)
+    if order == "blasst-first":
+        first = "import blasst\nassert 'transformers' not in sys.modules, 'import blasst imported transformers'"
+        load = f"from_pretrained({str(tmp_path)!r}, attn_implementation='blasst')"
+    else:
+        first = "import transformers.modeling_utils, transformers.masking_utils\nimport blasst"
+        load = f"from_config(__import__('transformers').AutoConfig.from_pretrained({str(tmp_path)!r}), " \
+               "attn_implementation='blasst')"
+    script = REGISTRATION.format(first=first, load=load)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["ok", "blasst"]

@@ -1,6 +1,6 @@
 """Hugging Face transformers integration: attn_implementation="blasst".
 
-    import blasst.hf
+    import blasst
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="blasst")  # uses the
         # checkpoint's sparse_attention_config, if any
     blasst.hf.enable(model, blasst.BlasstConfig(threshold_scale_factor={"prefill": 50.0, "decode": 5.0}))
@@ -9,7 +9,8 @@
 
 Importing this module registers "blasst" in transformers' AttentionInterface (the attention
 function) and AttentionMaskInterface (so the causal/padding mask reaches it and no other mask
-pattern is silently dropped).
+pattern is silently dropped). `import blasst` imports it as soon as transformers has loaded
+those interfaces (blasst/_hf_autoregister.py), so the name works without importing blasst.hf.
 """
 
 from __future__ import annotations

@@ -3,14 +3,16 @@
 transformers calls attention(module, query [B, Hq, Lq, D], key [B, Hkv, Lk, D], value [B, Hkv,
 Lk, Dv], attention_mask, scaling=..., dropout=..., **kwargs) after the KV cache update and
 expects (out [B, Lq, Hq, Dv], attention weights or None). Here the tensors are only re-viewed as
-[B, L, H, D] (no copy) and handed to the blasst::prefill / blasst::decode ops; padding becomes
-per-entry sequence lengths. Per-module state (thresholds, name, statistics) lives in
-module.blasst_state, set by blasst.hf.enable() or built lazily from the model config.
+[B, L, H, D] (no copy) and handed to the blasst::prefill / blasst::decode ops; the mask (see
+masking.py) becomes per-entry lengths, plus a block table of one-token pages over the same memory
+when an entry's keys do not start at slot 0 (left padding). Per-module state (thresholds, name,
+statistics) lives in module.blasst_state, set by blasst.hf.enable() or built lazily from the
+model config.
 """
 
 from __future__ import annotations
 
-import weakref
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -19,7 +21,7 @@ import torch
 from .. import _core
 from ..api import resolve_phase
 from ..config import BlasstConfig
-from .masking import BlasstMask, UnsupportedMaskError
+from .masking import BlasstMask, UnsupportedMaskError, mask_from_valid
 
 # Global defaults for modules that were not set up by enable(): user overrides applied on top of
 # each model's own config (set with blasst.hf.register(**overrides)).
@@ -96,16 +98,18 @@ def _lazy_state(module) -> LayerState:
     return state
 
 
-def _check_supported(module, kwargs, dropout: float) -> None:
+def _check_supported(module, kwargs, dropout: float, mask) -> None:
     for key, what in _REFUSED_KWARGS.items():
         if kwargs.get(key) is not None:
             raise UnsupportedMaskError(f"blasst: {what} ('{key}') is not supported by BLASST attention")
     window = kwargs.get("sliding_window")
     if window is None:
         window = getattr(module, "sliding_window", None)
-    if window is not None:
+    # the mask function checked that the window hides no key of this forward pass
+    if window is not None and not (isinstance(mask, BlasstMask) and mask.sliding_window == window):
         raise UnsupportedMaskError(
-            f"blasst: layer {getattr(module, 'layer_idx', '?')} uses a sliding window ({window}); BLASST runs full "
+            f"blasst: layer {getattr(module, 'layer_idx', '?')} uses a sliding window ({window}) and its mask was not "
+            "built by the 'blasst' mask function, which checks that the window hides no key; BLASST runs full "
             "(causal) attention only"
         )
     if dropout and module.training:
@@ -114,84 +118,82 @@ def _check_supported(module, kwargs, dropout: float) -> None:
         raise UnsupportedMaskError("blasst: output_attentions=True needs the attention weights; use 'eager'")
 
 
-# Padding analysis is a host sync; every layer of a forward pass gets the same mask tensor, so
-# the result is kept for the last mask seen.
-_mask_cache: dict = {"ref": None, "version": None, "value": None}
-
-
-def _padding_ranges(key_valid: torch.Tensor) -> list[tuple[int, int]]:
-    """[(start, end)] of valid keys per batch entry; refuses masks with holes."""
-    ref = _mask_cache["ref"]
-    if ref is not None and ref() is key_valid and _mask_cache["version"] == key_valid._version:
-        return _mask_cache["value"]
-    valid = key_valid.to(torch.bool)
-    counts = valid.sum(dim=1)
-    has_any = counts > 0
-    first = torch.where(has_any, valid.int().argmax(dim=1), torch.zeros_like(counts))
-    ends = first + counts
-    # contiguous iff the run [first, first+count) holds every valid position
-    positions = torch.arange(valid.shape[1], device=valid.device).unsqueeze(0)
-    inside = (positions >= first.unsqueeze(1)) & (positions < ends.unsqueeze(1))
-    if not bool(torch.equal(inside, valid)):
-        bad = (inside != valid).any(dim=1).nonzero().flatten().tolist()
-        raise UnsupportedMaskError(
-            f"blasst: the attention mask of batch entries {bad} has holes; only left or right padding "
-            "(one contiguous run of valid tokens per row) is supported"
-        )
-    value = list(zip(first.tolist(), ends.tolist()))
-    _mask_cache.update(ref=weakref.ref(key_valid), version=key_valid._version, value=value)
-    return value
+def _as_mask(attention_mask, causal: bool, q_length: int, kv_length: int) -> Optional[BlasstMask]:
+    """The BlasstMask of an attention call (None: every key, all rows)."""
+    if attention_mask is None or isinstance(attention_mask, BlasstMask):
+        return attention_mask
+    if isinstance(attention_mask, torch.Tensor):
+        if attention_mask.dim() != 2:
+            raise UnsupportedMaskError(
+                f"blasst: got a {attention_mask.dim()}D attention mask of shape {tuple(attention_mask.shape)}; BLASST "
+                "takes causal attention with padding only (let transformers build the mask from a 2D attention_mask, "
+                "with the model's attn_implementation set to 'blasst')"
+            )
+        if attention_mask.shape[1] != kv_length:
+            raise UnsupportedMaskError(
+                f"blasst: 2D padding mask of shape {tuple(attention_mask.shape)} does not match the {kv_length} keys"
+            )
+        # a padding mask handed straight to the layer: the queries are the last q_length keys
+        return mask_from_valid(attention_mask, past=kv_length - q_length, q_length=q_length, causal=causal)
+    raise UnsupportedMaskError(f"blasst: attention mask of type {type(attention_mask).__name__} is not supported")
 
 
 def _op_for(phase: str):
     return torch.ops.blasst.prefill if phase == "prefill" else torch.ops.blasst.decode
 
 
-def make_runner(q, k, v, *, causal: bool, scale: float, key_valid, state: LayerState, phase: str):
+def _token_pages(k: torch.Tensor, v: torch.Tensor, key_slots: torch.Tensor):
+    """k, v [B, Lk, H, D] seen as a paged KV cache of one-token pages, views of the same memory,
+    and the block table [B, Lk] that lists each entry's keys in key_slots order: a batch entry's
+    keys may then start anywhere (left padding) and have gaps, and nothing is copied.
+
+    Token t of entry b lives at b * stride(0) + t * stride(1); with the page stride
+    g = gcd(stride(0), stride(1)) that is page (b * stride(0) + t * stride(1)) / g.
+    """
+    batch, lk = k.shape[0], k.shape[1]
+
+    def unit(t):
+        sb = t.stride(0) if batch > 1 else 0
+        st = t.stride(1) if lk > 1 else 0
+        g = math.gcd(sb, st) or 1
+        return g, sb // g, st // g
+
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        k, v = k.contiguous(), v.contiguous()
+    (gk, bk, tk), (gv, bv, tv) = unit(k), unit(v)
+    if (bk, tk) != (bv, tv):  # k and v laid out differently: one page index cannot serve both
+        k, v = k.contiguous(), v.contiguous()
+        (gk, bk, tk), (gv, bv, tv) = unit(k), unit(v)
+    num_pages = (batch - 1) * bk + (lk - 1) * tk + 1
+    if num_pages >= 2**31:
+        raise UnsupportedMaskError(f"blasst: {num_pages} one-token pages exceed the int32 block table")
+    k_pages = k.as_strided((num_pages, 1) + tuple(k.shape[2:]), (gk, gk) + tuple(k.stride()[2:]))
+    v_pages = v.as_strided((num_pages, 1) + tuple(v.shape[2:]), (gv, gv) + tuple(v.stride()[2:]))
+    entries = torch.arange(batch, device=key_slots.device).unsqueeze(1)
+    block_table = (entries * bk + key_slots * tk).to(torch.int32)
+    return k_pages, v_pages, block_table
+
+
+def make_runner(q, k, v, *, causal: bool, scale: float, mask: Optional[BlasstMask], state: LayerState, phase: str):
     """A function run(factor, per_head, return_stats) -> (out [B, Lq, Hq, Dv], stats or None)
-    for one attention call, with padding turned into sequence lengths or per-entry views."""
+    for one attention call, with the mask turned into per-entry lengths (and, for keys that do
+    not start at slot 0, a block table of one-token pages)."""
     cfg = state.config
     geometry = (cfg.block_m, cfg.block_n, _core.order_code(cfg.order), cfg.splits,
                 _core.engine_code(cfg.engine), cfg.num_threads)
     op = _op_for(phase)
-    batch, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+    seqlens_q = seqlens_k = block_table = None
+    if mask is not None:
+        seqlens_q, seqlens_k = mask.seqlens_q, mask.seqlens_k
+        if mask.key_slots is not None:
+            k, v, block_table = _token_pages(k, v, mask.key_slots)
 
-    def call(qq, kk, vv, seqlens_q, seqlens_k, factor, per_head, return_stats):
-        out, _, stats = op(qq, kk, vv, None, None, seqlens_q, seqlens_k, None, 0, 0, scale, causal, factor, per_head,
-                           *geometry, return_stats)
+    def run(factor, per_head, return_stats):
+        out, _, stats = op(q, k, v, None, None, seqlens_q, seqlens_k, block_table, 0, 0, scale, causal, factor,
+                           per_head, *geometry, return_stats)
         return out, (stats if return_stats else None)
 
-    if key_valid is None:
-        return lambda factor, per_head, return_stats: call(q, k, v, None, None, factor, per_head, return_stats)
-
-    ranges = _padding_ranges(key_valid)
-    shift = lk - lq  # query row i sits at key position shift + i
-    if all(start == 0 for start, _ in ranges):
-        # right padding: entry b has keys [0, end) and query rows [0, end - shift)
-        ends = torch.tensor([e for _, e in ranges], dtype=torch.int32, device=q.device)
-        seqlens_q = (ends - shift).clamp(0, lq).to(torch.int32)
-        return lambda factor, per_head, return_stats: call(q, k, v, seqlens_q, ends, factor, per_head, return_stats)
-
-    def run_entries(factor, per_head, return_stats):
-        # left (or mixed) padding: one call per entry on views of its valid rows and keys
-        out = q.new_zeros(q.shape[:-1] + (v.shape[-1],))
-        total = None
-        for b, (start, end) in enumerate(ranges):
-            r0 = max(start - shift, 0)
-            r1 = min(max(end - shift, 0), lq)
-            if r1 <= r0 or end <= start:
-                continue
-            o, stats = call(q[b:b + 1, r0:r1], k[b:b + 1, start:end], v[b:b + 1, start:end], None, None, factor,
-                            per_head, return_stats)
-            out[b:b + 1, r0:r1] = o
-            if stats is not None:
-                total = stats if total is None else total + stats
-        if return_stats and total is None:
-            heads = q.shape[2] if phase == "prefill" else k.shape[2]
-            total = torch.zeros(heads, 2, dtype=torch.int64, device=q.device)
-        return out, total
-
-    return run_entries
+    return run
 
 
 def blasst_attention_forward(
@@ -205,43 +207,40 @@ def blasst_attention_forward(
     **kwargs,
 ):
     state = getattr(module, "blasst_state", None) or _lazy_state(module)
-    _check_supported(module, kwargs, dropout)
+    _check_supported(module, kwargs, dropout, attention_mask)
 
     causal = kwargs.get("is_causal")
     if causal is None:
         causal = getattr(module, "is_causal", True)
-    key_valid = None
-    if isinstance(attention_mask, BlasstMask):
-        causal = attention_mask.causal
-        key_valid = attention_mask.key_valid
-    elif isinstance(attention_mask, torch.Tensor):
-        if attention_mask.dim() != 2:
-            raise UnsupportedMaskError(
-                f"blasst: got a {attention_mask.dim()}D attention mask of shape {tuple(attention_mask.shape)}; BLASST "
-                "takes causal attention with padding only (let transformers build the mask from a 2D attention_mask, "
-                "with the model's attn_implementation set to 'blasst')"
-            )
-        key_valid = attention_mask.to(torch.bool)
-    elif attention_mask is not None:
-        raise UnsupportedMaskError(f"blasst: attention mask of type {type(attention_mask).__name__} is not supported")
-
     # [B, H, L, D] -> [B, L, H, D] views; the engine takes strides, so nothing is copied
     q = query.transpose(1, 2)
     k = key.transpose(1, 2)
     v = value.transpose(1, 2)
-    if key_valid is not None and key_valid.shape != (k.shape[0], k.shape[1]):
-        raise UnsupportedMaskError(
-            f"blasst: padding mask of shape {tuple(key_valid.shape)} does not match keys [batch {k.shape[0]}, "
-            f"length {k.shape[1]}]"
-        )
-    phase = resolve_phase("auto", q.shape[1], k.shape[1], state.config.decode_max_query_len)
+    lq, lk = q.shape[1], k.shape[1]
+    mask = _as_mask(attention_mask, bool(causal), lq, lk)
+    if mask is not None:
+        causal = mask.causal
+        if mask.kv_length != lk:
+            raise UnsupportedMaskError(
+                f"blasst: the attention mask covers {mask.kv_length} keys but the layer got {lk}"
+            )
+        if mask.seqlens_k is not None and mask.seqlens_k.shape[0] != k.shape[0]:
+            raise UnsupportedMaskError(
+                f"blasst: the attention mask has batch {mask.seqlens_k.shape[0]} but the keys have batch {k.shape[0]}"
+            )
+    # Decode: a few query rows that follow cached keys. A static cache hands over all its slots, so
+    # the mask says whether keys precede the queries; without that (no mask, or a compiled static
+    # cache, whose position is a tensor) the key count decides. resolve_phase takes lengths: any
+    # key before the queries makes Lk > Lq.
+    after_cache = mask.after_cache if mask is not None and mask.after_cache is not None else lk > lq
+    phase = resolve_phase("auto", lq, lq + int(after_cache), state.config.decode_max_query_len)
     scale = float(scaling) if scaling is not None else 0.0
-    run = make_runner(q, k, v, causal=bool(causal), scale=scale, key_valid=key_valid, state=state, phase=phase)
+    run = make_runner(q, k, v, causal=bool(causal), scale=scale, mask=mask, state=state, phase=phase)
 
     collect = state.config.collect_stats
     out, stats = run(state.factors[phase], state.per_head_tensor(phase, q.device), collect)
     if collect and stats is not None:
         state.add_stats(phase, stats)
     if state.observer is not None:
-        state.observer(state, phase, run, q, k, key_valid)
+        state.observer(state, phase, run, q, k, mask)
     return out, None
