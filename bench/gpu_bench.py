@@ -28,41 +28,12 @@ import sys
 
 import torch
 
-# ---- the C ABI (include/blasst/blasst.h) through ctypes ----
-c_i32, c_i64, c_u32, c_f32, c_vp = ctypes.c_int32, ctypes.c_int64, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
-BF16, FP16 = 2, 1
-ENGINE_CUDA = 2
-ORDER_ASCENDING, ORDER_ANCHORED = 0, 1
-
-
-class Tensor(ctypes.Structure):
-    _fields_ = [("data", c_vp), ("dtype", ctypes.c_int), ("batch_stride", c_i64), ("token_stride", c_i64),
-                ("head_stride", c_i64), ("numel", c_i64)]
-
-
-class Geometry(ctypes.Structure):
-    _fields_ = [("block_m", c_i32), ("block_n", c_i32), ("order", ctypes.c_int), ("splits", c_i32)]
-
-
-class Threshold(ctypes.Structure):
-    _fields_ = [("threshold_scale_factor", c_f32), ("per_kv_head_factor", c_vp)]
-
-
-class Args(ctypes.Structure):
-    _fields_ = [("struct_size", c_u32), ("batch", c_i32), ("num_q_heads", c_i32), ("num_kv_heads", c_i32),
-                ("head_dim_qk", c_i32), ("head_dim_v", c_i32), ("max_seqlen_q", c_i32), ("max_seqlen_k", c_i32),
-                ("cu_seqlens_q", c_vp), ("seqlens_q", c_vp), ("cu_seqlens_k", c_vp), ("seqlens_k", c_vp),
-                ("block_table", c_vp), ("block_table_stride", c_i32), ("page_size", c_i32), ("num_pages", c_i32),
-                ("q", Tensor), ("k", Tensor), ("v", Tensor), ("out", Tensor), ("lse", Tensor),
-                ("scale", c_f32), ("causal", c_i32), ("threshold", Threshold), ("geometry", Geometry),
-                ("engine", ctypes.c_int), ("num_threads", c_i32), ("stream", c_vp),
-                ("stats_per_head", c_vp), ("decisions", c_vp), ("decisions_numel", c_i64),
-                ("workspace", c_vp), ("workspace_bytes", ctypes.c_size_t)]
-
-
-class RunInfo(ctypes.Structure):
-    _fields_ = [("struct_size", c_u32), ("engine", ctypes.c_int), ("geometry", Geometry),
-                ("visited", c_i64), ("skipped", c_i64)]
+# ---- the C ABI (include/blasst/blasst.h): the structs of the package's one binding ----
+# (python/blasst/_lib.py; importing it loads no native library, so --lib picks the library)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from blasst._lib import BlasstArgs as Args, BlasstRunInfo as RunInfo, BlasstTensor as Tensor  # noqa: E402
+from blasst._lib import DTYPE_BFLOAT16 as BF16, DTYPE_FLOAT16 as FP16, ENGINE_CUDA  # noqa: E402
+from blasst._lib import ORDER_ANCHORED, ORDER_ASCENDING  # noqa: E402
 
 
 class Blasst:

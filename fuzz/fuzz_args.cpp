@@ -100,6 +100,7 @@ int64_t sat_mul(int64_t a, int64_t b) {
 
 // Bytes per element; an invalid dtype gets the larger size.
 int64_t dtype_bytes(int32_t dtype) {
+  if (dtype == BLASST_DTYPE_FLOAT8_E4M3) return 1;
   return dtype == BLASST_DTYPE_FLOAT16 || dtype == BLASST_DTYPE_BFLOAT16 ? 2 : 4;
 }
 
@@ -110,6 +111,8 @@ void fill(Reader& r, std::vector<uint8_t>& bytes, int32_t dtype) {
     if (dtype == BLASST_DTYPE_FLOAT32) {
       const float x = wild ? r.real(-4.0f, 4.0f, 20) : float(int(i * 2654435761u % 1000) - 500) / 125.0f;
       std::memcpy(&bytes[i], &x, 4);
+    } else if (elem == 1) {
+      bytes[i] = wild ? uint8_t(r.u32()) : uint8_t(0x38u ^ uint8_t(i * 40503u % 0x3fu));
     } else {
       uint16_t h = wild ? uint16_t(r.u32()) : uint16_t(0x3c00u ^ uint16_t(i * 40503u % 0x3ffu));
       std::memcpy(&bytes[i], &h, 2);
@@ -244,10 +247,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int64_t qtokens = a.cu_seqlens_q ? int64_t(std::max(cu_q.back(), 0)) : qtok;
   const int64_t kbatch2 = (!paged && a.cu_seqlens_k) ? 1 : kbatch;
   const int64_t ktokens = (!paged && a.cu_seqlens_k) ? int64_t(std::max(cu_k.back(), 0)) : ktok;
-  make_tensor(r, a.q, qs, dtype, qbatch, qtokens, a.num_q_heads, a.head_dim_qk, true);
-  make_tensor(r, a.k, ks, other_dtype(dtype), kbatch2, ktokens, a.num_kv_heads, a.head_dim_qk, true);
-  make_tensor(r, a.v, vs, other_dtype(dtype), kbatch2, ktokens, a.num_kv_heads, a.head_dim_v, true);
-  make_tensor(r, a.out, os, other_dtype(dtype), qbatch, qtokens, a.num_q_heads, a.head_dim_v, true);
+  // FP8 operands: a KV cache in e4m3 beside q, or all three (out then 16/32-bit), with scales
+  // (one or per KV head) that are sometimes missing, stray or not positive.
+  int32_t q_dtype = dtype, kv_dtype = other_dtype(dtype), v_dtype = -1, out_dtype = other_dtype(dtype);
+  if (r.chance(15)) {
+    kv_dtype = BLASST_DTYPE_FLOAT8_E4M3;
+    if (r.chance(30)) q_dtype = BLASST_DTYPE_FLOAT8_E4M3, out_dtype = r.range(0, 2);
+  }
+  v_dtype = r.chance(95) ? kv_dtype : other_dtype(dtype);
+  make_tensor(r, a.q, qs, q_dtype, qbatch, qtokens, a.num_q_heads, a.head_dim_qk, true);
+  make_tensor(r, a.k, ks, kv_dtype, kbatch2, ktokens, a.num_kv_heads, a.head_dim_qk, true);
+  make_tensor(r, a.v, vs, v_dtype, kbatch2, ktokens, a.num_kv_heads, a.head_dim_v, true);
+  make_tensor(r, a.out, os, out_dtype, qbatch, qtokens, a.num_q_heads, a.head_dim_v, true);
+  a.scales.per_kv_head = r.chance(95) ? r.range(0, 1) : r.field(0, 1, 100);
+  std::vector<float> scale_values(size_t(std::max(a.num_kv_heads, 1)));
+  for (auto& s : scale_values) s = r.chance(95) ? r.real(0.01f, 4.0f, 20) : r.real(-1.0f, 1.0f, 50);
+  const auto scale_for = [&](int32_t operand_dtype) -> const float* {
+    const bool fp8 = operand_dtype == BLASST_DTYPE_FLOAT8_E4M3;
+    return (fp8 ? r.chance(97) : r.chance(3)) ? scale_values.data() : nullptr;
+  };
+  a.scales.q = scale_for(q_dtype);
+  a.scales.k = scale_for(kv_dtype);
+  a.scales.v = scale_for(v_dtype);
   make_tensor(r, a.lse, ls, r.chance(95) ? BLASST_DTYPE_FLOAT32 : r.field(0, 3, 50), qbatch, qtokens,
               a.num_q_heads, 1, false);
 

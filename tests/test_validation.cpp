@@ -295,6 +295,28 @@ const std::vector<BadArg>& bad_args() {
          c.a.threshold.per_kv_head_factor = c.head_factors.data();
          c.a.threshold.per_request_factor = c.head_factors.data();
        }},
+      {"fp8_kv_without_scales", "scales.k is NULL",
+       [](Call& c) { set_raw(c.a.k.dtype, 3), set_raw(c.a.v.dtype, 3); }},
+      {"fp8_k_with_fp32_v", "must share one dtype", [](Call& c) { set_raw(c.a.k.dtype, 3); }},
+      {"scale_for_an_fp32_operand", "scales.v is set", [](Call& c) { c.a.scales.v = c.head_factors.data(); }},
+      {"fp8_scale_not_positive", "scales.k[1]",
+       [](Call& c) {
+         set_raw(c.a.k.dtype, 3), set_raw(c.a.v.dtype, 3);
+         c.head_factors = {1.0f, 0.0f};
+         c.a.scales = {nullptr, c.head_factors.data(), c.head_factors.data(), 1};
+       }},
+      {"fp8_scale_nan", "scales.k[0]",
+       [](Call& c) {
+         set_raw(c.a.k.dtype, 3), set_raw(c.a.v.dtype, 3);
+         c.head_factors = {kNan, 1.0f};
+         c.a.scales = {nullptr, c.head_factors.data(), c.head_factors.data(), 0};
+       }},
+      {"fp8_out", "out.dtype",
+       [](Call& c) {
+         for (blasst_tensor* t : {&c.a.q, &c.a.k, &c.a.v, &c.a.out}) set_raw(t->dtype, 3);
+         c.a.scales = {c.head_factors.data(), c.head_factors.data(), c.head_factors.data(), 0};
+       }},
+      {"scales_per_kv_head_2", "per_kv_head", [](Call& c) { c.a.scales.per_kv_head = 2; }},
       {"num_threads_negative", "num_threads", [](Call& c) { c.a.num_threads = -1; }},
       {"decisions_numel_negative", "decisions_numel", [](Call& c) { c.a.decisions_numel = -1; }},
       {"decisions_too_small", "decisions_numel", [](Call& c) { c.a.decisions_numel = 3; }},

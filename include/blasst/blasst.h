@@ -51,7 +51,8 @@ typedef enum blasst_status BLASST_ENUM_BASE {
 typedef enum blasst_dtype BLASST_ENUM_BASE {
   BLASST_DTYPE_FLOAT32 = 0,
   BLASST_DTYPE_FLOAT16 = 1,
-  BLASST_DTYPE_BFLOAT16 = 2
+  BLASST_DTYPE_BFLOAT16 = 2,
+  BLASST_DTYPE_FLOAT8_E4M3 = 3 /* OCP e4m3 (torch.float8_e4m3fn): with dequantization scales */
 } blasst_dtype;
 
 typedef enum blasst_phase BLASST_ENUM_BASE {
@@ -126,6 +127,21 @@ typedef struct blasst_threshold {
   const float* per_request_factor;
 } blasst_threshold;
 
+/*
+ * Dequantization scales of FP8 (e4m3) operands: the real value of a stored element x of Q, K or
+ * V is scale * x, exactly (engines fold the scales into the score scale and the output). Each
+ * pointer holds one value (per_kv_head = 0) or num_kv_heads values (per_kv_head = 1; the query
+ * heads of KV head h take q[h]); host memory for the CPU engine, device memory for CUDA
+ * engines. A scale is required for, and only for, an operand stored in FP8. The CPU engine
+ * refuses a value that is not finite and > 0; CUDA engines do not read device memory on the host.
+ */
+typedef struct blasst_scales {
+  const float* q;
+  const float* k;
+  const float* v;
+  int32_t per_kv_head;
+} blasst_scales;
+
 typedef struct blasst_args {
   uint32_t struct_size; /* sizeof(blasst_args); set by blasst_args_init */
 
@@ -156,13 +172,16 @@ typedef struct blasst_args {
   blasst_tensor q;   /* [B, Lq, Hq, Dqk] */
   blasst_tensor k;   /* [B, Lk, Hkv, Dqk] (or pages) */
   blasst_tensor v;   /* [B, Lk, Hkv, Dv]  (or pages) */
-  blasst_tensor out; /* [B, Lq, Hq, Dv], same dtype as q */
+  blasst_tensor out; /* [B, Lq, Hq, Dv], same dtype as q (FP8 q: float32, float16 or bfloat16) */
+  /* dtypes: q, k, v share one of float32, float16, bfloat16; or K and V (together) in FP8 beside
+   * a 16/32-bit q (an FP8 KV cache); or all three in FP8. */
   blasst_tensor lse; /* [B, Lq, Hq] fp32 with head dim stride 1 unused; data may be NULL */
 
   float scale;  /* score scale; 0 = 1/sqrt(head_dim_qk) */
   int32_t causal; /* bottom-right aligned: row i sees keys k <= Lk - Lq + i */
 
   blasst_threshold threshold;
+  blasst_scales scales; /* FP8 operands only; zeroed otherwise */
   blasst_geometry geometry;
   blasst_engine engine;
   int32_t num_threads; /* CPU engine: 0 = all hardware threads */

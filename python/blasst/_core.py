@@ -20,9 +20,10 @@ import torch
 
 from . import _lib
 from ._guard import warn_if_dense
-from ._validate import check_inputs, int32_values, view_extent
+from ._validate import check_inputs, int32_values, output_dtype, scales_for_call, view_extent
 
-_DTYPES = {torch.float32: _lib.DTYPE_FLOAT32, torch.float16: _lib.DTYPE_FLOAT16, torch.bfloat16: _lib.DTYPE_BFLOAT16}
+_DTYPES = {torch.float32: _lib.DTYPE_FLOAT32, torch.float16: _lib.DTYPE_FLOAT16, torch.bfloat16: _lib.DTYPE_BFLOAT16,
+           torch.float8_e4m3fn: _lib.DTYPE_FLOAT8_E4M3}
 _ORDERS = {"ascending": _lib.ORDER_ASCENDING, "anchored": _lib.ORDER_ANCHORED}
 _ENGINES = {"auto": _lib.ENGINE_AUTO, "cpu": _lib.ENGINE_CPU, "cuda": _lib.ENGINE_CUDA}
 _ENGINE_NAMES = {v: k for k, v in _ENGINES.items()}
@@ -130,10 +131,15 @@ def run(
     return_stats: bool = False,
     return_decisions: bool = False,
     per_request_factor: Optional[torch.Tensor] = None,
+    q_scale: Optional[torch.Tensor] = None,
+    k_scale: Optional[torch.Tensor] = None,
+    v_scale: Optional[torch.Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ):
     """Runs one call; returns (out, lse, stats, decisions or None, RunInfo)."""
     layout = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
-                          per_kv_head_factor, max_seqlen_q, max_seqlen_k, per_request_factor)
+                          per_kv_head_factor, max_seqlen_q, max_seqlen_k, per_request_factor, q_scale, k_scale,
+                          v_scale, out_dtype)
     device = q.device
     ragged_q, ragged_k, paged, batch = layout.ragged_q, layout.ragged_k, layout.paged, layout.batch
     kv_dims = 3 if (ragged_k and not paged) else 4
@@ -162,7 +168,7 @@ def run(
     out_shape, lse_shape, stats_shape = output_shapes(q, v, phase, num_kv_heads, return_stats)
     # Rows past an entry's length are never written by the engine: give them defined values.
     partial_rows = seqlens_q is not None or ragged_q
-    out = (torch.zeros if partial_rows else torch.empty)(out_shape, dtype=q.dtype, device=device)
+    out = (torch.zeros if partial_rows else torch.empty)(out_shape, dtype=output_dtype(q, out_dtype), device=device)
     lse = (torch.full(lse_shape, float("-inf"), dtype=torch.float32, device=device) if partial_rows
            else torch.empty(lse_shape, dtype=torch.float32, device=device))
     stats = torch.zeros(stats_shape, dtype=torch.int64, device=device)
@@ -201,6 +207,11 @@ def run(
     if per_kv_head_factor is not None:
         per_kv_head_factor = per_kv_head_factor.to(torch.float32).contiguous()
         a.threshold.per_kv_head_factor = per_kv_head_factor.data_ptr()
+    q_scale, k_scale, v_scale, per_head_scales = scales_for_call(q_scale, k_scale, v_scale, num_kv_heads)
+    a.scales.q = q_scale.data_ptr() if q_scale is not None else None
+    a.scales.k = k_scale.data_ptr() if k_scale is not None else None
+    a.scales.v = v_scale.data_ptr() if v_scale is not None else None
+    a.scales.per_kv_head = 1 if per_head_scales else 0
     if per_request_factor is not None:
         # read by the engine when it runs (on a GPU: at each CUDA graph replay)
         per_request_factor = per_request_factor.to(torch.float32).contiguous()

@@ -24,6 +24,7 @@ ERROR_INTERNAL = 5
 DTYPE_FLOAT32 = 0
 DTYPE_FLOAT16 = 1
 DTYPE_BFLOAT16 = 2
+DTYPE_FLOAT8_E4M3 = 3
 
 PHASE_PREFILL = 0
 PHASE_DECODE = 1
@@ -70,6 +71,15 @@ class BlasstThreshold(ctypes.Structure):
     ]
 
 
+class BlasstScales(ctypes.Structure):
+    _fields_ = [
+        ("q", ctypes.c_void_p),
+        ("k", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("per_kv_head", ctypes.c_int32),
+    ]
+
+
 class BlasstArgs(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
@@ -96,6 +106,7 @@ class BlasstArgs(ctypes.Structure):
         ("scale", ctypes.c_float),
         ("causal", ctypes.c_int32),
         ("threshold", BlasstThreshold),
+        ("scales", BlasstScales),
         ("geometry", BlasstGeometry),
         ("engine", _c_enum),
         ("num_threads", ctypes.c_int32),
@@ -131,6 +142,7 @@ def _expected_layout() -> list[int]:
         BlasstArgs.lse.offset,
         BlasstArgs.scale.offset,
         BlasstArgs.threshold.offset,
+        BlasstArgs.scales.offset,
         BlasstArgs.geometry.offset,
         BlasstArgs.engine.offset,
         BlasstArgs.stream.offset,

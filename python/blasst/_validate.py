@@ -25,6 +25,7 @@ from ._lib import ERROR_INVALID_ARGUMENT, BlasstInvalidArgument
 # tensors (seqlens, cu_seqlens, block_table) are int32 arrays.
 INT32_MAX = 2**31 - 1
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FP8 = torch.float8_e4m3fn
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
@@ -89,6 +90,10 @@ def check_inputs(
     max_seqlen_q: int = 0,
     max_seqlen_k: int = 0,
     per_request_factor: Optional[torch.Tensor] = None,
+    q_scale: Optional[torch.Tensor] = None,
+    k_scale: Optional[torch.Tensor] = None,
+    v_scale: Optional[torch.Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Layout:
     """Raises BlasstInvalidArgument naming the argument for anything the engines could misread."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -96,11 +101,14 @@ def check_inputs(
             _fail(f"{name} is a {type(t).__name__}, expected a torch.Tensor")
     _check_devices(q, {"k": k, "v": v, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
                        "seqlens_q": seqlens_q, "seqlens_k": seqlens_k, "block_table": block_table,
-                       "per_kv_head_factor": per_kv_head_factor, "per_request_factor": per_request_factor})
-    if q.dtype not in FLOAT_DTYPES:
-        _fail(f"q has dtype {q.dtype}, expected float32, float16 or bfloat16")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        _fail(f"q, k and v must share one dtype (q {q.dtype}, k {k.dtype}, v {v.dtype})")
+                       "per_kv_head_factor": per_kv_head_factor, "per_request_factor": per_request_factor,
+                       "q_scale": q_scale, "k_scale": k_scale, "v_scale": v_scale})
+    if q.dtype not in FLOAT_DTYPES + (FP8,):
+        _fail(f"q has dtype {q.dtype}, expected float32, float16, bfloat16 or float8_e4m3fn")
+    fp8_cache = q.dtype != FP8 and k.dtype == FP8 and v.dtype == FP8
+    if not fp8_cache and (k.dtype != q.dtype or v.dtype != q.dtype):
+        _fail(f"q, k and v must share one dtype, or k and v be float8_e4m3fn together (q {q.dtype}, k {k.dtype}, "
+              f"v {v.dtype})")
 
     ragged_q = cu_seqlens_q is not None
     ragged_k = cu_seqlens_k is not None
@@ -174,6 +182,8 @@ def check_inputs(
             _fail(f"per_kv_head_factor has shape {tuple(per_kv_head_factor.shape)}, expected [num_kv_heads = "
                   f"{num_kv_heads}]")
 
+    _check_fp8(q, k, v, q_scale, k_scale, v_scale, out_dtype, num_kv_heads)
+
     # Lengths. A dense side without per-entry lengths is exactly its shape: a smaller bound would
     # leave rows unwritten or keys unread; with per-entry lengths the bound may be smaller.
     if max_seqlen_q < 0 or max_seqlen_k < 0:
@@ -207,6 +217,46 @@ def check_inputs(
     else:
         _int32_size(k.shape[0] if ragged_k else k.shape[1], "the key length (k tokens)")
     return Layout(ragged_q, ragged_k, paged, batch, num_q_heads, num_kv_heads, head_dim_qk, head_dim_v)
+
+
+def output_dtype(q: torch.Tensor, out_dtype: Optional[torch.dtype]) -> torch.dtype:
+    """The output's dtype: q's, or for FP8 queries out_dtype (default bfloat16)."""
+    if q.dtype == FP8:
+        return out_dtype or torch.bfloat16
+    return q.dtype
+
+
+def _check_fp8(q, k, v, q_scale, k_scale, v_scale, out_dtype, num_kv_heads) -> None:
+    """A dequantization scale for, and only for, each float8_e4m3fn operand: a float tensor of
+    one value ([] or [1]) or one per KV head ([Hkv]). out_dtype only with FP8 queries."""
+    for name, t, scale in (("q", q, q_scale), ("k", k, k_scale), ("v", v, v_scale)):
+        if t.dtype == FP8 and scale is None:
+            _fail(f"{name} is float8_e4m3fn but {name}_scale is not given (its dequantization scale)")
+        if t.dtype != FP8 and scale is not None:
+            _fail(f"{name}_scale is given but {name} is {t.dtype}, not float8_e4m3fn")
+        if scale is None:
+            continue
+        if not scale.dtype.is_floating_point or scale.dtype == FP8:
+            _fail(f"{name}_scale has dtype {scale.dtype}, expected float32")
+        if tuple(scale.shape) not in ((), (1,), (num_kv_heads,)):
+            _fail(f"{name}_scale has shape {tuple(scale.shape)}, expected one value ([] or [1]) or one per KV head "
+                  f"([{num_kv_heads}])")
+    if out_dtype is not None:
+        if q.dtype != FP8 and out_dtype != q.dtype:
+            _fail(f"out_dtype {out_dtype} is only for float8_e4m3fn queries (the output takes q's dtype {q.dtype})")
+        if out_dtype not in FLOAT_DTYPES:
+            _fail(f"out_dtype is {out_dtype}, expected float32, float16 or bfloat16")
+
+
+def scales_for_call(q_scale, k_scale, v_scale, num_kv_heads: int):
+    """(q, k, v scales as contiguous float32 tensors or None, per_kv_head): one value each, or all
+    expanded to [Hkv] when any is per KV head (the C ABI takes one layout for the three)."""
+    given = [s for s in (q_scale, k_scale, v_scale) if s is not None]
+    per_head = any(s.dim() == 1 and s.shape[0] == num_kv_heads and num_kv_heads > 1 for s in given)
+    n = num_kv_heads if per_head else 1
+    out = [None if s is None else s.to(torch.float32).reshape(-1).expand(n).contiguous() for s in
+           (q_scale, k_scale, v_scale)]
+    return out[0], out[1], out[2], per_head
 
 
 def int32_values(t: Optional[torch.Tensor], name: str) -> Optional[torch.Tensor]:

@@ -22,6 +22,15 @@ def resolve_phase(phase: str, seqlen_q: int, seqlen_k: int, decode_max_query_len
     return "decode" if 1 <= seqlen_q <= decode_max_query_len and seqlen_k > seqlen_q else "prefill"
 
 
+def _as_scale(scale, device) -> Optional[Tensor]:
+    """A dequantization scale as a float32 tensor on q's device (a number or a sequence)."""
+    if scale is None or isinstance(scale, Tensor):
+        return scale
+    if isinstance(scale, (int, float)):
+        return torch.tensor([float(scale)], dtype=torch.float32, device=device)
+    return torch.tensor([float(x) for x in scale], dtype=torch.float32, device=device)
+
+
 def _longest(cu_seqlens: Optional[Tensor]) -> Optional[int]:
     """Longest entry of a ragged side from its offsets, or None when they cannot be read here.
     The op reads them too when max_seqlen_* is not given (a host sync on a GPU); under
@@ -78,6 +87,10 @@ def attention(
     max_seqlen_q: int = 0,
     max_seqlen_k: int = 0,
     per_request_factor: Union[Sequence[float], Tensor, None] = None,
+    q_scale: Union[float, Sequence[float], Tensor, None] = None,
+    k_scale: Union[float, Sequence[float], Tensor, None] = None,
+    v_scale: Union[float, Sequence[float], Tensor, None] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ):
     """BLASST attention.
 
@@ -94,6 +107,11 @@ def attention(
     it when it runs, so a CUDA graph that captured the call takes the values present at each
     replay. On a GPU its values are not checked: one that is not finite and > 0 makes its entry
     dense (the CPU engine refuses it).
+
+    FP8: k and v in torch.float8_e4m3fn (an FP8 KV cache) beside a float32/16 or bfloat16 q, or
+    q too; k_scale / v_scale (/ q_scale) are the dequantization scales of exactly the FP8 operands
+    (real value = scale * stored), one value or one per KV head. With an FP8 q the output is
+    out_dtype (default bfloat16).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
@@ -121,6 +139,7 @@ def attention(
     elif threshold_scale_factor is not None:
         factor = float(threshold_scale_factor)
 
+    q_scale, k_scale, v_scale = (_as_scale(s, q.device) for s in (q_scale, k_scale, v_scale))
     if per_request_factor is not None and not isinstance(per_request_factor, Tensor):
         per_request_factor = torch.tensor([float(x) for x in per_request_factor], dtype=torch.float32, device=q.device)
     if phase == "auto":
@@ -134,7 +153,7 @@ def attention(
         q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q, max_seqlen_k,
         float(scale) if scale is not None else 0.0, bool(causal), factor, per_head, int(block_m), int(block_n),
         _core.order_code(order), int(splits), _core.engine_code(engine), int(num_threads), bool(return_stats),
-        per_request_factor,
+        per_request_factor, q_scale, k_scale, v_scale, out_dtype,
     )
     return (out, lse, stats) if return_stats else (out, lse)
 

@@ -19,6 +19,7 @@ const int64_t kLayout[] = {
     int64_t(offsetof(blasst_args, lse)),
     int64_t(offsetof(blasst_args, scale)),
     int64_t(offsetof(blasst_args, threshold)),
+    int64_t(offsetof(blasst_args, scales)),
     int64_t(offsetof(blasst_args, geometry)),
     int64_t(offsetof(blasst_args, engine)),
     int64_t(offsetof(blasst_args, stream)),

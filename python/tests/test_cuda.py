@@ -93,6 +93,16 @@ def test_per_request_factors_follow_cuda_graph_replays(phase):
     assert skipped[0] > skipped[2] > 0 and skipped[1] == 0
 
 
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_fp8_on_the_gpu_is_unsupported_not_wrong(phase):
+    # no CUDA kernel takes FP8 operands yet: a clear UNSUPPORTED, never a result
+    q, k, v = cuda(*structured_qkv(1, 1 if phase == "decode" else 64, 256, 4, 2, 64, dtype=torch.bfloat16))
+    one = torch.ones(1, device="cuda")
+    with pytest.raises(blasst.BlasstUnsupported, match="float8_e4m3"):
+        blasst.attention(q, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn), phase=phase, k_scale=one,
+                         v_scale=one)
+
+
 def test_decode_on_gpu():
     q, k, v = structured_qkv(2, 1, 700, 8, 2, 128, dtype=torch.bfloat16)
     out, _ = _run_or_skip(lambda: blasst.attention(*cuda(q, k, v), phase="decode"))

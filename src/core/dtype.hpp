@@ -63,6 +63,41 @@ inline uint16_t float_to_fp16(float f) {
   return uint16_t(sign | ((rounded - 0x38000000u) >> 13));
 }
 
+// OCP FP8 e4m3 (torch.float8_e4m3fn): 1 sign, 4 exponent (bias 7), 3 mantissa bits; no
+// infinities, S.1111.111 is NaN; the largest finite value is 448. Every e4m3 value is exact in
+// fp32 (and in bf16 and fp16).
+inline float e4m3_to_float(uint8_t x) {
+  const bool negative = (x & 0x80u) != 0;
+  const uint32_t exponent = (x >> 3) & 0xfu, mantissa = x & 0x7u;
+  float magnitude;
+  if (exponent == 0xfu && mantissa == 0x7u) {
+    magnitude = bits_to_float(0x7fc00000u);
+  } else if (exponent == 0) {
+    magnitude = float(mantissa) * 0.001953125f;  // subnormal: mantissa * 2^-9
+  } else {
+    magnitude = bits_to_float(((exponent + 120u) << 23) | (mantissa << 20));
+  }
+  return negative ? -magnitude : magnitude;
+}
+
+// Round to nearest even; NaN and magnitudes that round past 448 give NaN (as torch's cast).
+inline uint8_t float_to_e4m3(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint8_t sign = uint8_t((u >> 24) & 0x80u);
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u || abs > 0x43e80000u) return uint8_t(sign | 0x7fu);  // NaN, or > 464 (rounds past 448)
+  if (abs < 0x3c800000u) {
+    // below the smallest normal (2^-6): multiples of 2^-9, round to nearest even
+    const float units = bits_to_float(abs) * 512.0f;  // exact: power-of-two scale
+    uint32_t q = uint32_t(units);
+    const float rest = units - float(q);
+    if (rest > 0.5f || (rest == 0.5f && (q & 1u))) ++q;
+    return uint8_t(sign | q);  // q == 8 is the smallest normal, encoded the same way
+  }
+  const uint32_t rounded = abs + 0x7ffffu + ((abs >> 20) & 1u);  // mantissa to 3 bits, nearest even
+  return uint8_t(sign | ((rounded - 0x3c000000u) >> 20));
+}
+
 // Element loads and stores by dtype.
 inline float load_element(const void* base, blasst_dtype dtype, int64_t index) {
   switch (dtype) {
@@ -70,6 +105,8 @@ inline float load_element(const void* base, blasst_dtype dtype, int64_t index) {
       return fp16_to_float(static_cast<const uint16_t*>(base)[index]);
     case BLASST_DTYPE_BFLOAT16:
       return bf16_to_float(static_cast<const uint16_t*>(base)[index]);
+    case BLASST_DTYPE_FLOAT8_E4M3:
+      return e4m3_to_float(static_cast<const uint8_t*>(base)[index]);
     default:
       return static_cast<const float*>(base)[index];
   }
@@ -82,6 +119,9 @@ inline void store_element(void* base, blasst_dtype dtype, int64_t index, float v
       break;
     case BLASST_DTYPE_BFLOAT16:
       static_cast<uint16_t*>(base)[index] = float_to_bf16(value);
+      break;
+    case BLASST_DTYPE_FLOAT8_E4M3:
+      static_cast<uint8_t*>(base)[index] = float_to_e4m3(value);
       break;
     default:
       static_cast<float*>(base)[index] = value;

@@ -48,6 +48,11 @@ inline double threshold_factor(const blasst_args& a, int64_t b, int64_t kv_head)
   return a.threshold.threshold_scale_factor;
 }
 
+// The FP8 dequantization scale of one operand for KV head kv_head (1 when it is not FP8).
+inline float dequant_scale(const blasst_args& a, const float* scale, int64_t kv_head) {
+  return scale ? scale[a.scales.per_kv_head ? kv_head : 0] : 1.0f;
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Number of decision groups per batch entry and their tile grid (SPEC section 2).
@@ -56,6 +61,8 @@ inline int64_t groups_per_entry(const blasst_args& a, blasst_phase phase, int64_
   return int64_t(a.num_q_heads) * ceil_div(a.max_seqlen_q, block_m);
 }
 
-inline size_t dtype_size(blasst_dtype d) { return d == BLASST_DTYPE_FLOAT32 ? 4 : 2; }
+inline size_t dtype_size(blasst_dtype d) {
+  return d == BLASST_DTYPE_FLOAT32 ? 4 : d == BLASST_DTYPE_FLOAT8_E4M3 ? 1 : 2;
+}
 
 }  // namespace blasst::detail

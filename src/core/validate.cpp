@@ -21,7 +21,8 @@ Status invalid(const Parts&... parts) {
 }
 
 bool valid_dtype(blasst_dtype d) {
-  return d == BLASST_DTYPE_FLOAT32 || d == BLASST_DTYPE_FLOAT16 || d == BLASST_DTYPE_BFLOAT16;
+  return d == BLASST_DTYPE_FLOAT32 || d == BLASST_DTYPE_FLOAT16 || d == BLASST_DTYPE_BFLOAT16 ||
+         d == BLASST_DTYPE_FLOAT8_E4M3;
 }
 
 const char* dtype_name(blasst_dtype d) {
@@ -29,6 +30,7 @@ const char* dtype_name(blasst_dtype d) {
     case BLASST_DTYPE_FLOAT32: return "float32";
     case BLASST_DTYPE_FLOAT16: return "float16";
     case BLASST_DTYPE_BFLOAT16: return "bfloat16";
+    case BLASST_DTYPE_FLOAT8_E4M3: return "float8_e4m3";
   }
   return "unknown";
 }
@@ -133,6 +135,31 @@ Status check_pages(const blasst_args& a) {
   return Status::ok();
 }
 
+constexpr blasst_dtype kFp8 = BLASST_DTYPE_FLOAT8_E4M3;
+
+// q, k, v in one 16/32-bit dtype; K and V in FP8 beside such a q; or all three in FP8 (then out
+// is 16/32-bit). A scale for, and only for, each FP8 operand.
+Status check_dtypes_and_scales(const blasst_args& a) {
+  const bool q8 = a.q.dtype == kFp8, k8 = a.k.dtype == kFp8, v8 = a.v.dtype == kFp8;
+  const bool same = a.k.dtype == a.q.dtype && a.v.dtype == a.q.dtype;
+  const bool fp8_cache = !q8 && k8 && v8;
+  if (!same && !fp8_cache)
+    return invalid("q, k and v must share one dtype, or K and V be float8_e4m3 together (q ", dtype_name(a.q.dtype),
+                   ", k ", dtype_name(a.k.dtype), ", v ", dtype_name(a.v.dtype), ")");
+  if (q8 ? a.out.dtype == kFp8 : a.out.dtype != a.q.dtype)
+    return invalid("out.dtype is ", dtype_name(a.out.dtype), ", expected ",
+                   q8 ? "float32, float16 or bfloat16 (FP8 inputs)" : dtype_name(a.q.dtype), " (the input dtype)");
+  for (auto [name, scale, fp8] : {std::tuple{"scales.q", a.scales.q, q8}, std::tuple{"scales.k", a.scales.k, k8},
+                                  std::tuple{"scales.v", a.scales.v, v8}}) {
+    const char* operand = name + 7;  // "q", "k" or "v"
+    if (fp8 && !scale) return invalid(name, " is NULL but ", operand, " is float8_e4m3 (its dequantization scale)");
+    if (!fp8 && scale) return invalid(name, " is set but ", operand, " is not float8_e4m3");
+  }
+  if (a.scales.per_kv_head != 0 && a.scales.per_kv_head != 1)
+    return invalid("scales.per_kv_head is ", a.scales.per_kv_head, ", expected 0 (one value) or 1 (num_kv_heads values)");
+  return Status::ok();
+}
+
 }  // namespace
 
 blasst_geometry resolve_geometry(const blasst_geometry& requested) {
@@ -181,11 +208,7 @@ Status validate_shape_args(const blasst_args& a, blasst_phase phase) {
                                    std::tuple{"lse", &a.lse, false}}) {
     if (Status s = check_tensor_header(name, *t, required); !s) return s;
   }
-  if (a.k.dtype != a.q.dtype || a.v.dtype != a.q.dtype)
-    return invalid("q, k and v must share one dtype (q ", dtype_name(a.q.dtype), ", k ", dtype_name(a.k.dtype),
-                   ", v ", dtype_name(a.v.dtype), ")");
-  if (a.out.dtype != a.q.dtype)
-    return invalid("out.dtype is ", dtype_name(a.out.dtype), ", expected the input dtype ", dtype_name(a.q.dtype));
+  if (Status s = check_dtypes_and_scales(a); !s) return s;
   if (a.lse.data && a.lse.dtype != BLASST_DTYPE_FLOAT32)
     return invalid("lse.dtype is ", dtype_name(a.lse.dtype), ", expected float32");
 
@@ -228,6 +251,14 @@ Status validate_host_contents(const blasst_args& a, blasst_phase phase, const bl
       if (!std::isfinite(f) || f < 0)
         return invalid("threshold.per_kv_head_factor[", h, "] is ", f, ", expected a finite value >= 0");
     }
+  }
+  const int32_t scale_count = a.scales.per_kv_head ? a.num_kv_heads : 1;
+  for (auto [name, scale] : {std::pair{"scales.q", a.scales.q}, std::pair{"scales.k", a.scales.k},
+                             std::pair{"scales.v", a.scales.v}}) {
+    if (!scale) continue;
+    for (int32_t i = 0; i < scale_count; ++i)
+      if (!std::isfinite(scale[i]) || !(scale[i] > 0))
+        return invalid(name, "[", i, "] is ", scale[i], ", expected a finite value > 0");
   }
   if (a.threshold.per_request_factor) {
     for (int32_t b = 0; b < a.batch; ++b) {

@@ -41,6 +41,8 @@ struct Group {
   int64_t seqlen_k;
   bool skip_enabled;
   float log_lambda;
+  float score_scale;  // the call's scale times the FP8 dequantization scales of Q and K
+  float v_scale;      // FP8 dequantization scale of V (1 otherwise), applied to the output
 };
 
 struct GroupStats {
@@ -84,6 +86,13 @@ class GroupRunner {
   }
 
   void use_shared(const SharedTiles* shared) { shared_ = shared; }
+
+  // Scale of the scores of KV head kv_head's groups: the call's, times the FP8 dequantization
+  // scales of Q and K (exactly the call's scale when neither is FP8).
+  float score_scale(int64_t kv_head) const {
+    return float(double(scale_) * detail::dequant_scale(a_, a_.scales.q, kv_head) *
+                 detail::dequant_scale(a_, a_.scales.k, kv_head));
+  }
   int64_t kt_tile_size() const { return dqk_ * bn_pad_; }
   int64_t v_tile_size() const { return g_.block_n * dv_pad_; }
 
@@ -92,7 +101,7 @@ class GroupRunner {
     const int64_t key0 = t * g_.block_n;
     const int64_t n = std::min<int64_t>(g_.block_n, seqlen_k - key0);
     if (kt) {
-      for_input_dtype([&](auto load) {
+      for_dtype(a_.k.dtype, [&](auto load) {
         for (int64_t j = 0; j < n; ++j) {
           const int64_t off = detail::kv_offset(a_, a_.k, b, key0 + j, hk);
           for (int64_t d = 0; d < dqk_; ++d) kt[d * bn_pad_ + j] = load(a_.k.data, off + d);
@@ -103,7 +112,7 @@ class GroupRunner {
       for (int64_t d = 0; d < dqk_; ++d) std::fill(kt + d * bn_pad_ + n, kt + d * bn_pad_ + n_pad, 0.0f);
     }
     if (v) {
-      for_input_dtype([&](auto load) {
+      for_dtype(a_.v.dtype, [&](auto load) {
         for (int64_t j = 0; j < n; ++j) {
           const int64_t off = detail::kv_offset(a_, a_.v, b, key0 + j, hk);
           float* dst = v + j * dv_pad_;
@@ -196,7 +205,7 @@ class GroupRunner {
         total_empty = false;
       }
     }
-    write_rows(sc);
+    write_rows(grp, sc);
     return stats;
   }
 
@@ -204,17 +213,20 @@ class GroupRunner {
     if (a_.decisions) a_.decisions[grp.trace_index + t] = uint8_t(d);
   }
 
+  // fn(load) with load(data, index) -> float for one operand's dtype (a loop per dtype, not a
+  // switch per element). FP8 values are loaded as stored; their scales act on scores and output.
   template <class Fn>
-  void for_input_dtype(Fn&& fn) const {
-    switch (a_.q.dtype) {
+  static void for_dtype(blasst_dtype dtype, Fn&& fn) {
+    switch (dtype) {
       case BLASST_DTYPE_FLOAT16: fn([](const void* p, int64_t i) { return detail::fp16_to_float(static_cast<const uint16_t*>(p)[i]); }); break;
       case BLASST_DTYPE_BFLOAT16: fn([](const void* p, int64_t i) { return detail::bf16_to_float(static_cast<const uint16_t*>(p)[i]); }); break;
+      case BLASST_DTYPE_FLOAT8_E4M3: fn([](const void* p, int64_t i) { return detail::e4m3_to_float(static_cast<const uint8_t*>(p)[i]); }); break;
       default: fn([](const void* p, int64_t i) { return static_cast<const float*>(p)[i]; });
     }
   }
 
   void load_queries(Scratch& sc) const {
-    for_input_dtype([&](auto load) {
+    for_dtype(a_.q.dtype, [&](auto load) {
       for (size_t r = 0; r < sc.rows.size(); ++r) {
         float* dst = sc.q.data() + r * size_t(dqk_);
         for (int64_t d = 0; d < dqk_; ++d) dst[d] = load(a_.q.data, sc.rows[r].q_offset + d);
@@ -242,7 +254,7 @@ class GroupRunner {
     // past the end of the keys is short, and block_n may be far larger than the keys there are.
     // Nothing reads a row's scores past its visible keys.
     const int64_t n_pad = round_up(n, k_.column_pad);
-    k_.gemm_scaled(int(rows), int(n_pad), int(dqk_), scale_, sc.q.data(), int(dqk_), kt, int(bn_pad_), s,
+    k_.gemm_scaled(int(rows), int(n_pad), int(dqk_), grp.score_scale, sc.q.data(), int(dqk_), kt, int(bn_pad_), s,
                    int(bn_pad_));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t visible = std::clamp<int64_t>(sc.rows[r].key_end - key0, 0, n);
@@ -344,13 +356,13 @@ class GroupRunner {
   }
 
   // O = o / l, LSE = m + ln(l); rows with nothing visible get O = 0, LSE = -inf.
-  void write_rows(const Scratch& sc) const {
+  void write_rows(const Group& grp, const Scratch& sc) const {
     for (size_t r = 0; r < sc.rows.size(); ++r) {
       const float l = sc.l_total[r];
       const float m = sc.m_total[r];
       const float* o = sc.o_total.data() + r * size_t(dv_pad_);
       const bool empty = m == kNegInf || l == 0.0f;
-      const float inv = empty ? 0.0f : 1.0f / l;
+      const float inv = empty ? 0.0f : grp.v_scale / l;
       for (int64_t d = 0; d < dv_; ++d)
         detail::store_element(a_.out.data, a_.out.dtype, sc.rows[r].out_offset + d, empty ? 0.0f * o[d] : o[d] * inv);
       if (a_.lse.data)
@@ -483,6 +495,8 @@ Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, b
       const double factor = detail::threshold_factor(a, b, grp.kv_head);
       grp.skip_enabled = skipping_enabled(factor, lk);
       grp.log_lambda = grp.skip_enabled ? float(std::log(factor / double(lk))) : kNegInf;
+      grp.score_scale = runner.score_scale(grp.kv_head);
+      grp.v_scale = detail::dequant_scale(a, a.scales.v, grp.kv_head);
 
       // Rows ordered by query position, so visible key ranges never shrink along the list.
       sc.rows.clear();

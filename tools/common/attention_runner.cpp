@@ -29,7 +29,7 @@ double Problem::dense_flops() const {
 }
 
 double Problem::kv_bytes(blasst_dtype dtype) const {
-  const double elem = dtype == BLASST_DTYPE_FLOAT32 ? 4.0 : 2.0;
+  const double elem = double(detail::dtype_size(dtype));
   return double(batch) * double(lk) * double(hkv) * double(d + dv) * elem;
 }
 
@@ -37,6 +37,7 @@ const char* dtype_label(blasst_dtype dtype) {
   switch (dtype) {
     case BLASST_DTYPE_FLOAT16: return "fp16";
     case BLASST_DTYPE_BFLOAT16: return "bf16";
+    case BLASST_DTYPE_FLOAT8_E4M3: return "fp8_e4m3";
     default: return "fp32";
   }
 }

@@ -152,6 +152,8 @@ cudaError_t launch(const KernelChoice& k, DecodeParams p, cudaStream_t stream) {
 }  // namespace
 
 Status check_supported(const blasst_args& a) {
+  if (a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3 || a.k.dtype == BLASST_DTYPE_FLOAT8_E4M3)
+    return unsupported("decode with float8_e4m3 operands has no CUDA kernel in this build (the CPU engine runs it)");
   if (a.q.dtype != BLASST_DTYPE_BFLOAT16 && a.q.dtype != BLASST_DTYPE_FLOAT16)
     return unsupported("dtype must be bfloat16 or float16");
   if (a.head_dim_qk != a.head_dim_v || (a.head_dim_qk != 64 && a.head_dim_qk != 128))
