@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_bench import Args, RunInfo, Tensor, time_interleaved, to_pages  # noqa: E402  (C ABI structs, shared)
 
 BF16 = 2
+FP8 = 3  # float8_e4m3 (blasst_dtype)
 ENGINE_CUDA = 2
 
 
@@ -55,8 +56,9 @@ class Decoder:
         self.lib.blasst_workspace_size.argtypes = [ctypes.POINTER(Args), ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
         self.lib.blasst_workspace_size.restype = ctypes.c_int
 
-    def args(self, q, k, v, out, lk, sf, order, table=None, page=0, splits=0):
-        """q/out [B, 1, Hq, D]; k/v [B, Lk, Hkv, D] or pages [P, page, Hkv, D] with table [B, pages]."""
+    def args(self, q, k, v, out, lk, sf, order, table=None, page=0, splits=0, scales=None):
+        """q/out [B, 1, Hq, D]; k/v [B, Lk, Hkv, D] or pages [P, page, Hkv, D] with table [B, pages];
+        FP8 k/v (torch.float8_e4m3fn) with scales = (k_scale, v_scale), one-value device tensors."""
         a = Args()
         self.lib.blasst_args_init(ctypes.byref(a))
         b, lq, hq, d = q.shape
@@ -66,8 +68,11 @@ class Decoder:
         a.max_seqlen_q, a.max_seqlen_k = lq, lk
         a.q = tensor_view(q, BF16, lq * hq * d, hq * d, d)
         a.out = tensor_view(out, BF16, lq * hq * d, hq * d, d)
-        a.k = tensor_view(k, BF16, k.stride(0), hkv * d, d)
-        a.v = tensor_view(v, BF16, v.stride(0), hkv * d, d)
+        kv_code = FP8 if k.dtype == torch.float8_e4m3fn else BF16
+        a.k = tensor_view(k, kv_code, k.stride(0), hkv * d, d)
+        a.v = tensor_view(v, kv_code, v.stride(0), hkv * d, d)
+        if scales is not None:
+            a.scales.k, a.scales.v = scales[0].data_ptr(), scales[1].data_ptr()
         if table is not None:
             a.block_table = table.data_ptr()
             a.block_table_stride = table.shape[1]
@@ -157,6 +162,9 @@ def main():
                     help="a second libblasst.so: its dense and skip modes are timed in the same interleaved "
                          "rotation as ours at every point and factor (printed, not recorded)")
     ap.add_argument("--splits", default="", help="also time dense paged at these forced split counts (printed, not recorded)")
+    ap.add_argument("--fp8", action="store_true",
+                    help="also time an FP8 (e4m3) copy of the paged cache, per-tensor scales (rows blasst-fp8-*; "
+                         "GB/s count the FP8 cache's bytes)")
     opts = ap.parse_args()
     try:
         lambdas = [float(x) for x in opts.lambdas.split(",") if x]
@@ -193,11 +201,13 @@ def main():
         kv_bytes = 2 * b * lk * hkv * d * 2
 
         def record(kernel, sf, sparsity, ms):
-            gbs = kv_bytes / ms / 1e6
+            fp8 = kernel.startswith("blasst-fp8")
+            gbs = (kv_bytes // 2 if fp8 else kv_bytes) / ms / 1e6
             if kernel.startswith("blasst-") and not kernel.endswith("-contig") and opts.page != 64:
                 kernel += f"-p{opts.page}"  # the tables quote 64-token pages; other sizes are named
             tflops = 4.0 * b * lk * d * hq / ms / 1e9
-            rows.append(dict(gpu=gpu, date=date, commit=commit, phase="decode", kernel=kernel, dtype="bf16", batch=b,
+            rows.append(dict(gpu=gpu, date=date, commit=commit, phase="decode", kernel=kernel,
+                             dtype="fp8_e4m3" if fp8 else "bf16", batch=b,
                              lq=1, lk=lk, hq=hq, hkv=hkv, d=d, causal=1, sf=sf, sparsity=f"{sparsity:.4f}",
                              ms=f"{ms:.4f}", tflops=f"{tflops:.2f}", gbs=f"{gbs:.1f}"))
             return gbs
@@ -230,7 +240,7 @@ def main():
               f"{'vs cudnn':>9}{'vs fa2':>8}{'/bound':>8}")
 
         def line(kernel, sf, s, ms):
-            gbs = record(kernel, sf, s, ms)
+            gbs = record(kernel, sf, s, ms)  # of the bytes the kernel's cache holds (FP8: half)
             vs = lambda p: f"{peers[p] / ms:.2f}x" if p in peers else "-"  # noqa: E731
             bound = 2.0 / (2.0 - s)
             print(f"  {kernel:<22}{sf:>8}{s:>10.3f}{ms:>10.3f}{gbs:>9.0f}{100 * gbs / copy_gbs:>6.0f}%"
@@ -257,6 +267,25 @@ def main():
                 ms = time_ms(lambda a=a: dec.run(a), opts.reps)
                 print(f"  skip sf={sf:<6} splits={sp:<4} s={s:.3f} {ms:.3f} ms {kv_bytes / ms / 1e6:.0f} GB/s"
                       f" x{dense_ms['paged'] / ms:.2f} bound {dense_ms['paged'] / ms / (2 / (2 - s)):.2f}")
+        if opts.fp8:
+            # per-tensor scales amax / 448; the same paged layout, shuffled anew (bytes as uint8)
+            scales = tuple((t.float().abs().amax() / 448.0).reshape(1) for t in (k, v))
+            k8, v8 = ((t.float() / s).to(torch.float8_e4m3fn) for t, s in zip((k, v), scales))
+            kp8, vp8, table8 = to_pages(k8.view(torch.uint8), v8.view(torch.uint8), opts.page, gen)
+            kp8, vp8 = kp8.view(torch.float8_e4m3fn), vp8.view(torch.float8_e4m3fn)
+            out8 = torch.empty_like(q)
+            a8, ws8 = dec.args(q, kp8, vp8, out8, lk, 0.0, order, table8, opts.page, scales=scales)
+            dec.run(a8)
+            torch.cuda.synchronize()
+            if ref is not None:
+                err8 = (out8.view(b, hkv, hq // hkv, d).float() - ref.float()).abs().max().item()
+                print(f"  fp8: max |ours - bf16 peer| = {err8:.2e} (quantization included)")
+            line("blasst-fp8-dense", 0, 0.0, time_ms(lambda: dec.run(a8), opts.reps))
+            for sf in factors:
+                a8s, ws8s = dec.args(q, kp8, vp8, out8, lk, sf, order, table8, opts.page, scales=scales)
+                s = sparsity(dec.run_reported(a8s))
+                line("blasst-fp8-skip", sf, s, time_ms(lambda a=a8s: dec.run(a), opts.reps))
+            del k8, v8, kp8, vp8
         if base is not None:
             print(f"  same-run A/B against {opts.baseline_lib} (paged):")
             for sf in [0.0] + factors:

@@ -93,14 +93,62 @@ def test_per_request_factors_follow_cuda_graph_replays(phase):
     assert skipped[0] > skipped[2] > 0 and skipped[1] == 0
 
 
-@pytest.mark.parametrize("phase", ["prefill", "decode"])
-def test_fp8_on_the_gpu_is_unsupported_not_wrong(phase):
-    # no CUDA kernel takes FP8 operands yet: a clear UNSUPPORTED, never a result
-    q, k, v = cuda(*structured_qkv(1, 1 if phase == "decode" else 64, 256, 4, 2, 64, dtype=torch.bfloat16))
+def test_fp8_prefill_on_the_gpu_is_unsupported_not_wrong():
+    # no CUDA prefill kernel takes FP8 operands yet: a clear UNSUPPORTED, never a result
+    q, k, v = cuda(*structured_qkv(1, 64, 256, 4, 2, 64, dtype=torch.bfloat16))
     one = torch.ones(1, device="cuda")
     with pytest.raises(blasst.BlasstUnsupported, match="float8_e4m3"):
-        blasst.attention(q, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn), phase=phase, k_scale=one,
+        blasst.attention(q, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn), phase="prefill", k_scale=one,
                          v_scale=one)
+
+
+FP8_DECODE_CASES = [  # (batch, Lq, Lk, Hq, Hkv, D, page (0 = contiguous), per-head scales, factor, order)
+    (2, 1, 1000, 32, 8, 128, 64, False, 0.0, "ascending"),
+    (3, 1, 4097, 32, 8, 128, 16, True, 40.0, "ascending"),
+    (2, 2, 3000, 16, 2, 128, 0, False, 40.0, "anchored"),
+    (1, 1, 9000, 8, 1, 64, 64, True, 100.0, "ascending"),
+    (4, 1, 777, 16, 4, 64, 0, False, 20.0, "anchored"),
+]
+
+
+@pytest.mark.parametrize("case", FP8_DECODE_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_fp8_kv_cache_decode_matches_the_cpu_engine(case):
+    # the GPU's FP8 decode against the CPU engine on the same FP8 cache at the GPU's geometry
+    b, lq, lk, hq, hkv, d, page, per_head, factor, order = case
+    q, k, v = structured_qkv(b, lq, lk, hq, hkv, d, dtype=torch.float32, spread=1.0, seed=lk)
+    q = q.to(torch.bfloat16)
+    k_scale = (k.abs().amax(dim=(0, 1, 3)) / 448) if per_head else (k.abs().amax() / 448).reshape(1)
+    v_scale = (v.abs().amax(dim=(0, 1, 3)) / 448) if per_head else (v.abs().amax() / 448).reshape(1)
+    shape = (1, 1, hkv, 1) if per_head else (1,)
+    k8, v8 = (k / k_scale.view(shape)).to(torch.float8_e4m3fn), (v / v_scale.view(shape)).to(torch.float8_e4m3fn)
+    kw = dict(phase="decode", threshold_scale_factor=factor, order=order, return_stats=True)
+    if page:
+        per_seq = -(-lk // page)
+        table = torch.randperm(b * per_seq, generator=torch.Generator().manual_seed(1)).view(b, per_seq).int()
+        kp = torch.zeros(b * per_seq, page, hkv, d, dtype=torch.uint8)
+        vp = torch.zeros_like(kp)
+        for e in range(b):
+            for p in range(per_seq):
+                lo, hi = p * page, min((p + 1) * page, lk)
+                kp[table[e, p], : hi - lo] = k8[e, lo:hi].view(torch.uint8)
+                vp[table[e, p], : hi - lo] = v8[e, lo:hi].view(torch.uint8)
+        kc, vc = kp.view(torch.float8_e4m3fn), vp.view(torch.float8_e4m3fn)
+        kw.update(block_table=table, seqlens_k=torch.full((b,), lk, dtype=torch.int32))
+    else:
+        kc, vc = k8, v8
+    dev = {n: t.cuda() if isinstance(t, torch.Tensor) else t for n, t in kw.items()}
+    out, lse, stats = _run_or_skip(lambda: blasst.attention(q.cuda(), kc.cuda(), vc.cuda(), k_scale=k_scale.cuda(),
+                                                            v_scale=v_scale.cuda(), **dev))
+    info = blasst.last_run_info()
+    assert info.engine == "cuda"
+    ref, ref_lse, ref_stats = blasst.attention(q, kc, vc, k_scale=k_scale, v_scale=v_scale, block_n=info.block_n,
+                                               splits=info.splits, engine="cpu", **kw)
+    assert (out.cpu().float() - ref.float()).abs().max() < 2e-2 * (1 + ref.float().abs().max())
+    assert (lse.cpu() - ref_lse).abs().max() < 1e-3 * (1 + ref_lse.abs().max())
+    assert torch.equal(stats[:, 0].cpu(), ref_stats[:, 0])  # the same tiles visited
+    assert (stats[:, 1].cpu() - ref_stats[:, 1]).abs().sum() <= 2  # skips equal up to rounding flips
+    if factor:
+        assert stats[:, 1].sum() > 0
 
 
 def test_decode_on_gpu():

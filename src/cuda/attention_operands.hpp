@@ -43,6 +43,13 @@ struct AttentionOperands {
   float threshold_scale_factor;
   const float* per_kv_head_factor;  // [num_kv_heads], device memory, null = not per head
   const float* per_request_factor;  // [batch], device memory, read at run time (graph replays)
+
+  // FP8 dequantization scales (device memory; null for operands not in FP8): one value, or one
+  // per KV head when scales_per_kv_head.
+  const float* q_scale;
+  const float* k_scale;
+  const float* v_scale;
+  int32_t scales_per_kv_head;
 };
 
 // The operands of a validated call.

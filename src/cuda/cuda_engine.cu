@@ -54,6 +54,10 @@ AttentionOperands attention_operands(const blasst_args& a) {
   o.threshold_scale_factor = a.threshold.threshold_scale_factor;
   o.per_kv_head_factor = a.threshold.per_kv_head_factor;
   o.per_request_factor = a.threshold.per_request_factor;
+  o.q_scale = a.scales.q;
+  o.k_scale = a.scales.k;
+  o.v_scale = a.scales.v;
+  o.scales_per_kv_head = a.scales.per_kv_head;
   return o;
 }
 
@@ -92,6 +96,28 @@ bool aligned16(const blasst_tensor& t) {
 
 Status check_device_pointer(const char* name, const void* p) {
   if (p && !is_device_pointer(p)) return invalid(std::string(name) + " is not device memory");
+  return Status::ok();
+}
+
+// Every pointer a kernel reads or writes must be device memory (a host pointer would fault).
+Status check_device_pointers(const blasst_args& a) {
+  for (auto [name, ptr] : {std::pair{"q.data", a.q.data}, std::pair{"k.data", a.k.data}, std::pair{"v.data", a.v.data},
+                           std::pair{"out.data", a.out.data}, std::pair{"lse.data", a.lse.data},
+                           std::pair<const char*, void*>{"stats_per_head", a.stats_per_head},
+                           std::pair<const char*, void*>{"decisions", a.decisions}})
+    if (Status s = check_device_pointer(name, ptr); !s) return s;
+  for (auto [name, ptr] :
+       {std::pair{"cu_seqlens_q", a.cu_seqlens_q}, std::pair{"seqlens_q", a.seqlens_q},
+        std::pair{"cu_seqlens_k", a.cu_seqlens_k}, std::pair{"seqlens_k", a.seqlens_k},
+        std::pair{"block_table", a.block_table}})
+    if (Status s = check_device_pointer(name, ptr); !s) return s;
+  if (a.threshold.per_kv_head_factor)
+    if (Status s = check_device_pointer("threshold.per_kv_head_factor", a.threshold.per_kv_head_factor); !s) return s;
+  if (a.threshold.per_request_factor)
+    if (Status s = check_device_pointer("threshold.per_request_factor", a.threshold.per_request_factor); !s) return s;
+  for (auto [name, ptr] : {std::pair{"scales.q", a.scales.q}, std::pair{"scales.k", a.scales.k},
+                           std::pair{"scales.v", a.scales.v}})
+    if (Status s = check_device_pointer(name, ptr); !s) return s;
   return Status::ok();
 }
 
@@ -187,21 +213,6 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
   for (auto [name, t] : {std::pair{"q", &a.q}, std::pair{"k", &a.k}, std::pair{"v", &a.v}, std::pair{"out", &a.out}})
     if (!aligned16(*t))
       return unsupported(std::string(name) + " must be 16-byte aligned with strides that are multiples of 8 elements");
-  for (auto [name, ptr] : {std::pair{"q.data", a.q.data}, std::pair{"k.data", a.k.data}, std::pair{"v.data", a.v.data},
-                           std::pair{"out.data", a.out.data}, std::pair{"lse.data", a.lse.data},
-                           std::pair<const char*, void*>{"stats_per_head", a.stats_per_head},
-                           std::pair<const char*, void*>{"decisions", a.decisions}})
-    if (Status s = check_device_pointer(name, ptr); !s) return s;
-  for (auto [name, ptr] :
-       {std::pair{"cu_seqlens_q", a.cu_seqlens_q}, std::pair{"seqlens_q", a.seqlens_q},
-        std::pair{"cu_seqlens_k", a.cu_seqlens_k}, std::pair{"seqlens_k", a.seqlens_k},
-        std::pair{"block_table", a.block_table}})
-    if (Status s = check_device_pointer(name, ptr); !s) return s;
-  if (a.threshold.per_kv_head_factor)
-    if (Status s = check_device_pointer("threshold.per_kv_head_factor", a.threshold.per_kv_head_factor); !s) return s;
-  if (a.threshold.per_request_factor)
-    if (Status s = check_device_pointer("threshold.per_request_factor", a.threshold.per_request_factor); !s) return s;
-
   const int64_t row_blocks = ceil_div(a.max_seqlen_q, tiles.block_m);
   const int64_t tiles_per_group = ceil_div(a.max_seqlen_k, tiles.block_n);
   const int64_t trace_bytes = int64_t(a.batch) * a.num_q_heads * row_blocks * tiles_per_group;
@@ -367,6 +378,7 @@ size_t workspace_size(const blasst_args& args, blasst_phase phase) {
 }
 
 Status run(const blasst_args& args, blasst_phase phase, blasst_run_info* info) {
+  if (Status s = check_device_pointers(args); !s) return s;
   if (phase == BLASST_PHASE_DECODE) return decode::run_decode(args, info);
   return run_prefill(args, info);
 }

@@ -22,7 +22,10 @@
 // below rely on it.
 #pragma once
 
+#include <cuda_fp8.h>
+
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/decode/decode_params.cuh"
 #include "cuda/decode/tile_layout.cuh"
@@ -42,15 +45,21 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
 // Shared memory of one block: kKStages K tiles, one V tile, Q, the partial row maxima
 // (double-buffered by tile parity), and the key groups' partial l and the rows' m for the
 // epilogue. The epilogue's partial O (fp32) reuses the K stages and the V buffer.
-template <int D, int MT, int kKStages>
+// FP8 K/V (kKvBytes = 1): the K stages and the V buffer hold tiles as stored (half the bytes),
+// and each key group converts its rows of K(t), and later of V, into one 16-bit work tile in
+// the layout ldmatrix reads (e4m3 values are exact in bf16 and fp16).
+template <int D, int MT, int kKStages, int kKvBytes = 2>
 struct DecodeSmem {
+  static constexpr bool kFp8 = kKvBytes == 1;
   static constexpr int kWarps = kDecodeThreads / 32;
   static constexpr int kGroups = kWarps / MT;  // key groups
   static constexpr int kRowsPad = 16 * MT;
-  static constexpr int kTileBytes = kBlockN * D * 2;
+  static constexpr int kTileBytes = kBlockN * D * 2;          // a 16-bit tile (swizzled)
+  static constexpr int kStageBytes = kBlockN * D * kKvBytes;  // a tile as stored
   static constexpr int kOffK = 0;
-  static constexpr int kOffV = kOffK + kKStages * kTileBytes;
-  static constexpr int kOffQ = kOffV + kTileBytes;
+  static constexpr int kOffV = kOffK + kKStages * kStageBytes;
+  static constexpr int kOffWork = kOffV + kStageBytes;  // FP8 only
+  static constexpr int kOffQ = kOffWork + (kFp8 ? kTileBytes : 0);
   static constexpr int kOffMax = kOffQ + kRowsPad * D * 2;  // float [2][groups][rows]
   static constexpr int kOffL = kOffMax + 2 * kGroups * kRowsPad * 4;  // float [groups][rows]
   static constexpr int kOffM = kOffL + kGroups * kRowsPad * 4;        // float [rows]
@@ -80,20 +89,34 @@ struct KvSource {
   int64_t token_stride;
 };
 
+// Byte offset of 16-byte chunk `chunk` of row r in a tile of rows of D elements of type E:
+// 16-bit tiles are swizzled for ldmatrix; FP8 tiles (read back 16 bytes a thread, row by row,
+// by the conversion) are plain rows.
+template <class E, int D>
+__device__ __forceinline__ uint32_t chunk_offset(int r, int chunk) {
+  if constexpr (sizeof(E) == 2) {
+    return layout::swizzled_offset<D>(r, chunk * 8);
+  } else {
+    return uint32_t(r * D + chunk * 16);
+  }
+}
+
 // Issues the cp.async copies of the rows [32 MT kg, 32 MT (kg + 1)) of one [128 keys, D] tile
-// into a swizzled buffer, by the 32 MT threads of key group kg (tg = their index). Rows past
-// seqlen_k are zero-filled. A thread copies one 16-byte chunk column of D / 8 rows.
+// of E elements (16-bit, or FP8) into a buffer, by the 32 MT threads of key group kg (tg =
+// their index). Rows past seqlen_k are zero-filled. A thread copies one 16-byte chunk column of
+// its rows (16 / sizeof(E) elements a chunk).
 template <class T, int D, int MT>
 __device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvSource<T>& src, int b, int tile,
                                                 int lk, int kg, int tg, unsigned char* dst) {
-  constexpr int kChunks = D / 8;
+  constexpr int kElems = 16 / int(sizeof(T));  // elements per 16-byte chunk
+  constexpr int kChunks = D / kElems;
   constexpr int kGroupRows = 32 * MT;
   constexpr int kRowsPerPass = kGroupRows / kChunks;
   constexpr int kPasses = kGroupRows / kRowsPerPass;
   const int chunk = tg % kChunks;
   const int r0 = tg / kChunks;
   const int key0 = tile * kBlockN + kg * kGroupRows;  // first key of the group's rows
-  unsigned char* dst0 = dst + kg * kGroupRows * D * 2;
+  unsigned char* dst0 = dst + kg * kGroupRows * D * int(sizeof(T));
   const bool one_page = p.block_table && p.page_shift >= 0 && p.page_size >= kGroupRows;
   if (p.block_table && !one_page && p.page_shift >= 0 && p.page_size >= kRowsPerPass) {
     // Pages of a power of two smaller than the group's rows (e.g. 16 tokens): key0 starts a page
@@ -116,9 +139,9 @@ __device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvS
       const int key = key0 + r;
       if (((i * kRowsPerPass) & (p.page_size - 1)) == 0)
         row = src.base + int64_t(pages[i]) * src.page_stride + int64_t(key & (p.page_size - 1)) * src.token_stride +
-              chunk * 8;
+              chunk * kElems;
       const bool valid = key < lk;
-      ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)), valid ? row : src.base, valid);
+      ptx::cp_async_16(ptx::smem_addr(dst0 + chunk_offset<T, D>(r, chunk)), valid ? row : src.base, valid);
     }
     return;
   }
@@ -136,14 +159,14 @@ __device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvS
       const int key = key0 + r;
       const int slot = p.page_shift >= 0 ? key & (p.page_size - 1) : key % p.page_size;
       const bool valid = key < lk;
-      const T* row = src.base + int64_t(pages[i]) * src.page_stride + int64_t(slot) * src.token_stride + chunk * 8;
-      ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)), valid ? row : src.base, valid);
+      const T* row = src.base + int64_t(pages[i]) * src.page_stride + int64_t(slot) * src.token_stride + chunk * kElems;
+      ptx::cp_async_16(ptx::smem_addr(dst0 + chunk_offset<T, D>(r, chunk)), valid ? row : src.base, valid);
     }
     return;
   }
   // Contiguous, or the group's rows lie in one page (both are powers of two, the rows aligned):
   // one base row (one page lookup), the rows token_stride apart.
-  const T* row0 = src.base + chunk * 8;
+  const T* row0 = src.base + chunk * kElems;
   if (one_page) {
     const int page = key0 < lk ? p.block_table[b * p.block_table_stride + (key0 >> p.page_shift)] : 0;
     row0 += int64_t(page) * src.page_stride + int64_t(key0 & (p.page_size - 1)) * src.token_stride;
@@ -157,7 +180,7 @@ __device__ __forceinline__ void load_group_rows(const DecodeParams& p, const KvS
   for (int i = 0; i < kPasses; ++i, row += pass_stride) {
     const int r = r0 + i * kRowsPerPass;
     const bool valid = key0 + r < lk;
-    ptx::cp_async_16(ptx::smem_addr(dst0 + layout::swizzled_offset<D>(r, chunk * 8)), valid ? row : src.base, valid);
+    ptx::cp_async_16(ptx::smem_addr(dst0 + chunk_offset<T, D>(r, chunk)), valid ? row : src.base, valid);
   }
 }
 
@@ -171,10 +194,53 @@ __device__ __forceinline__ void group_sync(int kg) {
   }
 }
 
+// Two e4m3 values (the low byte first) as two T values, exactly: through fp16x2 (one cvt on
+// sm_89+), then fp32 for bf16.
+template <class T>
+__device__ __forceinline__ uint32_t fp8x2_to(uint32_t pair) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair), __NV_E4M3);
+  if constexpr (std::is_same_v<T, __half>) {
+    return uint32_t(h.x) | (uint32_t(h.y) << 16);
+  } else {
+    const float2 f = __half22float2(__half2(h));
+    return ptx::pack2<T>(f.x, f.y);
+  }
+}
+
+// The FP8 rows of key group kg (stored as loaded: [128, D] bytes) as T values in the swizzled
+// 16-bit layout of `work`, by the group's 32 MT threads; 16 elements a thread and pass, in the
+// chunk order of the copies (consecutive threads read consecutive 16 bytes of a row).
+template <class T, int D, int MT>
+__device__ __forceinline__ void convert_group_rows(const unsigned char* stored, unsigned char* work, int kg, int tg) {
+  constexpr int kChunks = D / 16;
+  constexpr int kGroupRows = 32 * MT;
+  constexpr int kRowsPerPass = kGroupRows / kChunks;
+  const int chunk = tg % kChunks;
+  const int row0 = kg * kGroupRows + tg / kChunks;
+#pragma unroll
+  for (int i = 0; i < kGroupRows / kRowsPerPass; ++i) {
+    const int r = row0 + i * kRowsPerPass;
+    const uint4 in = *reinterpret_cast<const uint4*>(stored + r * D + chunk * 16);
+    const uint4 lo = make_uint4(fp8x2_to<T>(in.x & 0xffffu), fp8x2_to<T>(in.x >> 16), fp8x2_to<T>(in.y & 0xffffu),
+                                fp8x2_to<T>(in.y >> 16));
+    const uint4 hi = make_uint4(fp8x2_to<T>(in.z & 0xffffu), fp8x2_to<T>(in.z >> 16), fp8x2_to<T>(in.w & 0xffffu),
+                                fp8x2_to<T>(in.w >> 16));
+    *reinterpret_cast<uint4*>(work + layout::swizzled_offset<D>(r, chunk * 16)) = lo;
+    *reinterpret_cast<uint4*>(work + layout::swizzled_offset<D>(r, chunk * 16 + 8)) = hi;
+  }
+}
+
+// A dequantization scale of KV head hk (FP8 operands; 1 for others).
+__device__ __forceinline__ float dequant_scale(const DecodeParams& p, const float* scale, int hk) {
+  return scale ? scale[p.scales_per_kv_head ? hk : 0] : 1.0f;
+}
+
 // Two blocks per SM (d = 128: 99-113 KB of shared memory each), so up to 255 registers.
-template <class T, int D, int MT, bool kSkip, int kKStages>
+// T: the type of Q and O (and of the mma); KV: that of K and V as stored (T, or FP8 e4m3).
+template <class T, class KV, int D, int MT, bool kSkip, int kKStages>
 __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeParams p) {
-  using Smem = DecodeSmem<D, MT, kKStages>;
+  using Smem = DecodeSmem<D, MT, kKStages, int(sizeof(KV))>;
+  constexpr bool kFp8 = Smem::kFp8;
   constexpr int kThreads = kDecodeThreads;
   constexpr int kGroups = Smem::kGroups;
   constexpr int kRowsPad = Smem::kRowsPad;
@@ -186,6 +252,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* k_smem = smem + Smem::kOffK;
   unsigned char* v_smem = smem + Smem::kOffV;
+  unsigned char* work = smem + Smem::kOffWork;  // FP8: the converted rows of K(t) or V
   unsigned char* q_smem = smem + Smem::kOffQ;
   float* red_max = reinterpret_cast<float*>(smem + Smem::kOffMax);
   float* red_l = reinterpret_cast<float*>(smem + Smem::kOffL);
@@ -210,8 +277,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   const bool skip_on = threshold.on;
   const float log_lambda = threshold.log_lambda;
 
-  KvSource<T> ksrc{static_cast<const T*>(p.k) + hk * p.k_head_stride, p.k_batch_stride, p.k_token_stride};
-  KvSource<T> vsrc{static_cast<const T*>(p.v) + hk * p.v_head_stride, p.v_batch_stride, p.v_token_stride};
+  // FP8 K: its scale folds into the score scale (the product rounded once, as the CPU engine).
+  const float score_scale = kFp8 ? p.scale * dequant_scale(p, p.k_scale, hk) : p.scale;
+  KvSource<KV> ksrc{static_cast<const KV*>(p.k) + hk * p.k_head_stride, p.k_batch_stride, p.k_token_stride};
+  KvSource<KV> vsrc{static_cast<const KV*>(p.v) + hk * p.v_head_stride, p.v_batch_stride, p.v_token_stride};
   if (!p.block_table) {
     const int64_t k_seq = p.cu_seqlens_k ? int64_t(p.cu_seqlens_k[b]) * p.k_token_stride : int64_t(b) * p.k_batch_stride;
     const int64_t v_seq = p.cu_seqlens_k ? int64_t(p.cu_seqlens_k[b]) * p.v_token_stride : int64_t(b) * p.v_batch_stride;
@@ -219,9 +288,20 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
     vsrc.base += v_seq;
   }
   auto load_k = [&](int tile, int stage) {
-    load_group_rows<T, D, MT>(p, ksrc, b, tile, lk, kg, tg, k_smem + stage * Smem::kTileBytes);
+    load_group_rows<KV, D, MT>(p, ksrc, b, tile, lk, kg, tg, k_smem + stage * Smem::kStageBytes);
   };
-  auto load_v = [&](int tile, unsigned char* dst) { load_group_rows<T, D, MT>(p, vsrc, b, tile, lk, kg, tg, dst); };
+  auto load_v = [&](int tile, unsigned char* dst) { load_group_rows<KV, D, MT>(p, vsrc, b, tile, lk, kg, tg, dst); };
+  // The 16-bit rows of this key group of a landed tile `stored`: the tile itself, or for FP8 its
+  // rows converted into `work` (after every warp of the group has passed its last read of work).
+  auto group_tile = [&](const unsigned char* stored) -> const unsigned char* {
+    if constexpr (kFp8) {
+      convert_group_rows<T, D, MT>(stored, work, kg, tg);
+      group_sync<MT>(kg);
+      return work;
+    } else {
+      return stored;
+    }
+  };
 
   // The two rows this lane holds in mma fragments: r = 16 rg + lane / 4 + 8 h.
   int key_end[2];
@@ -237,7 +317,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   const int anchors = tiles > 1 ? 2 : 1;
   if (seed) {
     load_k(0, 0);
-    if (anchors == 2) load_group_rows<T, D, MT>(p, ksrc, b, tiles - 1, lk, kg, tg, v_smem);
+    if (anchors == 2) load_group_rows<KV, D, MT>(p, ksrc, b, tiles - 1, lk, kg, tg, v_smem);
     ptx::cp_async_commit();
   }
 
@@ -288,7 +368,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + nt * 8 + (e & 1);
-        s[nt][e] = key < key_end[e >> 1] ? s[nt][e] * p.scale : -INFINITY;
+        s[nt][e] = key < key_end[e >> 1] ? s[nt][e] * score_scale : -INFINITY;
       }
   };
   // This warp's maximum of each of its rows over its keys, NaN kept, to red_max[buf].
@@ -320,10 +400,11 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   if (seed) {
     ptx::cp_async_wait<0>();
     __syncthreads();  // Q, and every group's anchor rows
-    compute_scores(k_smem, 0);
+    compute_scores(group_tile(k_smem), 0);
     publish_row_max(0);
     if (anchors == 2) {
-      compute_scores(v_smem, tiles - 1);
+      if constexpr (kFp8) group_sync<MT>(kg);  // the group is done reading the work tile
+      compute_scores(group_tile(v_smem), tiles - 1);
       publish_row_max(1);
     }
     __syncthreads();
@@ -354,7 +435,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   uint32_t pend_p[kKS][4];
   float pend_alpha[2] = {1.0f, 1.0f};
   bool pending = false;
-  auto apply_pv = [&]() {
+  auto apply_pv = [&](const unsigned char* vbuf) {
 #pragma unroll
     for (int nt = 0; nt < kDT; ++nt)
 #pragma unroll
@@ -366,7 +447,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
         uint32_t r[4];
         const int key = kg * kKeys + kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
         const int col = np * 16 + (lane >> 4) * 8;
-        ldsm_x4_trans(r, ptx::smem_addr(v_smem + layout::swizzled_offset<D>(key, col)));
+        ldsm_x4_trans(r, ptx::smem_addr(vbuf + layout::swizzled_offset<D>(key, col)));
         ptx::mma_16816<T>(o[2 * np], pend_p[kk], r[0], r[1]);
         ptx::mma_16816<T>(o[2 * np + 1], pend_p[kk], r[2], r[3]);
       }
@@ -379,7 +460,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
     const int stage = j % kKStages;
     ptx::cp_async_wait<2 * kKStages - 1>();  // K(t): 2 kKStages - 1 groups were committed after it
     group_sync<MT>(kg);
-    compute_scores(k_smem + stage * Smem::kTileBytes, t);
+    compute_scores(group_tile(k_smem + stage * Smem::kStageBytes), t);
     publish_row_max(j & 1);
     __syncthreads();  // partial maxima published; every warp is done reading K(t)
     float tile_max[2];
@@ -412,7 +493,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
     if (pending) {
       ptx::cp_async_wait<1>();  // V of the previous kept tile (K(t + kKStages) came after it)
       group_sync<MT>(kg);
-      apply_pv();
+      apply_pv(group_tile(v_smem));
     }
     if (keep) {
       group_sync<MT>(kg);  // every warp of the group is done reading the V buffer
@@ -451,7 +532,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
   if (pending) {
     ptx::cp_async_wait<0>();
     group_sync<MT>(kg);
-    apply_pv();
+    apply_pv(group_tile(v_smem));
   }
   ptx::cp_async_wait<0>();
 
@@ -507,7 +588,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const DecodeP
     if (p.splits == 1) {
       T* out = static_cast<T*>(p.out) +
                q_side_offset(p, p.o_batch_stride, p.o_token_stride, p.o_head_stride, b, i, head) + col;
-      const float inv = empty ? 0.0f : 1.0f / lsum;
+      // FP8 V: its scale multiplies the output (as in the CPU engine, into 1 / l)
+      const float inv = empty ? 0.0f : (kFp8 ? dequant_scale(p, p.v_scale, hk) / lsum : 1.0f / lsum);
       *reinterpret_cast<uint32_t*>(out) = ptx::pack2<T>(acc[0] * inv, acc[1] * inv);
       *reinterpret_cast<uint32_t*>(out + 2) = ptx::pack2<T>(acc[2] * inv, acc[3] * inv);
       if (p.lse && col == 0)
@@ -560,7 +642,7 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const D
       const float ms = p.ws_ml[2 * part];
       if (ms != -INFINITY) acc += p.ws_o[part * D + d] * exp2f((ms - big) * kLog2e);
     }
-    out[d] = T(acc / total);
+    out[d] = T(p.v_scale ? acc * (dequant_scale(p, p.v_scale, hk) / total) : acc / total);
   }
   if (p.lse && threadIdx.x == 0)
     p.lse[q_side_offset(p, p.lse_batch_stride, p.lse_token_stride, p.lse_head_stride, b, i, head)] = big + logf(total);

@@ -32,6 +32,9 @@ bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>
 // one m-tile, two blocks per SM) measured faster than one (three blocks per SM) on every point
 // of bench/gpu_decode_bench.py on the H100: 2.63-2.98 against 2.20-2.94 TB/s dense.
 constexpr int kKStages = 2;
+// FP8 K/V: tiles of half the bytes, so three stages (with the stored V tile and the 16-bit work
+// tile: 101 KB at d = 128, still two blocks per SM) keep more bytes in flight.
+constexpr int kKStagesFp8 = 3;
 
 // The kernel instantiation a call runs, with its dynamic shared memory.
 struct KernelChoice {
@@ -40,27 +43,31 @@ struct KernelChoice {
   void (*combine)(DecodeParams) = nullptr;
 };
 
-template <class T, int D, int MT, bool kSkip>
+// KV: the stored type of K and V (T, or __nv_fp8_e4m3 for an FP8 cache).
+template <class T, class KV, int D, int MT, bool kSkip>
 KernelChoice choice() {
-  return {reinterpret_cast<const void*>(&decode_kernel<T, D, MT, kSkip, kKStages>), DecodeSmem<D, MT, kKStages>::kBytes,
-          &decode_combine_kernel<T, D>};
+  constexpr int stages = sizeof(KV) == 1 ? kKStagesFp8 : kKStages;
+  return {reinterpret_cast<const void*>(&decode_kernel<T, KV, D, MT, kSkip, stages>),
+          DecodeSmem<D, MT, stages, int(sizeof(KV))>::kBytes, &decode_combine_kernel<T, D>};
 }
-template <class T, int D, int MT>
+template <class T, class KV, int D, int MT>
 KernelChoice choice_k(bool skip) {
-  return skip ? choice<T, D, MT, true>() : choice<T, D, MT, false>();
+  return skip ? choice<T, KV, D, MT, true>() : choice<T, KV, D, MT, false>();
 }
-template <class T, int D>
+template <class T, class KV, int D>
 KernelChoice choice_m(int m_tiles, bool skip) {
   switch (m_tiles) {
-    case 1: return choice_k<T, D, 1>(skip);
-    case 2: return choice_k<T, D, 2>(skip);
-    default: return choice_k<T, D, 4>(skip);
+    case 1: return choice_k<T, KV, D, 1>(skip);
+    case 2: return choice_k<T, KV, D, 2>(skip);
+    default: return choice_k<T, KV, D, 4>(skip);
   }
 }
-template <class T>
+template <class T, class KV>
 KernelChoice choice_d(int d, int m_tiles, bool skip) {
-  return d == 64 ? choice_m<T, 64>(m_tiles, skip) : choice_m<T, 128>(m_tiles, skip);
+  return d == 64 ? choice_m<T, KV, 64>(m_tiles, skip) : choice_m<T, KV, 128>(m_tiles, skip);
 }
+
+bool fp8_cache(const blasst_args& a) { return a.k.dtype == BLASST_DTYPE_FLOAT8_E4M3; }
 
 bool skip_mode(const blasst_args& a) {
   return skip_instantiation(a.threshold);
@@ -68,8 +75,14 @@ bool skip_mode(const blasst_args& a) {
 
 KernelChoice choose(const blasst_args& a) {
   const int m_tiles = m_tiles_for((a.num_q_heads / a.num_kv_heads) * a.max_seqlen_q);
-  return a.q.dtype == BLASST_DTYPE_BFLOAT16 ? choice_d<__nv_bfloat16>(a.head_dim_qk, m_tiles, skip_mode(a))
-                                            : choice_d<__half>(a.head_dim_qk, m_tiles, skip_mode(a));
+  const bool bf16 = a.q.dtype == BLASST_DTYPE_BFLOAT16;
+#if BLASST_CUDA_FP8_DECODE
+  if (fp8_cache(a))
+    return bf16 ? choice_d<__nv_bfloat16, __nv_fp8_e4m3>(a.head_dim_qk, m_tiles, skip_mode(a))
+                : choice_d<__half, __nv_fp8_e4m3>(a.head_dim_qk, m_tiles, skip_mode(a));
+#endif
+  return bf16 ? choice_d<__nv_bfloat16, __nv_bfloat16>(a.head_dim_qk, m_tiles, skip_mode(a))
+              : choice_d<__half, __half>(a.head_dim_qk, m_tiles, skip_mode(a));
 }
 
 // Raises the kernel's dynamic shared memory limit; returns how many of its blocks fit on an SM.
@@ -102,7 +115,10 @@ int pick_splits(const blasst_args& a, int sms, int slots) {
   const int groups = std::max(a.batch * a.num_kv_heads, 1);
   const int most = std::max(1, std::min(ceil_div_int(tiles, 4), 256));
   const bool anchored = skip_mode(a) && a.geometry.order == BLASST_ORDER_ANCHORED;
-  const double min_blocks = anchored ? sms : 0.95 * sms;
+  // An FP8 cache halves a tile's bytes but not its per-tile work (the conversion, the barriers):
+  // one block per SM leaves that latency bare (1 x 128K: the bf16 kernel's time, 47% of the copy
+  // rate on the H100), so FP8 fills every resident slot.
+  const double min_blocks = anchored ? sms : 0.95 * (fp8_cache(a) ? slots : sms);
   int splits = 0;
   int best = 1;
   double best_fill = 0.0;
@@ -152,8 +168,12 @@ cudaError_t launch(const KernelChoice& k, DecodeParams p, cudaStream_t stream) {
 }  // namespace
 
 Status check_supported(const blasst_args& a) {
-  if (a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3 || a.k.dtype == BLASST_DTYPE_FLOAT8_E4M3)
-    return unsupported("decode with float8_e4m3 operands has no CUDA kernel in this build (the CPU engine runs it)");
+  if (a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3)
+    return unsupported("decode takes bfloat16 or float16 queries (float8_e4m3 ones run on the CPU engine)");
+#if !BLASST_CUDA_FP8_DECODE
+  if (fp8_cache(a))
+    return unsupported("decode with a float8_e4m3 KV cache is not built (BLASST_CUDA_FP8_DECODE=OFF; the CPU engine runs it)");
+#endif
   if (a.q.dtype != BLASST_DTYPE_BFLOAT16 && a.q.dtype != BLASST_DTYPE_FLOAT16)
     return unsupported("dtype must be bfloat16 or float16");
   if (a.head_dim_qk != a.head_dim_v || (a.head_dim_qk != 64 && a.head_dim_qk != 128))
@@ -164,8 +184,10 @@ Status check_supported(const blasst_args& a) {
     return unsupported("query heads per KV head x query rows must be <= 64 (got " + std::to_string(rows_max) + ")");
   // 16-byte vector loads of Q, K and V rows; 4-byte stores of output pairs.
   for (auto [name, t] : {std::pair{"q", &a.q}, std::pair{"k", &a.k}, std::pair{"v", &a.v}}) {
-    if (!aligned(t->data, 16) || t->batch_stride % 8 || t->token_stride % 8 || t->head_stride % 8)
-      return unsupported(std::string(name) + " must be 16-byte aligned with strides that are multiples of 8 elements");
+    const int64_t elems = t->dtype == BLASST_DTYPE_FLOAT8_E4M3 ? 16 : 8;  // per 16 bytes
+    if (!aligned(t->data, 16) || t->batch_stride % elems || t->token_stride % elems || t->head_stride % elems)
+      return unsupported(std::string(name) + " must be 16-byte aligned with strides that are multiples of " +
+                         std::to_string(elems) + " elements");
   }
   if (!aligned(a.out.data, 4) || a.out.batch_stride % 2 || a.out.token_stride % 2 || a.out.head_stride % 2)
     return unsupported("out must be 4-byte aligned with even strides");
