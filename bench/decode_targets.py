@@ -61,6 +61,8 @@ def runs_of(rows, commit):
     for r in rows:
         if r["commit"] != commit or r.get("phase", "decode") != "decode":
             continue
+        if r.get("dtype", "bf16") not in ("bf16", "") and r["kernel"] != "device-copy":
+            continue  # the targets and tables are of bf16 caches (FP8 rows: docs/gpu.md, by dtype)
         mode, order, variant = parse_kernel(r["kernel"])
         point = (int(r["batch"]), int(r["lk"]), int(r["d"]), int(r["hq"]), int(r["hkv"]))
         key = (point, r["kernel"], r["sf"])
