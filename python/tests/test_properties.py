@@ -3,9 +3,9 @@
 Hypothesis draws the layout (dense, padded with seqlens, ragged with cu_seqlens, paged with a
 shuffled block table), how the tensors are viewed (contiguous, transposed from [B, H, L, D],
 slices of longer buffers whose unused elements are NaN), GQA ratio, lengths 0-300, head dims
-(Dqk != Dv included), dtype, causality, scale and phase. The reference is fp64 attention of
-the same (rounded) inputs per batch entry, with bottom-right causal alignment; rows that see no
-key are O = 0, LSE = -inf (SPEC section 5). A NaN read from outside a view shows as a mismatch.
+(Dqk != Dv included), dtype, causality, scale and phase. The reference is torch's SDPA in fp64 on
+the same (rounded) inputs per batch entry, with a bottom-right causal mask; rows that see no key
+are O = 0, LSE = -inf (SPEC section 5). A NaN read from outside a view shows as a mismatch.
 """
 
 import math
@@ -22,7 +22,8 @@ TOL = {torch.float32: 3e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 
 
 def reference(q, k, v, causal, scale):
-    """q [Lq, Hq, D], k [Lk, Hkv, D], v [Lk, Hkv, Dv] -> out [Lq, Hq, Dv], lse [Lq, Hq] in fp64."""
+    """q [Lq, Hq, D], k [Lk, Hkv, D], v [Lk, Hkv, Dv] -> out [Lq, Hq, Dv] from torch's SDPA in fp64
+    (rows that see no key: 0, where SDPA gives NaN), lse [Lq, Hq] in fp64 (-inf for those rows)."""
     lq, hq, _ = q.shape
     lk, hkv, dv = v.shape
     if lq == 0:
@@ -31,13 +32,16 @@ def reference(q, k, v, causal, scale):
     qd = q.double().transpose(0, 1)                                   # [Hq, Lq, D]
     kd = k.double().transpose(0, 1).repeat_interleave(g, dim=0)       # [Hq, Lk, D]
     vd = v.double().transpose(0, 1).repeat_interleave(g, dim=0)       # [Hq, Lk, Dv]
-    s = (qd @ kd.transpose(-1, -2)) * scale                           # [Hq, Lq, Lk]
-    if causal:
+    allowed = torch.ones(lq, lk, dtype=torch.bool)
+    if causal:  # bottom-right aligned, as the engines (SDPA's is_causal is top-left)
         allowed = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
-        s = s.masked_fill(~allowed, float("-inf"))
+    out = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, attn_mask=allowed, scale=scale)
+    seen = allowed.any(dim=-1)                                        # [Lq]
+    out = torch.where(seen[None, :, None], out, torch.zeros_like(out)) if lk else torch.zeros(hq, lq, dv,
+                                                                                                 dtype=torch.float64)
+    s = ((qd @ kd.transpose(-1, -2)) * scale).masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)                                  # -inf where no key is visible
-    p = torch.exp(s - lse.unsqueeze(-1)).nan_to_num(0.0)
-    return (p @ vd).transpose(0, 1), lse.transpose(0, 1)
+    return out.transpose(0, 1), lse.transpose(0, 1)
 
 
 def place(x: torch.Tensor, how: str, seed: int) -> torch.Tensor:
