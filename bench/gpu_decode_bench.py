@@ -142,6 +142,16 @@ def copy_bandwidth_gbs():
     return 2 * x.numel() / ms / 1e6
 
 
+def fa3_module():
+    """FlashAttention-3's Python interface (PyPI fa3-fwd), or None with a message."""
+    try:
+        import fa3_fwd_interface
+        return fa3_fwd_interface
+    except (ImportError, OSError) as err:
+        print(f"  fa3: cannot load fa3_fwd_interface ({err})")
+        return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", default="build-gpu/src/libblasst.so", help="path of libblasst.so (CUDA build)")
@@ -162,6 +172,10 @@ def main():
                     help="a second libblasst.so: its dense and skip modes are timed in the same interleaved "
                          "rotation as ours at every point and factor (printed, not recorded)")
     ap.add_argument("--splits", default="", help="also time dense paged at these forced split counts (printed, not recorded)")
+    ap.add_argument("--fa3", action="store_true",
+                    help="also time FlashAttention-3's decode (PyPI fa3-fwd: fa3_fwd_interface.flash_attn_with_kvcache) "
+                         "on the same paged cache, bf16 (row fa3) and with --fp8 in e4m3 (row fa3-fp8; FA3 takes the "
+                         "query in e4m3 too)")
     ap.add_argument("--fp8", action="store_true",
                     help="also time an FP8 (e4m3) copy of the paged cache, per-tensor scales (rows blasst-fp8-*; "
                          "GB/s count the FP8 cache's bytes)")
@@ -201,7 +215,7 @@ def main():
         kv_bytes = 2 * b * lk * hkv * d * 2
 
         def record(kernel, sf, sparsity, ms):
-            fp8 = kernel.startswith("blasst-fp8")
+            fp8 = "fp8" in kernel
             gbs = (kv_bytes // 2 if fp8 else kv_bytes) / ms / 1e6
             if kernel.startswith("blasst-") and not kernel.endswith("-contig") and opts.page != 64:
                 kernel += f"-p{opts.page}"  # the tables quote 64-token pages; other sizes are named
@@ -247,6 +261,18 @@ def main():
                   f"{dense_ms['paged'] / ms:>8.2f}x{vs('cudnn'):>9}{vs('fa2'):>8}"
                   f"{dense_ms['paged'] / ms / bound:>8.2f}")
 
+        fa3 = fa3_module() if opts.fa3 else None
+        lens = torch.full((b,), lk, dtype=torch.int32, device="cuda")
+        if fa3 is not None:
+            try:
+                fa3_out = fa3.flash_attn_with_kvcache(q, kp, vp, cache_seqlens=lens, page_table=table, causal=True)
+                torch.cuda.synchronize()
+                err3 = (fa3_out.view(b, hkv, hq // hkv, d).float() - ref.float()).abs().max().item() if ref is not None else 0
+                print(f"  fa3: max |fa3 - peer| = {err3:.2e}")
+                peers["fa3"] = time_ms(lambda q=q, kp=kp, vp=vp: fa3.flash_attn_with_kvcache(
+                    q, kp, vp, cache_seqlens=lens, page_table=table, causal=True), opts.reps)
+            except RuntimeError as err:
+                print(f"  fa3: not available ({str(err).splitlines()[0][:100]})")
         for name, ms in peers.items():
             line(name, 0, 0.0, ms)
         line("blasst-dense", 0, 0.0, dense_ms["paged"])
@@ -281,6 +307,22 @@ def main():
                 err8 = (out8.view(b, hkv, hq // hkv, d).float() - ref.float()).abs().max().item()
                 print(f"  fp8: max |ours - bf16 peer| = {err8:.2e} (quantization included)")
             line("blasst-fp8-dense", 0, 0.0, time_ms(lambda: dec.run(a8), opts.reps))
+            if fa3 is not None:
+                try:  # FA3's FP8 path quantizes q too; descales [B, Hkv]
+                    q8 = q.to(torch.float8_e4m3fn)
+                    ones = torch.ones(b, hkv, device="cuda")
+                    kd, vd = (s.expand(b, hkv).contiguous() for s in scales)
+
+                    def fa3_fp8():
+                        return fa3.flash_attn_with_kvcache(q8, kp8, vp8, cache_seqlens=lens, page_table=table8,
+                                                           q_descale=ones, k_descale=kd, v_descale=vd, causal=True)
+
+                    out3 = fa3_fp8()
+                    torch.cuda.synchronize()
+                    print(f"  fa3-fp8: max |fa3-fp8 - ours fp8| = {(out3.float() - out8.float()).abs().max().item():.2e}")
+                    line("fa3-fp8", 0, 0.0, time_ms(fa3_fp8, opts.reps))
+                except RuntimeError as err:
+                    print(f"  fa3-fp8: not available ({str(err).splitlines()[0][:100]})")
             for sf in factors:
                 a8s, ws8s = dec.args(q, kp8, vp8, out8, lk, sf, order, table8, opts.page, scales=scales)
                 s = sparsity(dec.run_reported(a8s))
