@@ -174,8 +174,8 @@ def main():
     ap.add_argument("--splits", default="", help="also time dense paged at these forced split counts (printed, not recorded)")
     ap.add_argument("--fa3", action="store_true",
                     help="also time FlashAttention-3's decode (PyPI fa3-fwd: fa3_fwd_interface.flash_attn_with_kvcache) "
-                         "on the same paged cache, bf16 (row fa3) and with --fp8 in e4m3 (row fa3-fp8; FA3 takes the "
-                         "query in e4m3 too)")
+                         "on the same cache, contiguous (that build has no paged KV), bf16 (row fa3) and with --fp8 "
+                         "in e4m3 (row fa3-fp8; FA3 takes the query in e4m3 too)")
     ap.add_argument("--fp8", action="store_true",
                     help="also time an FP8 (e4m3) copy of the paged cache, per-tensor scales (rows blasst-fp8-*; "
                          "GB/s count the FP8 cache's bytes)")
@@ -265,12 +265,13 @@ def main():
         lens = torch.full((b,), lk, dtype=torch.int32, device="cuda")
         if fa3 is not None:
             try:
-                fa3_out = fa3.flash_attn_with_kvcache(q, kp, vp, cache_seqlens=lens, page_table=table, causal=True)
+                # this FA3 build takes contiguous caches only: it reads k, v [B, Lk, Hkv, D]
+                fa3_out = fa3.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, causal=True)
                 torch.cuda.synchronize()
                 err3 = (fa3_out.view(b, hkv, hq // hkv, d).float() - ref.float()).abs().max().item() if ref is not None else 0
                 print(f"  fa3: max |fa3 - peer| = {err3:.2e}")
-                peers["fa3"] = time_ms(lambda q=q, kp=kp, vp=vp: fa3.flash_attn_with_kvcache(
-                    q, kp, vp, cache_seqlens=lens, page_table=table, causal=True), opts.reps)
+                peers["fa3"] = time_ms(lambda q=q, k=k, v=v: fa3.flash_attn_with_kvcache(
+                    q, k, v, cache_seqlens=lens, causal=True), opts.reps)
             except RuntimeError as err:
                 print(f"  fa3: not available ({str(err).splitlines()[0][:100]})")
         for name, ms in peers.items():
@@ -314,8 +315,8 @@ def main():
                     kd, vd = (s.expand(b, hkv).contiguous() for s in scales)
 
                     def fa3_fp8():
-                        return fa3.flash_attn_with_kvcache(q8, kp8, vp8, cache_seqlens=lens, page_table=table8,
-                                                           q_descale=ones, k_descale=kd, v_descale=vd, causal=True)
+                        return fa3.flash_attn_with_kvcache(q8, k8, v8, cache_seqlens=lens, q_descale=ones,
+                                                           k_descale=kd, v_descale=vd, causal=True)
 
                     out3 = fa3_fp8()
                     torch.cuda.synchronize()
@@ -327,7 +328,7 @@ def main():
                 a8s, ws8s = dec.args(q, kp8, vp8, out8, lk, sf, order, table8, opts.page, scales=scales)
                 s = sparsity(dec.run_reported(a8s))
                 line("blasst-fp8-skip", sf, s, time_ms(lambda a=a8s: dec.run(a), opts.reps))
-            del k8, v8, kp8, vp8
+            del kp8, vp8
         if base is not None:
             print(f"  same-run A/B against {opts.baseline_lib} (paged):")
             for sf in [0.0] + factors:
@@ -337,6 +338,8 @@ def main():
                 print(f"  {'dense' if sf == 0 else 'skip':<6}sf={sf:<10g} ours {ours_ms:.4f} ms  base {base_ms:.4f} ms"
                       f"  ours/base speed {base_ms / ours_ms:.3f}x")
         del q, k, v, kp, vp, out
+        if opts.fp8:
+            del k8, v8
         torch.cuda.empty_cache()
 
     os.makedirs(os.path.dirname(opts.csv) or ".", exist_ok=True)
