@@ -83,6 +83,23 @@ blasst_tensor tensor(const void* data, blasst_dtype dtype, int64_t tokens, int64
   return t;
 }
 
+// The call's shapes and operands (contiguous [B, L, H, D]); numel counts elements of p's sizes.
+blasst_args problem_args(const Problem& p, const void* q, blasst_dtype qd, const void* k, const void* v,
+                         blasst_dtype kvd, void* out, blasst_dtype out_dtype) {
+  blasst_args a = blasst::default_args();
+  a.batch = p.B;
+  a.num_q_heads = p.HQ;
+  a.num_kv_heads = p.HKV;
+  a.head_dim_qk = a.head_dim_v = p.D;
+  a.max_seqlen_q = p.LQ;
+  a.max_seqlen_k = p.LK;
+  a.q = tensor(q, qd, p.LQ, p.HQ, p.D, int64_t(p.q.size()));
+  a.k = tensor(k, kvd, p.LK, p.HKV, p.D, int64_t(p.k.size()));
+  a.v = tensor(v, kvd, p.LK, p.HKV, p.D, int64_t(p.v.size()));
+  a.out = tensor(out, out_dtype, p.LQ, p.HQ, p.D, int64_t(p.q.size()));
+  return a;
+}
+
 struct Result {
   blasst_status status;
   std::vector<float> out, lse;
@@ -98,17 +115,7 @@ Result run(const Problem& p, blasst_phase phase, const void* q, blasst_dtype qd,
   r.lse.assign(size_t(p.B) * p.LQ * p.HQ, NAN);
   r.decisions.assign(4096, 0xee);
   r.stats.assign(size_t(p.HQ) * 2, -1);
-  blasst_args a = blasst::default_args();
-  a.batch = p.B;
-  a.num_q_heads = p.HQ;
-  a.num_kv_heads = p.HKV;
-  a.head_dim_qk = a.head_dim_v = p.D;
-  a.max_seqlen_q = p.LQ;
-  a.max_seqlen_k = p.LK;
-  a.q = tensor(q, qd, p.LQ, p.HQ, p.D, int64_t(p.q.size()));
-  a.k = tensor(k, kvd, p.LK, p.HKV, p.D, int64_t(p.k.size()));
-  a.v = tensor(v, kvd, p.LK, p.HKV, p.D, int64_t(p.v.size()));
-  a.out = tensor(r.out.data(), BLASST_DTYPE_FLOAT32, p.LQ, p.HQ, p.D, int64_t(r.out.size()));
+  blasst_args a = problem_args(p, q, qd, k, v, kvd, r.out.data(), BLASST_DTYPE_FLOAT32);
   a.lse = tensor(r.lse.data(), BLASST_DTYPE_FLOAT32, p.LQ, p.HQ, 1, int64_t(r.lse.size()));
   a.scale = scale;
   a.causal = 1;
@@ -203,17 +210,8 @@ TEST(Fp8, AllFp8InputsWithBf16Output) {
   const std::vector<uint8_t> q8 = Problem::to_fp8(p.q), k8 = Problem::to_fp8(p.k), v8 = Problem::to_fp8(p.v);
   const float qs = 0.125f, ks = 4.0f, vs = 0.5f;
   std::vector<uint16_t> out(p.q.size(), 0x7fc0);
-  blasst_args a = blasst::default_args();
-  a.batch = p.B;
-  a.num_q_heads = p.HQ;
-  a.num_kv_heads = p.HKV;
-  a.head_dim_qk = a.head_dim_v = p.D;
-  a.max_seqlen_q = p.LQ;
-  a.max_seqlen_k = p.LK;
-  a.q = tensor(q8.data(), BLASST_DTYPE_FLOAT8_E4M3, p.LQ, p.HQ, p.D, int64_t(q8.size()));
-  a.k = tensor(k8.data(), BLASST_DTYPE_FLOAT8_E4M3, p.LK, p.HKV, p.D, int64_t(k8.size()));
-  a.v = tensor(v8.data(), BLASST_DTYPE_FLOAT8_E4M3, p.LK, p.HKV, p.D, int64_t(v8.size()));
-  a.out = tensor(out.data(), BLASST_DTYPE_BFLOAT16, p.LQ, p.HQ, p.D, int64_t(out.size()));
+  blasst_args a = problem_args(p, q8.data(), BLASST_DTYPE_FLOAT8_E4M3, k8.data(), v8.data(), BLASST_DTYPE_FLOAT8_E4M3,
+                               out.data(), BLASST_DTYPE_BFLOAT16);
   a.causal = 1;
   a.scales = {&qs, &ks, &vs, 0};
   a.engine = BLASST_ENGINE_CPU;
