@@ -327,7 +327,7 @@ def main():
             for sf in factors:
                 a8s, ws8s = dec.args(q, kp8, vp8, out8, lk, sf, order, table8, opts.page, scales=scales)
                 s = sparsity(dec.run_reported(a8s))
-                line("blasst-fp8-skip", sf, s, time_ms(lambda a=a8s: dec.run(a), opts.reps))
+                line(skip_kernel.replace("blasst-", "blasst-fp8-"), sf, s, time_ms(lambda a=a8s: dec.run(a), opts.reps))
             del kp8, vp8
         if base is not None:
             print(f"  same-run A/B against {opts.baseline_lib} (paged):")
