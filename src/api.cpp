@@ -5,10 +5,12 @@
 
 #include <exception>
 #include <new>
+#include <initializer_list>
 #include <utility>
 #include <string>
 
 #include "core/validate.hpp"
+#include "cpu/backward.hpp"
 #include "cpu/engine.hpp"
 #ifdef BLASST_HAVE_CUDA
 #include "cuda/cuda_engine.hpp"
@@ -44,28 +46,38 @@ bool args_on_device(const blasst_args& a) {
 #endif
 }
 
+using NamedPointer = std::pair<const char*, const void*>;
+
+// The first of `pointers` that is device memory (nullptr: none). One query each, only when a
+// device exists.
+const char* first_device_pointer(std::initializer_list<NamedPointer> pointers) {
+#ifdef BLASST_HAVE_CUDA
+  if (!cuda::device_available()) return nullptr;
+  for (const auto& [name, p] : pointers)
+    if (p && cuda::is_device_pointer(p)) return name;
+#else
+  (void)pointers;
+#endif
+  return nullptr;
+}
+
 // The CPU engine reads every pointer of the call: none may be device memory (a device pointer
-// beside host q would be read by the host). One pointer query each, only when a device exists.
+// beside host q would be read by the host).
 Status check_host_memory(const blasst_args& a, bool q_on_device) {
   if (q_on_device)
     return {BLASST_ERROR_INVALID_ARGUMENT, "engine cpu: q.data is device memory; the CPU engine needs host memory"};
-#ifdef BLASST_HAVE_CUDA
-  if (!cuda::device_available()) return Status::ok();
-  const std::pair<const char*, const void*> pointers[] = {
-      {"k.data", a.k.data}, {"v.data", a.v.data}, {"out.data", a.out.data}, {"lse.data", a.lse.data},
-      {"cu_seqlens_q", a.cu_seqlens_q}, {"seqlens_q", a.seqlens_q}, {"cu_seqlens_k", a.cu_seqlens_k},
-      {"seqlens_k", a.seqlens_k}, {"block_table", a.block_table},
-      {"threshold.per_kv_head_factor", a.threshold.per_kv_head_factor},
-      {"threshold.per_request_factor", a.threshold.per_request_factor}, {"stats_per_head", a.stats_per_head},
-      {"decisions", a.decisions}};
-  for (const auto& [name, p] : pointers)
-    if (p && cuda::is_device_pointer(p))
-      return {BLASST_ERROR_INVALID_ARGUMENT,
-              std::string("engine cpu: ") + name + " is device memory but q is host memory; the CPU engine needs "
-              "every tensor in host memory"};
-#else
-  (void)a;
-#endif
+  const char* on_device = first_device_pointer(
+      {{"k.data", a.k.data}, {"v.data", a.v.data}, {"out.data", a.out.data}, {"lse.data", a.lse.data},
+       {"cu_seqlens_q", a.cu_seqlens_q}, {"seqlens_q", a.seqlens_q}, {"cu_seqlens_k", a.cu_seqlens_k},
+       {"seqlens_k", a.seqlens_k}, {"block_table", a.block_table},
+       {"threshold.per_kv_head_factor", a.threshold.per_kv_head_factor},
+       {"threshold.per_request_factor", a.threshold.per_request_factor}, {"scales.q", a.scales.q},
+       {"scales.k", a.scales.k}, {"scales.v", a.scales.v}, {"stats_per_head", a.stats_per_head},
+       {"decisions", a.decisions}});
+  if (on_device)
+    return {BLASST_ERROR_INVALID_ARGUMENT, std::string("engine cpu: ") + on_device +
+                                               " is device memory but q is host memory; the CPU engine needs "
+                                               "every tensor in host memory"};
   return Status::ok();
 }
 
@@ -120,6 +132,26 @@ Status attention(blasst_phase phase, const blasst_args& args, blasst_run_info* i
   }
 }
 
+Status backward(const blasst_args& args, const blasst_backward_args& grads) {
+  try {
+    // the backward pass runs on the CPU engine: every pointer, the gradients' too, in host memory
+    if (args.engine == BLASST_ENGINE_CUDA || args_on_device(args))
+      return {BLASST_ERROR_UNSUPPORTED, "backward: the backward pass runs on the CPU engine (host memory) only"};
+    if (Status s = check_host_memory(args, false); !s) return s;
+    if (const char* name = first_device_pointer({{"grads.dq", grads.dq.data}, {"grads.dk", grads.dk.data},
+                                                 {"grads.dv", grads.dv.data}, {"grads.dout", grads.dout.data},
+                                                 {"grads.dlse", grads.dlse.data}, {"grads.decisions", grads.decisions}}))
+      return {BLASST_ERROR_UNSUPPORTED, std::string("backward: ") + name +
+                                            " is device memory; the backward pass runs on the CPU engine only"};
+    if (Status s = detail::validate_backward(args, grads); !s) return s;
+    return cpu::backward(args, grads);
+  } catch (const std::bad_alloc&) {
+    return {BLASST_ERROR_OUT_OF_MEMORY, "out of host memory"};
+  } catch (const std::exception& e) {
+    return {BLASST_ERROR_INTERNAL, std::string("internal error: ") + e.what()};
+  }
+}
+
 Status prefill(const blasst_args& args, blasst_run_info* info) {
   return attention(BLASST_PHASE_PREFILL, args, info);
 }
@@ -155,6 +187,18 @@ void blasst_run_info_init(blasst_run_info* info) {
 static blasst_status c_entry(blasst_phase phase, const blasst_args* args, blasst_run_info* info) {
   if (!args) return blasst::to_c({BLASST_ERROR_INVALID_ARGUMENT, "args is NULL"});
   return blasst::to_c(blasst::attention(phase, *args, info));
+}
+
+void blasst_backward_args_init(blasst_backward_args* grads) {
+  if (!grads) return;
+  *grads = blasst_backward_args{};
+  grads->struct_size = sizeof(blasst_backward_args);
+}
+
+blasst_status blasst_backward(const blasst_args* args, const blasst_backward_args* grads) {
+  if (!args) return blasst::to_c({BLASST_ERROR_INVALID_ARGUMENT, "args is NULL"});
+  if (!grads) return blasst::to_c({BLASST_ERROR_INVALID_ARGUMENT, "grads is NULL"});
+  return blasst::to_c(blasst::backward(*args, *grads));
 }
 
 blasst_status blasst_prefill(const blasst_args* args, blasst_run_info* info) {

@@ -212,13 +212,37 @@ typedef struct blasst_run_info {
   int64_t skipped;          /* skipped tiles */
 } blasst_run_info;
 
+/*
+ * Gradients of one forward call (training). Given the forward's decisions, BLASST attention is
+ * block-sparse attention over the kept tiles of each decision group, so the gradients are those of
+ * softmax attention over the keys a row sees in kept tiles. blasst_backward recomputes the scores
+ * and each row's log-sum-exp in fp64 from args' q, k, v (args.out and args.lse are not read) and
+ * writes dq, dk, dv: dq rows past an entry's query length and dk, dv rows past its key length are
+ * not written. The CPU engine runs it (host memory; dense, padded or ragged layouts, not paged;
+ * 16/32-bit operands, all of one dtype with the gradients and dout).
+ */
+typedef struct blasst_backward_args {
+  uint32_t struct_size;      /* sizeof(blasst_backward_args); set by blasst_backward_args_init */
+  blasst_phase phase;        /* the forward's phase (its decision groups) */
+  blasst_geometry geometry;  /* the forward's geometry as blasst_run_info reported it */
+  const uint8_t* decisions;  /* the forward's trace [batch, groups, tiles] (blasst_args.decisions) */
+  int64_t decisions_numel;
+  blasst_tensor dout;        /* upstream gradient of out, laid out as out */
+  blasst_tensor dlse;        /* upstream gradient of lse (fp32, laid out as lse); data may be NULL */
+  blasst_tensor dq, dk, dv;  /* written, laid out as q, k, v */
+} blasst_backward_args;
+
 /* Defaults: zeroed arguments with struct_size set, engine AUTO, default geometry. */
 void blasst_args_init(blasst_args* args);
 void blasst_run_info_init(blasst_run_info* info);
+void blasst_backward_args_init(blasst_backward_args* grads);
 
 /* Prefill and decode attention. info may be NULL. */
 blasst_status blasst_prefill(const blasst_args* args, blasst_run_info* info);
 blasst_status blasst_decode(const blasst_args* args, blasst_run_info* info);
+
+/* dq, dk, dv of the forward call `args` (see blasst_backward_args). */
+blasst_status blasst_backward(const blasst_args* args, const blasst_backward_args* grads);
 
 /* Bytes of workspace a call with these arguments needs (0 if none). */
 blasst_status blasst_workspace_size(const blasst_args* args, blasst_phase phase, size_t* bytes);

@@ -36,6 +36,8 @@ blasst_args default_args();
 Status prefill(const blasst_args& args, blasst_run_info* info = nullptr);
 Status decode(const blasst_args& args, blasst_run_info* info = nullptr);
 Status attention(blasst_phase phase, const blasst_args& args, blasst_run_info* info = nullptr);
+// Gradients of a forward call (blasst_backward).
+Status backward(const blasst_args& args, const blasst_backward_args& grads);
 
 // SPEC section 4: lambda = factor / Lk; skipping is on only for 0 < lambda < 1.
 double threshold_lambda(double threshold_scale_factor, int64_t seqlen_k);

@@ -105,6 +105,38 @@ def output_shapes(q: torch.Tensor, v: torch.Tensor, phase: int, num_kv_heads: in
     return out_shape, lse_shape, stats_shape
 
 
+def _call_args(layout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
+               max_seqlen_q, max_seqlen_k, scale, causal) -> _lib.BlasstArgs:
+    """blasst_args describing one call's layout and operands (side tensors already int32)."""
+    a = _lib.new_args()
+    a.batch = layout.batch
+    a.num_q_heads = layout.num_q_heads
+    a.num_kv_heads = layout.num_kv_heads
+    a.head_dim_qk = layout.head_dim_qk
+    a.head_dim_v = layout.head_dim_v
+    a.max_seqlen_q = max_seqlen_q
+    a.max_seqlen_k = max_seqlen_k
+    a.cu_seqlens_q = cu_seqlens_q.data_ptr() if cu_seqlens_q is not None else None
+    a.cu_seqlens_k = cu_seqlens_k.data_ptr() if cu_seqlens_k is not None else None
+    a.seqlens_q = seqlens_q.data_ptr() if seqlens_q is not None else None
+    a.seqlens_k = seqlens_k.data_ptr() if seqlens_k is not None else None
+    if layout.paged:
+        a.block_table = block_table.data_ptr()
+        a.block_table_stride = block_table.stride(0)
+        a.page_size = k.shape[1]
+        a.num_pages = k.shape[0]
+    kv_ragged = layout.ragged_k and not layout.paged
+    _fill_tensor(a.q, "q", q, layout.ragged_q)
+    _fill_tensor(a.k, "k", k, kv_ragged)
+    _fill_tensor(a.v, "v", v, kv_ragged)
+    _fill_tensor(a.out, "out", out, layout.ragged_q)
+    if lse is not None:
+        _fill_tensor(a.lse, "lse", lse, layout.ragged_q)
+    a.scale = float(scale)
+    a.causal = 1 if causal else 0
+    return a
+
+
 def run(
     phase: int,
     q: torch.Tensor,
@@ -142,9 +174,7 @@ def run(
                           v_scale, out_dtype)
     device = q.device
     ragged_q, ragged_k, paged, batch = layout.ragged_q, layout.ragged_k, layout.paged, layout.batch
-    kv_dims = 3 if (ragged_k and not paged) else 4
-    num_q_heads, dqk = layout.num_q_heads, layout.head_dim_qk
-    num_kv_heads, dv = layout.num_kv_heads, layout.head_dim_v
+    num_q_heads, num_kv_heads = layout.num_q_heads, layout.num_kv_heads
 
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     cu_seqlens_q = int32_values(cu_seqlens_q, "cu_seqlens_q")
@@ -179,30 +209,8 @@ def run(
         lse.fill_(float("-inf"))
         return out, lse, stats, None, RunInfo("none", 0, 0, "ascending", 0, 0, 0)
 
-    a = _lib.new_args()
-    a.batch = batch
-    a.num_q_heads = num_q_heads
-    a.num_kv_heads = num_kv_heads
-    a.head_dim_qk = dqk
-    a.head_dim_v = dv
-    a.max_seqlen_q = max_seqlen_q
-    a.max_seqlen_k = max_seqlen_k
-    a.cu_seqlens_q = cu_seqlens_q.data_ptr() if cu_seqlens_q is not None else None
-    a.cu_seqlens_k = cu_seqlens_k.data_ptr() if cu_seqlens_k is not None else None
-    a.seqlens_q = seqlens_q.data_ptr() if seqlens_q is not None else None
-    a.seqlens_k = seqlens_k.data_ptr() if seqlens_k is not None else None
-    if paged:
-        a.block_table = block_table.data_ptr()
-        a.block_table_stride = block_table.stride(0)
-        a.page_size = k.shape[1]
-        a.num_pages = k.shape[0]
-    _fill_tensor(a.q, "q", q, ragged_q)
-    _fill_tensor(a.k, "k", k, kv_dims == 3)
-    _fill_tensor(a.v, "v", v, kv_dims == 3)
-    _fill_tensor(a.out, "out", out, ragged_q)
-    _fill_tensor(a.lse, "lse", lse, ragged_q)
-    a.scale = float(scale)
-    a.causal = 1 if causal else 0
+    a = _call_args(layout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
+                   max_seqlen_q, max_seqlen_k, scale, causal)
     a.threshold.threshold_scale_factor = float(threshold_scale_factor)
     if per_kv_head_factor is not None:
         per_kv_head_factor = per_kv_head_factor.to(torch.float32).contiguous()
@@ -275,3 +283,60 @@ def _call(phase: int, a: _lib.BlasstArgs) -> RunInfo:
     )
     _last.info = info
     return info
+
+
+def backward(
+    phase: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    dout: torch.Tensor,
+    dlse: Optional[torch.Tensor],
+    decisions: torch.Tensor,
+    info: RunInfo,
+    *,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    cu_seqlens_k: Optional[torch.Tensor] = None,
+    seqlens_q: Optional[torch.Tensor] = None,
+    seqlens_k: Optional[torch.Tensor] = None,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
+    scale: float = 0.0,
+    causal: bool = True,
+    num_threads: int = 0,
+):
+    """(dq, dk, dv) of a forward run() made with return_decisions=True (its out, decisions and
+    RunInfo), through blasst_backward on the CPU engine: host tensors only."""
+    layout = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, None, None, max_seqlen_q,
+                          max_seqlen_k)
+    q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
+    cu_seqlens_q = int32_values(cu_seqlens_q, "cu_seqlens_q")
+    cu_seqlens_k = int32_values(cu_seqlens_k, "cu_seqlens_k")
+    seqlens_q = int32_values(seqlens_q, "seqlens_q")
+    seqlens_k = int32_values(seqlens_k, "seqlens_k")
+    if max_seqlen_q <= 0:
+        max_seqlen_q = max_length(cu_seqlens_q, q.shape[1] if not layout.ragged_q else 0)
+    if max_seqlen_k <= 0:
+        max_seqlen_k = max_length(cu_seqlens_k, k.shape[1] if not layout.ragged_k else 0)
+    dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    if out.numel() == 0 or k.numel() == 0 or info.block_n == 0:
+        return dq, dk, dv  # nothing was attended
+    a = _call_args(layout, q, k, v, out, None, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, None, max_seqlen_q,
+                   max_seqlen_k, scale, causal)
+    a.engine = _lib.ENGINE_CPU
+    a.num_threads = num_threads if num_threads > 0 else torch.get_num_threads()
+    g = _lib.new_backward_args()
+    g.phase = phase
+    g.geometry.block_m, g.geometry.block_n = info.block_m, info.block_n
+    g.decisions, g.decisions_numel = decisions.data_ptr(), decisions.numel()
+    _fill_tensor(g.dout, "dout", dout, layout.ragged_q)
+    if dlse is not None:
+        dlse = dlse.to(torch.float32).contiguous()
+        _fill_tensor(g.dlse, "dlse", dlse, layout.ragged_q)
+    kv_ragged = layout.ragged_k
+    _fill_tensor(g.dq, "dq", dq, layout.ragged_q)
+    _fill_tensor(g.dk, "dk", dk, kv_ragged)
+    _fill_tensor(g.dv, "dv", dv, kv_ragged)
+    _lib.check(_lib.lib().blasst_backward(ctypes.byref(a), ctypes.byref(g)))
+    return dq, dk, dv

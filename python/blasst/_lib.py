@@ -119,6 +119,21 @@ class BlasstArgs(ctypes.Structure):
     ]
 
 
+class BlasstBackwardArgs(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("phase", _c_enum),
+        ("geometry", BlasstGeometry),
+        ("decisions", ctypes.c_void_p),
+        ("decisions_numel", ctypes.c_int64),
+        ("dout", BlasstTensor),
+        ("dlse", BlasstTensor),
+        ("dq", BlasstTensor),
+        ("dk", BlasstTensor),
+        ("dv", BlasstTensor),
+    ]
+
+
 class BlasstRunInfo(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
@@ -152,6 +167,8 @@ def _expected_layout() -> list[int]:
         BlasstArgs.workspace_bytes.offset,
         BlasstRunInfo.geometry.offset,
         BlasstRunInfo.visited.offset,
+        ctypes.sizeof(BlasstBackwardArgs),
+        BlasstBackwardArgs.dout.offset,
     ]
 
 
@@ -194,6 +211,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         ("blasst_prefill", ctypes.c_int, [args_p, info_p]),
         ("blasst_decode", ctypes.c_int, [args_p, info_p]),
         ("blasst_workspace_size", ctypes.c_int, [args_p, ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]),
+        ("blasst_backward_args_init", None, [ctypes.POINTER(BlasstBackwardArgs)]),
+        ("blasst_backward", ctypes.c_int, [args_p, ctypes.POINTER(BlasstBackwardArgs)]),
         ("blasst_last_error", ctypes.c_char_p, []),
         ("blasst_status_name", ctypes.c_char_p, [ctypes.c_int]),
         ("blasst_version", ctypes.c_char_p, []),
@@ -257,6 +276,12 @@ def new_args() -> BlasstArgs:
     args = BlasstArgs()
     lib().blasst_args_init(ctypes.byref(args))
     return args
+
+
+def new_backward_args() -> BlasstBackwardArgs:
+    grads = BlasstBackwardArgs()
+    lib().blasst_backward_args_init(ctypes.byref(grads))
+    return grads
 
 
 def new_run_info() -> BlasstRunInfo:

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from . import _core, _guard, _lib, ops  # noqa: F401  (ops registers torch.ops.blasst.*)
+from . import _core, _guard, _lib, autograd, ops  # noqa: F401  (ops registers torch.ops.blasst.*)
 from .schema import Formula
 
 DECODE_MAX_QUERY_LEN = 8
@@ -148,13 +148,22 @@ def attention(
     else:
         seqlen_q = seqlen_k = 0  # not used
     resolved = resolve_phase(phase, seqlen_q, seqlen_k)
-    op = torch.ops.blasst.prefill if resolved == "prefill" else torch.ops.blasst.decode
-    out, lse, stats = op(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q, max_seqlen_k,
-        float(scale) if scale is not None else 0.0, bool(causal), factor, per_head, int(block_m), int(block_n),
-        _core.order_code(order), int(splits), _core.engine_code(engine), int(num_threads), bool(return_stats),
-        per_request_factor, q_scale, k_scale, v_scale, out_dtype,
+    options = dict(
+        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqlens_q=seqlens_q, seqlens_k=seqlens_k,
+        block_table=block_table, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+        scale=float(scale) if scale is not None else 0.0, causal=bool(causal), threshold_scale_factor=factor,
+        per_kv_head_factor=per_head, block_m=int(block_m), block_n=int(block_n), order=_core.order_code(order),
+        splits=int(splits), engine=_core.engine_code(engine), num_threads=int(num_threads),
+        return_stats=bool(return_stats), per_request_factor=per_request_factor, q_scale=q_scale, k_scale=k_scale,
+        v_scale=v_scale, out_dtype=out_dtype,
     )
+    if autograd.requires_grad(q, k, v):
+        # training: the forward records its decisions; gradients flow over the kept tiles
+        code = _lib.PHASE_PREFILL if resolved == "prefill" else _lib.PHASE_DECODE
+        out, lse, stats = autograd.attention_with_grad(code, q, k, v, options)
+    else:
+        op = torch.ops.blasst.prefill if resolved == "prefill" else torch.ops.blasst.decode
+        out, lse, stats = op(q, k, v, **options)
     return (out, lse, stats) if return_stats else (out, lse)
 
 

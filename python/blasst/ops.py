@@ -118,9 +118,9 @@ def _decode_fake(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, 
 
 def _no_backward(ctx, *grads):
     raise NotImplementedError(
-        "blasst attention is forward-only: blasst::prefill and blasst::decode have no backward pass yet. Run them "
-        "under torch.no_grad() / torch.inference_mode(), or detach q, k and v; to train, use another attention "
-        "implementation.")
+        "blasst: the ops blasst::prefill and blasst::decode record no decisions for a backward pass; call "
+        "blasst.attention(...) (or the 'blasst' transformers attention), which is differentiable, or run the ops "
+        "under torch.no_grad().")
 
 
 def _setup_context(ctx, inputs, output):

@@ -29,6 +29,8 @@ const int64_t kLayout[] = {
     int64_t(offsetof(blasst_args, workspace_bytes)),
     int64_t(offsetof(blasst_run_info, geometry)),
     int64_t(offsetof(blasst_run_info, visited)),
+    int64_t(sizeof(blasst_backward_args)),
+    int64_t(offsetof(blasst_backward_args, dout)),
 };
 
 }  // namespace

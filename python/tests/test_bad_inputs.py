@@ -320,11 +320,19 @@ def test_bad_input_raises(case, match):
         case()
 
 
-def test_backward_says_forward_only():
+def test_backward_through_the_ops_points_to_blasst_attention():
     q, k, v = (t.requires_grad_() for t in qkv())
-    out, _ = blasst.attention(q, k, v)
-    with pytest.raises(NotImplementedError, match="forward-only"):
+    out, _, _ = torch.ops.blasst.prefill(q, k, v)
+    with pytest.raises(NotImplementedError, match="blasst.attention"):
         out.sum().backward()
+
+
+def test_gradients_through_a_paged_cache_are_refused():
+    q, _, _ = qkv()
+    k, v = paged()
+    with pytest.raises(NotImplementedError, match="paged"):
+        blasst.attention(q.requires_grad_(), k, v, block_table=i32(0, 1, 2, 3, 4, 5, 6, 7).view(2, 4),
+                         seqlens_k=i32(64, 64))
 
 
 def test_views_of_longer_tensors_read_only_the_view():

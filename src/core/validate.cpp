@@ -297,6 +297,44 @@ Status validate_host_contents(const blasst_args& a, blasst_phase phase, const bl
   return Status::ok();
 }
 
+Status validate_backward(const blasst_args& a, const blasst_backward_args& g) {
+  if (g.struct_size != sizeof(blasst_backward_args))
+    return invalid("grads.struct_size is ", g.struct_size, ", expected ", sizeof(blasst_backward_args),
+                   " (initialize the struct with blasst_backward_args_init)");
+  if (g.phase != BLASST_PHASE_PREFILL && g.phase != BLASST_PHASE_DECODE)
+    return invalid("grads.phase is ", int(g.phase), ", expected prefill or decode");
+  if (Status s = validate_shape_args(a, g.phase); !s) return s;
+  if (a.q.dtype == kFp8 || a.k.dtype == kFp8)
+    return {BLASST_ERROR_UNSUPPORTED, "backward: float8_e4m3 operands have no backward pass"};
+  if (a.block_table) return {BLASST_ERROR_UNSUPPORTED, "backward: paged K/V has no backward pass (training layouts "
+                                                        "are dense, padded or ragged)"};
+  const blasst_geometry& geo = g.geometry;
+  if (geo.block_m < 1 || geo.block_n < 1 || geo.block_m > kMaxBlock || geo.block_n > kMaxBlock)
+    return invalid("grads.geometry is ", geo.block_m, " x ", geo.block_n,
+                   ", expected the forward's reported block_m and block_n (1..", kMaxBlock, ")");
+  if (!g.decisions) return invalid("grads.decisions is NULL (the forward's decision trace)");
+  // The gradients as the operands of a call: the same shape checks and extents apply to them.
+  blasst_args as_operands = a;
+  as_operands.q = g.dq;
+  as_operands.k = g.dk;
+  as_operands.v = g.dv;
+  as_operands.out = g.dout;
+  as_operands.lse = g.dlse;
+  as_operands.decisions = const_cast<uint8_t*>(g.decisions);
+  as_operands.decisions_numel = g.decisions_numel;
+  as_operands.stats_per_head = nullptr;
+  as_operands.threshold = blasst_threshold{};
+  for (auto [name, t] : {std::pair{"grads.dq", &g.dq}, std::pair{"grads.dk", &g.dk}, std::pair{"grads.dv", &g.dv},
+                         std::pair{"grads.dout", &g.dout}}) {
+    if (!t->data) return invalid(name, ".data is NULL");
+    if (t->dtype != a.q.dtype)
+      return invalid(name, ".dtype is ", dtype_name(t->dtype), ", expected the operands' dtype ", dtype_name(a.q.dtype));
+  }
+  if (Status s = validate_shape_args(as_operands, g.phase); !s) return invalid("grads: ", s.message());
+  if (Status s = validate_host_contents(as_operands, g.phase, geo); !s) return invalid("grads: ", s.message());
+  return validate_host_contents(a, g.phase, resolve_geometry(a.geometry));
+}
+
 Status validate_device_extents(const blasst_args& a) {
   // Strides are >= 0, so the last entry of a padded layout reaches furthest; ragged layouts
   // need cu_seqlens (device memory) and are bounded by the engine's own use of numel.

@@ -18,6 +18,11 @@ Status validate_shape_args(const blasst_args& args, blasst_phase phase);
 Status validate_host_contents(const blasst_args& args, blasst_phase phase,
                               const blasst_geometry& geometry);
 
+// Checks a backward call: the forward's arguments (shapes, host contents), the gradients'
+// tensors and extents (laid out as the operands they belong to), the forward's geometry and its
+// decision trace. Host memory only (the CPU engine).
+Status validate_backward(const blasst_args& args, const blasst_backward_args& grads);
+
 // The extents a GPU call can check without reading device memory: Q, out and LSE of padded
 // layouts, K and V of padded layouts, and every page of a paged cache, against each numel.
 // (The lengths, offsets and block table are device memory there and are not read.)

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import _core
+from .. import _core, _lib, autograd
 from ..api import resolve_phase
 from ..config import BlasstConfig
 from .masking import BlasstMask, UnsupportedMaskError, mask_from_valid
@@ -189,8 +189,19 @@ def make_runner(q, k, v, *, causal: bool, scale: float, mask: Optional[BlasstMas
             k, v, block_table = _token_pages(k, v, mask.key_slots)
 
     def run(factor, per_head, return_stats):
-        out, _, stats = op(q, k, v, None, None, seqlens_q, seqlens_k, block_table, 0, 0, scale, causal, factor,
-                           per_head, *geometry, return_stats)
+        if autograd.requires_grad(q, k, v):
+            # training: gradients over the kept tiles (blasst.autograd); one-token pages are views
+            # of k and v, which the backward does not take, so left padding needs dense keys here
+            block_m, block_n, order, splits, engine, num_threads = geometry
+            options = dict(seqlens_q=seqlens_q, seqlens_k=seqlens_k, block_table=block_table, scale=scale,
+                           causal=causal, threshold_scale_factor=factor, per_kv_head_factor=per_head, block_m=block_m,
+                           block_n=block_n, order=order, splits=splits, engine=engine, num_threads=num_threads,
+                           return_stats=return_stats)
+            phase_code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
+            out, _, stats = autograd.attention_with_grad(phase_code, q, k, v, options)
+        else:
+            out, _, stats = op(q, k, v, None, None, seqlens_q, seqlens_k, block_table, 0, 0, scale, causal, factor,
+                               per_head, *geometry, return_stats)
         return out, (stats if return_stats else None)
 
     return run

@@ -1,0 +1,139 @@
+"""Gradients of BLASST attention (training with skipping on).
+
+Given the forward's tile decisions, BLASST attention is block-sparse attention over the kept tiles
+of each decision group; the decisions are piecewise constant in the inputs, so its gradient is the
+block-sparse attention gradient over those tiles. The forward records its decision trace and
+geometry; the backward recomputes each row's scores and log-sum-exp over the kept keys it sees:
+  P = exp(s - lse),  dP = dO . v,  D = sum P dP - dlse,  dS = P (dP - D)
+  dq = scale dS k,   dk = scale dS^T q,   dv = P^T dO   (dk, dv summed over a KV head's G heads)
+Host tensors go through the C ABI's backward (the CPU engine, fp64); device tensors through the
+same formulas in torch, one batch entry at a time (fp32; not a fused kernel).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _core, _lib
+
+_TILE_KEPT = _lib.TILE_KEPT
+
+
+class _BlasstAttention(torch.autograd.Function):
+    """(q, k, v) -> (out, lse, stats); stats is not differentiable."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, phase: int, options: dict):
+        out, lse, stats, decisions, info = _core.run(phase, q, k, v, return_decisions=True, **options)
+        ctx.save_for_backward(q, k, v, out, decisions)
+        ctx.phase, ctx.info, ctx.options = phase, info, options
+        ctx.mark_non_differentiable(stats)
+        return out, lse, stats
+
+    @staticmethod
+    def backward(ctx, dout, dlse, _dstats):
+        q, k, v, out, decisions = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        o = ctx.options
+        lengths = {name: o.get(name) for name in ("cu_seqlens_q", "cu_seqlens_k", "seqlens_q", "seqlens_k")}
+        common = dict(max_seqlen_q=o.get("max_seqlen_q", 0), max_seqlen_k=o.get("max_seqlen_k", 0),
+                      scale=o.get("scale", 0.0), causal=o.get("causal", True), **lengths)
+        if q.device.type == "cpu":
+            dq, dk, dv = _core.backward(ctx.phase, q, k, v, out, dout.to(out.dtype), dlse, decisions, ctx.info,
+                                        num_threads=o.get("num_threads", 0), **common)
+        else:
+            dq, dk, dv = torch_backward(ctx.phase, q, k, v, dout, dlse, decisions, ctx.info, **common)
+        return dq, dk, dv, None, None
+
+
+def attention_with_grad(phase: int, q, k, v, options: dict):
+    """blasst attention whose outputs carry gradients to q, k and v."""
+    if options.get("block_table") is not None:
+        raise NotImplementedError("blasst: gradients through a paged KV cache are not supported (train on dense, "
+                                  "padded or ragged layouts)")
+    if any(t.dtype == torch.float8_e4m3fn for t in (q, k, v)):
+        raise NotImplementedError("blasst: float8_e4m3fn operands have no backward pass")
+    return _BlasstAttention.apply(q, k, v, phase, options)
+
+
+def _entries(q, k, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k):
+    """Per batch entry: (index, q rows, k rows) as (start, length) pairs, read on the host."""
+    def spans(cu, lens, count, total, ragged):
+        if cu is not None:
+            offs = cu.tolist()
+            return [(offs[b], offs[b + 1] - offs[b]) for b in range(count)]
+        if lens is not None:
+            return [(0, n) for n in lens.tolist()]
+        return [(0, total)] * count
+
+    ragged_q, ragged_k = cu_seqlens_q is not None, cu_seqlens_k is not None
+    batch = cu_seqlens_q.numel() - 1 if ragged_q else q.shape[0]
+    qs = spans(cu_seqlens_q, seqlens_q, batch, q.shape[0] if ragged_q else q.shape[1], ragged_q)
+    ks = spans(cu_seqlens_k, seqlens_k, batch, k.shape[0] if ragged_k else k.shape[1], ragged_k)
+    return batch, qs, ks
+
+
+def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=None, cu_seqlens_k=None,
+                   seqlens_q=None, seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, scale=0.0, causal=True):
+    """The backward in torch (any device): fp32, one batch entry at a time."""
+    ragged_q, ragged_k = cu_seqlens_q is not None, cu_seqlens_k is not None
+    batch, q_spans, k_spans = _entries(q, k, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k)
+    hq, dqk = q.shape[-2], q.shape[-1]
+    hkv = k.shape[-2]
+    g = hq // hkv
+    scale = scale or dqk ** -0.5
+    max_q = max_seqlen_q or max((n for _, n in q_spans), default=0)
+    max_k = max_seqlen_k or max((n for _, n in k_spans), default=0)
+    bm, bn = info.block_m, info.block_n
+    decode = phase == _lib.PHASE_DECODE
+    row_blocks = -(-max_q // bm) if bm else 0
+    groups = hkv if decode else hq * row_blocks
+    tiles = -(-max_k // bn) if bn else 0
+    trace = decisions[: batch * groups * tiles].view(batch, groups, tiles) if tiles else None
+    dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    for b in range(batch):
+        (q0, lq), (k0, lk) = q_spans[b], k_spans[b]
+        if lq == 0 or lk == 0 or trace is None:
+            continue
+        sel_q = (slice(q0, q0 + lq),) if ragged_q else (b, slice(q0, q0 + lq))
+        sel_k = (slice(k0, k0 + lk),) if ragged_k else (b, slice(k0, k0 + lk))
+        qb = q[sel_q].float().transpose(0, 1)                                # [Hq, Lq, D]
+        kb = k[sel_k].float().transpose(0, 1).repeat_interleave(g, dim=0)    # [Hq, Lk, D]
+        vb = v[sel_k].float().transpose(0, 1).repeat_interleave(g, dim=0)    # [Hq, Lk, Dv]
+        dob = dout[sel_q].float().transpose(0, 1)                            # [Hq, Lq, Dv]
+        # kept keys of every row: its group's decision for the key's tile, and causality
+        tile_of_key = torch.arange(lk, device=q.device) // bn
+        if decode:
+            kept = trace[b][torch.arange(hq, device=q.device) // g][:, tile_of_key] == _TILE_KEPT  # [Hq, Lk]
+            kept = kept[:, None, :].expand(hq, lq, lk)
+        else:
+            rows = torch.arange(lq, device=q.device) // bm
+            grp = torch.arange(hq, device=q.device)[:, None] * row_blocks + rows[None, :]       # [Hq, Lq]
+            kept = trace[b][grp][:, :, tile_of_key] == _TILE_KEPT                                # [Hq, Lq, Lk]
+        if causal:
+            visible = torch.arange(lk, device=q.device)[None, :] <= torch.arange(lq, device=q.device)[:, None] + lk - lq
+            kept = kept & visible[None]
+        s = (qb @ kb.transpose(-1, -2)) * scale
+        s = s.masked_fill(~kept, float("-inf"))
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        p = torch.where(kept, torch.exp(s - lse), 0.0)  # NaN scores stay NaN, as in the forward
+        dp = dob @ vb.transpose(-1, -2)
+        big_d = (p * dp).sum(dim=-1, keepdim=True)
+        if dlse is not None:
+            big_d = big_d - dlse[sel_q].float().transpose(0, 1).unsqueeze(-1)
+        ds = p * (dp - big_d) * scale
+        dqb = ds @ kb                                                          # [Hq, Lq, D]
+        dkb = (ds.transpose(-1, -2) @ qb).unflatten(0, (hkv, g)).sum(1)        # [Hkv, Lk, D]
+        dvb = (p.transpose(-1, -2) @ dob).unflatten(0, (hkv, g)).sum(1)        # [Hkv, Lk, Dv]
+        dq[sel_q] = dqb.transpose(0, 1).to(dq.dtype)
+        dk[sel_k] = dkb.transpose(0, 1).to(dk.dtype)
+        dv[sel_k] = dvb.transpose(0, 1).to(dv.dtype)
+    return dq, dk, dv
+
+
+def requires_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether a call must record what its backward needs."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -1,0 +1,145 @@
+"""Gradients of blasst.attention: over the kept tiles of the forward's decisions, against torch
+autograd of fp64 attention with the same block mask, and with finite differences."""
+
+import pytest
+import torch
+
+import blasst
+from blasst import _lib
+from conftest import structured_qkv
+
+
+def kept_mask(decisions, info, phase, batch, lq, lk, hq, hkv, causal):
+    """[B, Hq, Lq, Lk] bool: the keys each row attends, from the forward's decision trace."""
+    bm, bn = info.block_m, info.block_n
+    tiles = -(-lk // bn)
+    decode = phase == "decode"
+    groups = hkv if decode else hq * -(-lq // bm)
+    trace = decisions[: batch * groups * tiles].view(batch, groups, tiles)
+    g = hq // hkv
+    h = torch.arange(hq)[:, None]
+    i = torch.arange(lq)[None, :]
+    group = (h // g).expand(hq, lq) if decode else h * -(-lq // bm) + i // bm   # [Hq, Lq]
+    tile = torch.arange(lk) // bn
+    mask = trace[:, group][..., tile] == _lib.TILE_KEPT                          # [B, Hq, Lq, Lk]
+    if causal:
+        mask &= torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + lk - lq
+    return mask
+
+
+def reference_attention(q, k, v, mask, scale):
+    """fp64 attention of q [B, Lq, Hq, D] over the masked keys; out [B, Lq, Hq, Dv], lse [B, Lq, Hq]."""
+    g = q.shape[2] // k.shape[2]
+    qd = q.transpose(1, 2)
+    kd = k.transpose(1, 2).repeat_interleave(g, dim=1)
+    vd = v.transpose(1, 2).repeat_interleave(g, dim=1)
+    s = (qd @ kd.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.where(mask, torch.exp(s - lse.unsqueeze(-1)), 0.0)
+    return (p @ vd).transpose(1, 2), lse.transpose(1, 2)
+
+
+def grads(fn, *tensors):
+    for t in tensors:
+        t.grad = None
+    fn().backward()
+    return [t.grad.clone() for t in tensors]
+
+
+CASES = [  # phase, batch, Lq, Lk, Hq, Hkv, D, causal, factor
+    ("prefill", 2, 70, 70, 4, 2, 32, True, 8.0),
+    ("prefill", 1, 40, 130, 6, 3, 16, False, 5.0),
+    ("prefill", 2, 33, 97, 4, 4, 32, True, 0.0),
+    ("decode", 3, 2, 150, 8, 2, 32, True, 6.0),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}x{c[2]}x{c[3]}-sf{c[8]}" for c in CASES])
+def test_gradients_equal_the_fp64_block_masked_backward(case):
+    phase, batch, lq, lk, hq, hkv, d, causal, factor = case
+    q, k, v = structured_qkv(batch, lq, lk, hq, hkv, d, spread=1.0, seed=lk)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    dout = torch.randn(batch, lq, hq, d, generator=torch.Generator().manual_seed(1))
+    dlse = torch.randn(batch, lq, hq, generator=torch.Generator().manual_seed(2))
+    kw = dict(phase=phase, causal=causal, threshold_scale_factor=factor, block_m=16, block_n=16)
+
+    def loss():
+        out, lse = blasst.attention(q, k, v, **kw)
+        return (out * dout).sum() + (lse * dlse).sum()
+
+    got = grads(loss, q, k, v)
+    # the mask of the forward's own decisions (replayed: the same inputs decide the same tiles)
+    _, _, stats, decisions, info = blasst.run_with_decisions(q.detach(), k.detach(), v.detach(), phase=phase,
+                                                             causal=causal, threshold_scale_factor=factor,
+                                                             block_m=16, block_n=16)
+    if factor:
+        assert stats[:, 1].sum() > 0, "the case must skip tiles"
+    mask = kept_mask(decisions, info, phase, batch, lq, lk, hq, hkv, causal)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+
+    def ref_loss():
+        out, lse = reference_attention(qd, kd, vd, mask, d ** -0.5)
+        return (out * dout.double()).sum() + (lse.nan_to_num(0.0, neginf=0.0) * dlse.double()).sum()
+
+    want = grads(ref_loss, qd, kd, vd)
+    for name, a, b in zip("qkv", got, want):
+        # fp64 inside, rounded once to the operands' fp32
+        assert (a.double() - b).abs().max() <= 2e-6 * (1 + b.abs().max()), name
+
+
+def test_skipped_tiles_receive_no_gradient():
+    # a dominant sink: every tile after the first is skipped by every group, so keys past it get
+    # exactly zero dk and dv (they took no part in the forward)
+    q, k, v = structured_qkv(1, 64, 256, 2, 1, 32, spread=0.3, sink=40.0)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out, _, stats = blasst.attention(q, k, v, causal=False, threshold_scale_factor=50.0, block_m=64, block_n=64,
+                                     return_stats=True)
+    assert stats[:, 1].sum() == stats[:, 0].sum() - 2  # one kept tile per group (the anchor)
+    out.sum().backward()
+    assert k.grad[:, 64:].abs().sum() == 0 and v.grad[:, 64:].abs().sum() == 0
+    assert v.grad[:, :64].abs().sum() > 0
+
+
+def test_dense_gradients_match_finite_differences():
+    q, k, v = structured_qkv(1, 9, 20, 2, 1, 8, spread=1.0, seed=5)
+    q, k, v = (t.double().float().requires_grad_() for t in (q, k, v))
+    w = torch.randn(1, 9, 2, 8, generator=torch.Generator().manual_seed(3))
+
+    def f(q_, k_, v_):
+        return (blasst.attention(q_, k_, v_, causal=True)[0] * w).sum()
+
+    got = grads(lambda: f(q, k, v), q, k, v)
+    eps = 1e-2
+    g = torch.Generator().manual_seed(4)
+    for t, grad in zip((q, k, v), got):
+        direction = torch.randn(t.shape, generator=g)
+        with torch.no_grad():
+            plus = f(*[x + eps * direction if x is t else x for x in (q, k, v)])
+            minus = f(*[x - eps * direction if x is t else x for x in (q, k, v)])
+        numeric = (plus - minus) / (2 * eps)
+        analytic = (grad * direction).sum()
+        assert abs(float(numeric - analytic)) <= 2e-3 * (1 + abs(float(analytic)))
+
+
+def test_ragged_and_padded_layouts_give_the_gradients_of_their_entries():
+    lens = [30, 0, 45]
+    qs = [structured_qkv(1, n, n, 4, 2, 16, spread=1.0, seed=i) if n else
+          (torch.zeros(1, 0, 4, 16), torch.zeros(1, 0, 2, 16), torch.zeros(1, 0, 2, 16)) for i, n in enumerate(lens)]
+    kw = dict(threshold_scale_factor=4.0, block_m=16, block_n=16, phase="prefill")
+    # each entry on its own
+    want = []
+    for q, k, v in qs:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        if q.shape[1]:
+            blasst.attention(q, k, v, **kw)[0].sum().backward()
+            want.append((q.grad[0], k.grad[0], v.grad[0]))
+        else:
+            want.append(None)
+    cu = torch.tensor([0, 30, 30, 75], dtype=torch.int32)
+    q, k, v = (torch.cat([x[j][0].detach() for x in qs]).requires_grad_() for j in range(3))
+    blasst.attention(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, **kw)[0].sum().backward()
+    for b, (lo, hi) in enumerate([(0, 30), (30, 30), (30, 75)]):
+        if want[b] is None:
+            continue
+        for got, ref in zip((q.grad[lo:hi], k.grad[lo:hi], v.grad[lo:hi]), want[b]):
+            assert torch.allclose(got, ref, atol=1e-6, rtol=1e-5)
