@@ -143,3 +143,23 @@ def test_ragged_and_padded_layouts_give_the_gradients_of_their_entries():
             continue
         for got, ref in zip((q.grad[lo:hi], k.grad[lo:hi], v.grad[lo:hi]), want[b]):
             assert torch.allclose(got, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_the_torch_backward_of_device_tensors_equals_the_engine_backward(phase):
+    # the formulas device tensors go through, run here on host tensors against blasst_backward
+    from blasst import _core, autograd
+
+    lq = 40 if phase == "prefill" else 3
+    q, k, v = structured_qkv(2, lq, 120, 4, 2, 16, spread=1.0, seed=9)
+    seqlens_k = torch.tensor([120, 77], dtype=torch.int32)
+    dout = torch.randn(2, lq, 4, 16, generator=torch.Generator().manual_seed(6))
+    dlse = torch.randn(2, lq, 4, generator=torch.Generator().manual_seed(7))
+    code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
+    out, _, stats, decisions, info = _core.run(code, q, k, v, seqlens_k=seqlens_k, threshold_scale_factor=6.0,
+                                               block_m=16, block_n=16, return_stats=True, return_decisions=True)
+    assert stats[:, 1].sum() > 0
+    engine = _core.backward(code, q, k, v, out, dout, dlse, decisions, info, seqlens_k=seqlens_k)
+    torch_grads = autograd.torch_backward(code, q, k, v, dout, dlse, decisions, info, seqlens_k=seqlens_k)
+    for name, a, b in zip("qkv", engine, torch_grads):
+        assert (a - b).abs().max() <= 1e-4 * (1 + a.abs().max()), name

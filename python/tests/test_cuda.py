@@ -176,3 +176,26 @@ def test_hf_tiny_llama_on_gpu():
         out = model(ids, attention_mask=mask).logits.float()
     assert (out[0, 50:] - ref[0, 50:]).abs().max() < 0.15
     assert (out[1] - ref[1]).abs().max() < 0.15
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_gradients_on_the_gpu_equal_the_cpu_backward_of_the_same_decisions(phase):
+    # device tensors: the forward on the GPU kernels, the backward in torch over the GPU's kept
+    # tiles; the CPU engine's fp64 backward of the same decisions is the reference
+    from blasst import _core, _lib, autograd
+
+    lq = 200 if phase == "prefill" else 2
+    q, k, v = structured_qkv(2, lq, 700, 8, 2, 64, dtype=torch.bfloat16, spread=1.0, seed=3)
+    qc, kc, vc = (t.cuda().requires_grad_() for t in (q, k, v))
+    out, lse = _run_or_skip(lambda: blasst.attention(qc, kc, vc, phase=phase, threshold_scale_factor=30.0))
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    out.backward(dout.cuda())
+    # replay: the same forward on the GPU with its trace, then the CPU backward of that trace
+    code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
+    out2, _, stats, decisions, info = _core.run(code, qc.detach(), kc.detach(), vc.detach(),
+                                                threshold_scale_factor=30.0, return_stats=True, return_decisions=True)
+    assert stats[:, 1].sum() > 0 and torch.equal(out2, out.detach())
+    ref = _core.backward(code, q.float(), k.float(), v.float(), out2.float().cpu(), dout.float(), None,
+                         decisions.cpu(), info)
+    for name, got, want in zip("qkv", (qc.grad, kc.grad, vc.grad), ref):
+        assert (got.float().cpu() - want).abs().max() <= 3e-2 * (1 + want.abs().max()), name

@@ -233,3 +233,37 @@ def test_import_blasst_registers_attn_implementation(tmp_path, order):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["ok", "blasst"]
+
+
+def _param_grads(model, ids):
+    model.zero_grad()
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_training_step_gradients_match_eager_at_threshold_zero(llama):
+    # a training step through attn_implementation="blasst": at threshold 0 its parameter gradients
+    # are eager attention's (the backward of blasst.attention over every tile)
+    ids = torch.randint(0, 96, (2, 48), generator=torch.Generator().manual_seed(8))
+    llama.train()
+    llama.set_attn_implementation("eager")
+    ref_loss, ref = _param_grads(llama, ids)
+    blasst.hf.enable(llama, blasst.BlasstConfig(threshold_scale_factor=0.0, **GEOM))
+    loss, got = _param_grads(llama, ids)
+    assert torch.allclose(loss, ref_loss, atol=1e-5)
+    assert got.keys() == ref.keys()
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], atol=2e-5, rtol=1e-3), name
+
+
+def test_training_step_with_skipping_trains_through_the_kept_tiles(sharp_llama):
+    ids = torch.randint(0, 96, (1, 128), generator=torch.Generator().manual_seed(9))
+    sharp_llama.train()
+    blasst.hf.enable(sharp_llama, blasst.BlasstConfig(threshold_scale_factor=50.0, collect_stats=True, **GEOM))
+    opt = torch.optim.SGD(sharp_llama.parameters(), lr=1e-2)
+    loss, grads = _param_grads(sharp_llama, ids)
+    assert blasst.hf.summary(sharp_llama)["prefill"]["sparsity"] > 0.03
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert grads["model.layers.0.self_attn.q_proj.weight"].abs().sum() > 0
+    opt.step()
