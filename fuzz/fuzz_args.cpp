@@ -180,6 +180,38 @@ void describe(const blasst_args& a, blasst_phase phase, double work) {
                a.decisions ? (long long)a.decisions_numel : -1LL, work);
 }
 
+void fail(const char* what);
+
+// The backward of a call that succeeded: gradients in buffers shaped as the operands (sometimes
+// claiming more than they hold, of another dtype, or with another geometry); a rejected call
+// must name its argument and write nothing.
+void fuzz_backward(Reader& r, const blasst_args& a, blasst_phase phase, const blasst_run_info& info,
+                   const std::vector<uint8_t>& qs, const std::vector<uint8_t>& ks, const std::vector<uint8_t>& vs,
+                   const std::vector<uint8_t>& os) {
+  std::vector<uint8_t> dq(qs.size(), 0x5A), dk(ks.size(), 0x5A), dv(vs.size(), 0x5A), dout(os);
+  blasst_backward_args g;
+  blasst_backward_args_init(&g);
+  g.phase = r.chance(95) ? phase : BLASST_PHASE_DECODE;
+  g.geometry = r.chance(90) ? info.geometry : blasst_geometry{r.field(0, 70), r.field(0, 70), a.geometry.order, 1};
+  g.decisions = a.decisions;
+  g.decisions_numel = a.decisions_numel;
+  const auto as = [&](blasst_tensor t, std::vector<uint8_t>& storage) {
+    t.data = storage.data();
+    if (r.chance(5)) t.numel = r.field64(t.numel, 10);
+    if (r.chance(3)) set_raw(t.dtype, r.field(0, 3, 50));
+    return t;
+  };
+  g.dq = as(a.q, dq), g.dk = as(a.k, dk), g.dv = as(a.v, dv), g.dout = as(a.out, dout);
+  const std::vector<uint8_t> dq0 = dq, dk0 = dk, dv0 = dv;
+  const blasst_status st = blasst_backward(&a, &g);
+  const char* msg = blasst_last_error();
+  if (st == BLASST_OK) return;
+  if (st != BLASST_ERROR_INVALID_ARGUMENT && st != BLASST_ERROR_UNSUPPORTED && st != BLASST_ERROR_OUT_OF_MEMORY)
+    fail("undocumented status for a CPU backward");
+  if (!msg || msg[0] == '\0') fail("a backward error without a message");
+  if (dq != dq0 || dk != dk0 || dv != dv0) fail("a rejected backward wrote a gradient");
+}
+
 void fail(const char* what) {
   std::fprintf(stderr, "fuzz_args: %s\n", what);
   std::abort();
@@ -355,5 +387,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::fprintf(stderr, "status %d: %s\n", int(st), msg);
       fail("undocumented status for a CPU call");
   }
+  if (st == BLASST_OK && a.decisions && !null_args) fuzz_backward(r, a, phase, info, qs, ks, vs, os);
   return 0;
 }
