@@ -14,9 +14,9 @@
 #include <string>
 #include <vector>
 
-#include "cuda/decode/decode_launch.hpp"
-#include "cuda/prefill_dispatch.hpp"
-#include "cuda/sm90/prefill_sm90.hpp"
+#include "cuda/sm80/decode/decode_launch.hpp"
+#include "cuda/common/prefill_dispatch.hpp"
+#include "cuda/sm90/prefill/prefill_sm90.hpp"
 
 namespace blasst::cuda {
 

@@ -17,11 +17,11 @@
 
 #include <cstdint>
 
-#include "cuda/prefill_entry.cuh"
-#include "cuda/prefill_params.hpp"
-#include "cuda/ptx.cuh"
-#include "cuda/quad_reduce.cuh"
-#include "cuda/skip_threshold.cuh"
+#include "cuda/sm80/prefill/prefill_entry.cuh"
+#include "cuda/common/prefill_params.hpp"
+#include "cuda/common/ptx.cuh"
+#include "cuda/common/quad_reduce.cuh"
+#include "cuda/common/skip_threshold.cuh"
 
 namespace blasst::cuda {
 

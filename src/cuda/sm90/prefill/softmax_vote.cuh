@@ -8,8 +8,8 @@
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_conversion.h>
 
-#include "cuda/ptx.cuh"
-#include "cuda/quad_reduce.cuh"
+#include "cuda/common/ptx.cuh"
+#include "cuda/common/quad_reduce.cuh"
 
 namespace blasst::cuda::sm90 {
 

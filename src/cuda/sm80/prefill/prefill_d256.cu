@@ -1,6 +1,6 @@
 // Prefill instantiations for head dimension 256: bf16/fp16 x dense/skip.
-#include "cuda/prefill_dispatch.hpp"
-#include "cuda/prefill_launch.cuh"
+#include "cuda/common/prefill_dispatch.hpp"
+#include "cuda/sm80/prefill/prefill_launch.cuh"
 
 namespace blasst::cuda {
 

@@ -3,7 +3,7 @@
 // its columns. Shared by the prefill (sm_80, sm_90a) and decode kernels.
 #pragma once
 
-#include "cuda/ptx.cuh"
+#include "cuda/common/ptx.cuh"
 
 namespace blasst::cuda {
 

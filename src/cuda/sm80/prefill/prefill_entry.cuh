@@ -3,7 +3,7 @@
 // ragged or padded lengths the same way.
 #pragma once
 
-#include "cuda/prefill_params.hpp"
+#include "cuda/common/prefill_params.hpp"
 
 namespace blasst::cuda {
 

@@ -5,7 +5,7 @@
 
 #include <cuda_runtime.h>
 
-#include "cuda/prefill_kernel.cuh"
+#include "cuda/sm80/prefill/prefill_kernel.cuh"
 
 namespace blasst::cuda {
 

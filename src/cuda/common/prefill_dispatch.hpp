@@ -3,7 +3,7 @@
 
 #include <cuda_runtime.h>
 
-#include "cuda/prefill_params.hpp"
+#include "cuda/common/prefill_params.hpp"
 
 namespace blasst::cuda {
 

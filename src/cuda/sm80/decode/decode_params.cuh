@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "cuda/attention_operands.hpp"
+#include "cuda/common/attention_operands.hpp"
 
 namespace blasst::cuda::decode {
 

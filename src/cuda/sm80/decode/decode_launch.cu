@@ -1,6 +1,6 @@
 // Host side of the CUDA decode engine: checks what this kernel supports, picks the number of
 // KV splits, sizes the workspace, launches the decode and combine kernels, collects statistics.
-#include "cuda/decode/decode_launch.hpp"
+#include "cuda/sm80/decode/decode_launch.hpp"
 
 #include <cuda_runtime.h>
 
@@ -9,7 +9,7 @@
 #include <mutex>
 #include <string>
 
-#include "cuda/decode/decode_kernel.cuh"
+#include "cuda/sm80/decode/decode_kernel.cuh"
 
 namespace blasst::cuda::decode {
 namespace {

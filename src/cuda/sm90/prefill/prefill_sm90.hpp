@@ -7,8 +7,8 @@
 
 #include <cstdint>
 
-#include "cuda/prefill_dispatch.hpp"
-#include "cuda/prefill_params.hpp"
+#include "cuda/common/prefill_dispatch.hpp"
+#include "cuda/common/prefill_params.hpp"
 
 namespace blasst::cuda::sm90 {
 

@@ -19,13 +19,13 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
-#include "cuda/prefill_entry.cuh"
-#include "cuda/prefill_params.hpp"
-#include "cuda/quad_reduce.cuh"
-#include "cuda/skip_threshold.cuh"
-#include "cuda/sm90/prefill_traits.cuh"
-#include "cuda/sm90/softmax_vote.cuh"
-#include "cuda/sm90/visit_plan.cuh"
+#include "cuda/sm80/prefill/prefill_entry.cuh"
+#include "cuda/common/prefill_params.hpp"
+#include "cuda/common/quad_reduce.cuh"
+#include "cuda/common/skip_threshold.cuh"
+#include "cuda/sm90/prefill/prefill_traits.cuh"
+#include "cuda/sm90/prefill/softmax_vote.cuh"
+#include "cuda/sm90/prefill/visit_plan.cuh"
 
 namespace blasst::cuda::sm90 {
 

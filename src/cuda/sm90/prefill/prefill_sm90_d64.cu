@@ -1,5 +1,5 @@
 // sm_90a prefill instantiations for head dimension 64: bf16/fp16 x dense/skip.
-#include "cuda/sm90/prefill_launch.cuh"
+#include "cuda/sm90/prefill/prefill_launch.cuh"
 
 namespace blasst::cuda::sm90 {
 

@@ -27,11 +27,11 @@
 #include <cmath>
 #include <type_traits>
 
-#include "cuda/decode/decode_params.cuh"
-#include "cuda/decode/tile_layout.cuh"
-#include "cuda/ptx.cuh"
-#include "cuda/quad_reduce.cuh"
-#include "cuda/skip_threshold.cuh"
+#include "cuda/sm80/decode/decode_params.cuh"
+#include "cuda/sm80/decode/tile_layout.cuh"
+#include "cuda/common/ptx.cuh"
+#include "cuda/common/quad_reduce.cuh"
+#include "cuda/common/skip_threshold.cuh"
 
 namespace blasst::cuda::decode {
 

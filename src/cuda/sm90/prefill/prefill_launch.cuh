@@ -6,8 +6,8 @@
 
 #include <cstdlib>
 
-#include "cuda/sm90/prefill_kernel.cuh"
-#include "cuda/sm90/prefill_sm90.hpp"
+#include "cuda/sm90/prefill/prefill_kernel.cuh"
+#include "cuda/sm90/prefill/prefill_sm90.hpp"
 
 namespace blasst::cuda::sm90 {
 
