@@ -134,6 +134,46 @@ def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=
     return dq, dk, dv
 
 
+def kept_tiles(phase, decisions, info, batch, hq, hkv, max_q, max_k):
+    """[B, Hq, row blocks, tiles] bool: the tiles each (head, row block) kept, from the forward's
+    trace (decode: one row block, the KV head's decision for all its query heads)."""
+    bm, bn = info.block_m, info.block_n
+    tiles = -(-max_k // bn)
+    if phase == _lib.PHASE_DECODE:
+        trace = decisions[: batch * hkv * tiles].view(batch, hkv, 1, tiles)
+        return trace.repeat_interleave(hq // hkv, dim=1) == _TILE_KEPT
+    row_blocks = -(-max_q // bm)
+    return decisions[: batch * hq * row_blocks * tiles].view(batch, hq, row_blocks, tiles) == _TILE_KEPT
+
+
+_flex = {}
+
+
+def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=True):
+    """The backward through PyTorch's FlexAttention (a fused Triton kernel) with a BlockMask of
+    the kept tiles: dense [B, L, H, D] layouts without an LSE gradient. Compiled once per process."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if "fn" not in _flex:
+        _flex["fn"] = torch.compile(flex_attention, dynamic=False)
+    batch, lq, hq, dqk = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    bm, bn = (info.block_m, info.block_n) if phase == _lib.PHASE_PREFILL else (max(lq, 1), info.block_n)
+    kept = kept_tiles(phase, decisions, info, batch, hq, hkv, lq, lk)
+    shift = lk - lq
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = kept[b, h, q_idx // bm, kv_idx // bn]
+        return keep & (kv_idx <= q_idx + shift) if causal else keep
+
+    block_mask = create_block_mask(mask_mod, batch, hq, lq, lk, device=q.device, BLOCK_SIZE=(128, 128))
+    qf, kf, vf = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+    with torch.enable_grad():
+        out = _flex["fn"](qf, kf, vf, block_mask=block_mask, scale=scale or dqk ** -0.5, enable_gqa=hq != hkv)
+        dq, dk, dv = torch.autograd.grad(out, (qf, kf, vf), dout.transpose(1, 2).to(out.dtype))
+    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+
+
 def requires_grad(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether a call must record what its backward needs."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

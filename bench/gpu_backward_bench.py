@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""GPU backward benchmark: the gradients of BLASST attention over the kept tiles of the forward's
+decisions, through blasst's torch formulas and through FlexAttention with a BlockMask of the kept
+tiles, against the dense backward of PyTorch SDPA (cuDNN and FlashAttention-2), same inputs, one run.
+
+    python3 bench/gpu_backward_bench.py [--seqlens 4096,8192] [--sf 0,200,2000] [--reps 10]
+        [--csv bench/results/gpu_backward.csv] [--commit HASH]
+
+Inputs: bf16, B = 1, Hq = 32, Hkv = 8, d = 128, causal, the structured inputs of gpu_bench.py.
+Each row times one backward (median of CUDA-event times): for blasst, the gradients given the
+forward's decisions (the forward is not timed); for SDPA, autograd.grad of its forward's output.
+Also printed: the largest difference between the FlexAttention and the torch gradients.
+"""
+import argparse
+import csv
+import datetime
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from gpu_bench import make_inputs, time_ms  # noqa: E402
+
+from blasst import _core, _lib, autograd  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seqlens", default="4096,8192")
+    ap.add_argument("--sf", default="0,200,2000", help="threshold_scale_factor values (0 = dense)")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--csv", default="bench/results/gpu_backward.csv")
+    ap.add_argument("--commit", default=None)
+    opts = ap.parse_args()
+    gpu = torch.cuda.get_device_name()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                           text=True).stdout.strip() or "unknown"
+    hq, hkv, d = 32, 8, 128
+    rows = []
+    print(f"{gpu}: backward, bf16, B=1, Hq={hq}, Hkv={hkv}, d={d}, causal")
+    print(f"{'L':>6} {'kernel':<16}{'sf':>8}{'sparsity':>10}{'ms':>10}{'x vs cudnn':>12}")
+    for lk in (int(x) for x in opts.seqlens.split(",")):
+        q, k, v = make_inputs(1, lk, hq, hkv, d, torch.bfloat16, seed=0)
+        dout = torch.randn_like(q)
+        times = {}
+        qt, kt, vt = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+            try:
+                with sdpa_kernel(backend):
+                    out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
+                times[name] = time_ms(lambda o=out: torch.autograd.grad(o, (qt, kt, vt), dout.transpose(1, 2),
+                                                                       retain_graph=True), 3, opts.reps)
+            except RuntimeError as err:
+                print(f"  {name}: not available ({str(err).splitlines()[0][:80]})")
+
+        def record(kernel, sf, s, ms):
+            rows.append(dict(gpu=gpu, date=date, commit=commit, phase="backward", kernel=kernel, dtype="bf16",
+                             batch=1, lq=lk, lk=lk, hq=hq, hkv=hkv, d=d, causal=1, sf=sf, sparsity=f"{s:.4f}",
+                             ms=f"{ms:.4f}"))
+            base = times.get("cudnn")
+            print(f"{lk:>6} {kernel:<16}{sf:>8}{s:>10.3f}{ms:>10.3f}{(base / ms if base else float('nan')):>11.2f}x")
+
+        for name, ms in times.items():
+            record(name, 0, 0.0, ms)
+        for sf in (float(x) for x in opts.sf.split(",")):
+            out, _, stats, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, causal=True,
+                                                       threshold_scale_factor=sf, return_stats=True,
+                                                       return_decisions=True)
+            s = float(stats[:, 1].sum()) / max(1.0, float(stats[:, 0].sum()))
+            ours = lambda: autograd.torch_backward(_lib.PHASE_PREFILL, q, k, v, dout, None, decisions,  # noqa: E731
+                                                   info, causal=True)
+            flex = lambda: autograd.flex_backward(_lib.PHASE_PREFILL, q, k, v, dout, decisions, info,  # noqa: E731
+                                                  causal=True)
+            g_ours, g_flex = ours(), flex()
+            diff = max(float((a.float() - b.float()).abs().max() / (1 + a.float().abs().max()))
+                       for a, b in zip(g_ours, g_flex))
+            print(f"       flex vs torch gradients: largest relative difference {diff:.2e}")
+            record("blasst-torch", sf, s, time_ms(ours, 2, opts.reps))
+            record("blasst-flex", sf, s, time_ms(flex, 2, opts.reps))
+        torch.cuda.empty_cache()
+    os.makedirs(os.path.dirname(opts.csv) or ".", exist_ok=True)
+    new = not os.path.exists(opts.csv)
+    with open(opts.csv, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    print(f"{len(rows)} rows appended to {opts.csv}")
+
+
+if __name__ == "__main__":
+    main()
