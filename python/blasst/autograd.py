@@ -12,6 +12,7 @@ same formulas in torch, one batch entry at a time (fp32; not a fused kernel).
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -44,9 +45,28 @@ class _BlasstAttention(torch.autograd.Function):
         if q.device.type == "cpu":
             dq, dk, dv = _core.backward(ctx.phase, q, k, v, out, dout.to(out.dtype), dlse, decisions, ctx.info,
                                         num_threads=o.get("num_threads", 0), **common)
+        elif _use_flex(q, dlse, lengths):
+            dq, dk, dv = flex_backward(ctx.phase, q, k, v, dout, decisions, ctx.info, scale=common["scale"],
+                                       causal=common["causal"])
         else:
             dq, dk, dv = torch_backward(ctx.phase, q, k, v, dout, dlse, decisions, ctx.info, **common)
         return dq, dk, dv, None, None
+
+
+def _use_flex(q, dlse, lengths) -> bool:
+    """Device backward through FlexAttention only with BLASST_GPU_BACKWARD=flex (dense layouts whose
+    LSE carries no gradient); the default, torch, is the fp32 formulas. On an H100
+    (bench/gpu_backward_bench.py) FlexAttention's took half their time, but it keeps P and dS in
+    bf16, and its dk was 0.046 off the fp64 backward where the torch path stayed within 0.03
+    (python/tests/test_cuda.py): faster, not as exact, so not the default."""
+    choice = os.environ.get("BLASST_GPU_BACKWARD", "torch")
+    if choice not in ("flex", "torch"):
+        raise ValueError(f"blasst: BLASST_GPU_BACKWARD is {choice!r}, expected torch or flex")
+    if choice == "torch":
+        return False
+    if q.dim() != 4 or any(t is not None for t in lengths.values()) or (dlse is not None and bool(dlse.any())):
+        raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=flex takes dense layouts without an LSE gradient")
+    return True
 
 
 def attention_with_grad(phase: int, q, k, v, options: dict):

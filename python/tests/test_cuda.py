@@ -199,3 +199,24 @@ def test_gradients_on_the_gpu_equal_the_cpu_backward_of_the_same_decisions(phase
                          decisions.cpu(), info)
     for name, got, want in zip("qkv", (qc.grad, kc.grad, vc.grad), ref):
         assert (got.float().cpu() - want).abs().max() <= 3e-2 * (1 + want.abs().max()), name
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_flex_backward_equals_the_torch_backward(phase):
+    # the two device backwards (FlexAttention with a BlockMask of the kept tiles, the torch
+    # formulas) give the same gradients of the same decisions
+    from blasst import _core, _lib, autograd
+
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    lq = 256 if phase == "prefill" else 2
+    q, k, v = cuda(*structured_qkv(1, lq, 1024, 8, 2, 64, dtype=torch.bfloat16, spread=1.0, seed=4))
+    dout = torch.randn(q.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
+    code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
+    _, _, stats, decisions, info = _core.run(code, q, k, v, threshold_scale_factor=30.0, return_stats=True,
+                                             return_decisions=True)
+    assert stats[:, 1].sum() > 0
+    flex = autograd.flex_backward(code, q, k, v, dout, decisions, info)
+    ref = autograd.torch_backward(code, q, k, v, dout, None, decisions, info)
+    for name, a, b in zip("qkv", flex, ref):
+        # FlexAttention keeps P and dS in bf16, the torch formulas in fp32: bf16-kernel agreement
+        assert (a.float() - b.float()).abs().max() <= 6e-2 * (1 + b.float().abs().max()), name
