@@ -186,12 +186,18 @@ def make_runner(q, k, v, *, causal: bool, scale: float, mask: Optional[BlasstMas
     if mask is not None:
         seqlens_q, seqlens_k = mask.seqlens_q, mask.seqlens_k
         if mask.key_slots is not None:
-            k, v, block_table = _token_pages(k, v, mask.key_slots)
+            if autograd.requires_grad(q, k, v):
+                # training: the backward takes no pages, so each entry's keys are gathered to the
+                # front (differentiable: their gradients scatter back to the slots)
+                idx = mask.key_slots[:, :, None, None]
+                k = torch.gather(k, 1, idx.expand(-1, -1, k.shape[2], k.shape[3]))
+                v = torch.gather(v, 1, idx.expand(-1, -1, v.shape[2], v.shape[3]))
+            else:
+                k, v, block_table = _token_pages(k, v, mask.key_slots)
 
     def run(factor, per_head, return_stats):
         if autograd.requires_grad(q, k, v):
-            # training: gradients over the kept tiles (blasst.autograd); one-token pages are views
-            # of k and v, which the backward does not take, so left padding needs dense keys here
+            # training: gradients over the kept tiles (blasst.autograd)
             block_m, block_n, order, splits, engine, num_threads = geometry
             options = dict(seqlens_q=seqlens_q, seqlens_k=seqlens_k, block_table=block_table, scale=scale,
                            causal=causal, threshold_scale_factor=factor, per_kv_head_factor=per_head, block_m=block_m,
