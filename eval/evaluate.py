@@ -549,6 +549,12 @@ def run(args) -> tuple[list[dict], dict]:
     torch.set_num_threads(args.threads)
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model, tok = load(device=args.device, dtype=dtype, attn_implementation="eager")
+    if args.state_dict:
+        # a fine-tuned model (eval/finetune_sparsity.py): its weights over the base model's
+        state = torch.load(args.state_dict, map_location=args.device)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if not m.endswith("rotary_emb.inv_freq")]:
+            raise SystemExit(f"--state-dict {args.state_dict}: missing {missing}, unexpected {unexpected}")
     backends = {b: BACKENDS[b](model, args) for b in args.backend if b != "dense"}
     dense = Backend(model, args)
     settings = build_settings(args)
@@ -704,6 +710,9 @@ def main() -> None:
                     help="target sparsities in [0, 1), e.g. 0.3,0.5,0.7,0.9 (0 = dense through the library)")
     ap.add_argument("--target-methods", type=choices(TARGET_METHODS), default=["config"],
                     help="how targets become factors: config, calib-single, calib-head (default config)")
+    ap.add_argument("--state-dict", default=None,
+                    help="weights to load over the base model (a fine-tuned model's state dict, as "
+                         "eval/finetune_sparsity.py writes)")
     ap.add_argument("--calibration", default=DEFAULT_CALIBRATION,
                     help="config.json with the sparse_attention_config formulas (default: the shipped "
                          "data/smollm2_calibration/config.json)")
