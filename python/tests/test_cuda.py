@@ -182,7 +182,7 @@ def test_hf_tiny_llama_on_gpu():
 def test_gradients_on_the_gpu_equal_the_cpu_backward_of_the_same_decisions(phase):
     # device tensors: the forward on the GPU kernels, the backward in torch over the GPU's kept
     # tiles; the CPU engine's fp64 backward of the same decisions is the reference
-    from blasst import _core, _lib, autograd
+    from blasst import _core, _lib
 
     lq = 200 if phase == "prefill" else 2
     q, k, v = structured_qkv(2, lq, 700, 8, 2, 64, dtype=torch.bfloat16, spread=1.0, seed=3)
