@@ -165,3 +165,32 @@ def test_threshold_zero_is_exact_attention(p):
         if not ragged:  # padded rows past the entry's length: O = 0, LSE = -inf
             assert out[b, lq:].abs().sum() == 0 and torch.isneginf(lse[b, lq:]).all()
         row += lq
+
+
+@settings(max_examples=int(__import__("os").environ.get("BLASST_HYPOTHESIS_EXAMPLES", "60")) // 2, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(problems(), st.booleans(), st.integers(0, 2**16))
+def test_fp8_kv_cache_is_exact_attention_of_the_dequantized_cache(p, per_head, seed):
+    # K and V stored as e4m3 with their scales, in every layout: attention of the dequantized
+    # cache (stored value x scale), which is what the engine must compute
+    p = dict(p, dtype=torch.float32, view="contiguous" if p["view"] == "transposed" else p["view"])
+    q, k, v, kw, entries = build(p)
+    g = torch.Generator().manual_seed(seed)
+    count = p["hkv"] if per_head else 1
+    ks, vs = torch.rand(count, generator=g) + 0.25, torch.rand(count, generator=g) + 0.25
+    per = (lambda s: s.view(-1, 1)) if per_head else (lambda s: s)  # broadcast over [..., Hkv, D]
+    k8, v8 = (k / per(ks)).to(torch.float8_e4m3fn), (v / per(vs)).to(torch.float8_e4m3fn)
+    scale = p["scale"] if p["scale"] is not None else p["dqk"] ** -0.5
+    out, lse = blasst.attention(q, k8, v8, k_scale=ks, v_scale=vs, causal=p["causal"], scale=p["scale"],
+                                phase=p["phase"], order=p["order"], block_n=p["block_n"], **kw)
+    ragged = p["layout"] == "ragged"
+    row = 0
+    for b, (qe, ke, ve) in enumerate(entries):
+        lq = qe.shape[0]
+        kd = (ke / per(ks)).to(torch.float8_e4m3fn).float() * per(ks)
+        vd = (ve / per(vs)).to(torch.float8_e4m3fn).float() * per(vs)
+        ref_out, ref_lse = reference(qe, kd, vd, p["causal"], scale)
+        got_out = out[row: row + lq] if ragged else out[b, :lq]
+        if lq:
+            assert (got_out.double() - ref_out).abs().max().item() <= TOL[torch.float32] * (1 + ref_out.abs().max())
+        row += lq
