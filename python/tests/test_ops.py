@@ -195,3 +195,26 @@ def test_empty_queries_and_keys():
     assert out.shape == (2, 0, 4, 32) and lse.shape == (2, 0, 4)
     out, lse = blasst.attention(q, k[:, :0], v[:, :0])
     assert out.abs().max() == 0 and torch.isneginf(lse).all()  # rows with no visible key (SPEC 5)
+
+
+def test_mla_absorbed_decode_reads_v_as_a_view_of_the_latent_cache():
+    # MLA absorbed decode: one latent of 576 values per token (512 + 64 rope) is K, and its first
+    # 512 values are V (the same bytes, a view); 16 query heads share the one KV head and decide
+    # together. The skip output is attention over the kept tiles, exactly.
+    g = torch.Generator().manual_seed(11)
+    u = torch.randn(576, generator=g)
+    u = u / u.norm()
+    q = torch.randn(2, 1, 16, 576, generator=g) * 0.3 + 3 * u
+    latent = torch.randn(2, 300, 1, 576, generator=g)
+    latent[:, 0, 0] = 30 * u  # a sink along the queries, so that the skip mode has tiles to skip
+    v = latent[..., :512]
+    scale = 576 ** -0.5
+    dense, _ = blasst.attention(q, latent, v, phase="decode", scale=scale, block_n=32)
+    assert (dense.double() - sdpa_reference(q, latent, v.contiguous(), scale=scale)).abs().max() < 2e-5
+    out, _, stats, decisions, info = blasst.run_with_decisions(q, latent, v, phase="decode", scale=scale,
+                                                               threshold_scale_factor=100.0, block_n=32)
+    assert out.shape == (2, 1, 16, 512) and stats[0, 1] > 0
+    tiles = -(-300 // info.block_n)
+    kept = (decisions[: 2 * tiles].view(2, tiles) == 1).repeat_interleave(info.block_n, dim=1)[:, :300]
+    ref = sdpa_reference(q, latent, v.contiguous(), scale=scale, key_mask=kept[:, None, None, :].expand(2, 16, 1, 300))
+    assert (out.double() - ref).abs().max() < 2e-5
