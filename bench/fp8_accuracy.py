@@ -13,7 +13,6 @@ so the error FP8 adds can be read against the error skipping adds. The numbers a
 properties of the engine's arithmetic (no timing): any machine reproduces them.
 """
 import argparse
-import csv
 import datetime
 import os
 import platform
@@ -24,7 +23,7 @@ import torch
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from gpu_bench import load_sample  # noqa: E402  (the benchmark's sample loader)
+from gpu_bench import append_rows, load_sample  # noqa: E402  (the benchmarks' helpers)
 
 import blasst  # noqa: E402
 
@@ -102,14 +101,8 @@ def main() -> int:
     if args.csv:
         fields = ["date", "commit", "machine", "engine", "sample", "L", "variant", "factor", "block", "sparsity",
                   "rel_l2", "max_abs"]
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            if new:
-                w.writeheader()
-            for r in rows:
-                w.writerow(dict(r, date=stamp, commit=commit(), machine=platform.machine(), engine="cpu",
-                                block=args.block))
+        append_rows(args.csv, [dict(r, date=stamp, commit=commit(), machine=platform.machine(), engine="cpu",
+                                    block=args.block) for r in rows], fields)
     return 0
 
 

@@ -12,7 +12,6 @@ forward's decisions (the forward is not timed); for SDPA, autograd.grad of its f
 Also printed: the largest difference between the FlexAttention and the torch gradients.
 """
 import argparse
-import csv
 import datetime
 import os
 import subprocess
@@ -24,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from gpu_bench import make_inputs, time_ms  # noqa: E402
+from gpu_bench import append_rows, make_inputs, time_ms  # noqa: E402
 
 from blasst import _core, _lib, autograd  # noqa: E402
 
@@ -84,13 +83,7 @@ def main():
             record("blasst-torch", sf, s, time_ms(ours, 2, opts.reps))
             record("blasst-flex", sf, s, time_ms(flex, 2, opts.reps))
         torch.cuda.empty_cache()
-    os.makedirs(os.path.dirname(opts.csv) or ".", exist_ok=True)
-    new = not os.path.exists(opts.csv)
-    with open(opts.csv, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_rows(opts.csv, rows)
     print(f"{len(rows)} rows appended to {opts.csv}")
 
 

@@ -102,6 +102,17 @@ class Blasst:
         return info
 
 
+def append_rows(path, rows, fieldnames=None):
+    """Appends dict rows to a CSV (the header first when the file is new). Shared by the benchmarks."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fieldnames or list(rows[0].keys()))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
 def to_pages(k, v, page, gen):
     """K/V [B, L, H, D] copied into pages [B * ceil(L / page), page, H, D] in a shuffled order (the
     last page of an entry zero-padded), as a paged cache holds them, and the block table
@@ -403,14 +414,8 @@ def main():
         del q, k, v, out, lse, pg
         torch.cuda.empty_cache()
 
-    new = not os.path.exists(args.csv)
-    os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-    with open(args.csv, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["gpu", "date", "commit", "phase", "kernel", "dtype", "batch", "lq", "lk",
-                                          "hq", "hkv", "d", "causal", "sf", "sparsity", "ms", "tflops", "gbs"])
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_rows(args.csv, rows, ["gpu", "date", "commit", "phase", "kernel", "dtype", "batch", "lq", "lk", "hq", "hkv",
+                                 "d", "causal", "sf", "sparsity", "ms", "tflops", "gbs"])
 
     print(f"{gpu}, {args.dtype}, B={B} Hq={Hq} Hkv={Hkv} D={D}, order={args.order}, commit {commit}"
           + (" (sm_80 kernel forced)" if sm80_forced else "")

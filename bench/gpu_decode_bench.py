@@ -21,7 +21,6 @@ checks the decode targets.
 point instead, so every point is measured over the same range of thresholds.
 """
 import argparse
-import csv
 import ctypes
 import datetime
 import os
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import Args, RunInfo, Tensor, time_interleaved, to_pages  # noqa: E402  (C ABI structs, shared)
+from gpu_bench import Args, RunInfo, Tensor, append_rows, time_interleaved, to_pages  # noqa: E402  (C ABI structs, shared)
 
 BF16 = 2
 FP8 = 3  # float8_e4m3 (blasst_dtype)
@@ -342,13 +341,7 @@ def main():
             del k8, v8
         torch.cuda.empty_cache()
 
-    os.makedirs(os.path.dirname(opts.csv) or ".", exist_ok=True)
-    new = not os.path.exists(opts.csv)
-    with open(opts.csv, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_rows(opts.csv, rows)
     print(f"\n{len(rows)} rows appended to {opts.csv}")
 
 
