@@ -51,6 +51,7 @@ CASES = [  # phase, batch, Lq, Lk, Hq, Hkv, D, causal, factor
     ("prefill", 1, 40, 130, 6, 3, 16, False, 5.0),
     ("prefill", 2, 33, 97, 4, 4, 32, True, 0.0),
     ("decode", 3, 2, 150, 8, 2, 32, True, 6.0),
+    ("prefill", 1, 50, 90, 4, 1, 16, True, 5.0),  # MQA, one entry: the rows split across threads
 ]
 
 

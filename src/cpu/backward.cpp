@@ -6,8 +6,9 @@
 //   s_j = scale * q_i . k_j,  P_j = exp(s_j - lse_i),  lse_i = log sum_j exp(s_j)
 //   dP_j = dout_i . v_j,  D_i = sum_j P_j dP_j - dlse_i,  dS_j = P_j (dP_j - D_i)
 //   dq_i = scale * sum_j dS_j k_j,  dk_j += scale * dS_j q_i,  dv_j += P_j dout_i
-// One work item is one (entry, KV head): its G query heads' rows accumulate into that KV head's
-// dk, dv, so items share no output and run on threads without locks.
+// One work item is a slice of the rows (query head, row) of one (entry, KV head): it writes those
+// rows' dq and accumulates its own dk, dv of the KV head, which are summed over the slices in slice
+// order once every item is done (deterministic for a given thread count, which sets the slices).
 #include "cpu/backward.hpp"
 
 #include <algorithm>
@@ -41,20 +42,33 @@ std::vector<double> load_rows(const blasst_args& a, const blasst_tensor& t, int6
   return rows;
 }
 
-void run_item(const blasst_args& a, const blasst_backward_args& g, const Shapes& sh, int64_t b, int64_t hk) {
+// dk and dv of one slice of rows, [lk, Dqk] and [lk, Dv].
+struct Partial {
+  std::vector<double> dk, dv;
+};
+
+void run_item(const blasst_args& a, const blasst_backward_args& g, const Shapes& sh, int64_t b, int64_t hk,
+              int64_t slice, int64_t slices, Partial& acc) {
   const int64_t lq = detail::seqlen_q(a, b), lk = detail::seqlen_k(a, b);
   const int64_t dqk = sh.dqk, dv = sh.dv, bn = g.geometry.block_n, bm = g.geometry.block_m;
+  const int64_t rows = sh.q_per_kv * lq;  // (query head, row) pairs of this KV head, head-major
+  const int64_t r0 = rows * slice / slices, r1 = rows * (slice + 1) / slices;
+  if (r0 >= r1) return;
   const std::vector<double> k = load_rows(a, a.k, b, hk, lk, dqk);
   const std::vector<double> v = load_rows(a, a.v, b, hk, lk, dv);
-  std::vector<double> dk(k.size(), 0.0), dv_acc(v.size(), 0.0);
+  std::vector<double>& dk = acc.dk;
+  std::vector<double>& dv_acc = acc.dv;
+  dk.assign(k.size(), 0.0);
+  dv_acc.assign(v.size(), 0.0);
   std::vector<double> q(static_cast<size_t>(dqk)), dout(static_cast<size_t>(dv)), dq(static_cast<size_t>(dqk));
   std::vector<double> s(static_cast<size_t>(lk)), dp(static_cast<size_t>(lk));
   std::vector<int64_t> keys;
   keys.reserve(size_t(lk));
   const bool decode = g.phase == BLASST_PHASE_DECODE;
 
-  for (int64_t h = hk * sh.q_per_kv; h < (hk + 1) * sh.q_per_kv; ++h) {
-    for (int64_t i = 0; i < lq; ++i) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t h = hk * sh.q_per_kv + r / lq, i = r % lq;
+    {
       const int64_t visible = a.causal ? std::clamp<int64_t>(lk - lq + i + 1, 0, lk) : lk;
       const int64_t group = decode ? hk : h * sh.row_blocks + i / bm;
       const uint8_t* trace = g.decisions + (b * sh.groups + group) * sh.tiles;
@@ -106,12 +120,27 @@ void run_item(const blasst_args& a, const blasst_backward_args& g, const Shapes&
       for (int64_t d = 0; d < dqk; ++d) detail::store_element(g.dq.data, g.dq.dtype, dq_off + d, float(dq[size_t(d)]));
     }
   }
+}
+
+// dk, dv of (entry b, KV head hk): the sum of its slices' partials, in slice order.
+void store_kv_grads(const blasst_args& a, const blasst_backward_args& g, const Shapes& sh, int64_t b, int64_t hk,
+                    const Partial* slices, int64_t count) {
+  const int64_t lk = detail::seqlen_k(a, b), dqk = sh.dqk, dv = sh.dv;
   for (int64_t j = 0; j < lk; ++j) {
     const int64_t k_off = detail::kv_offset(a, g.dk, b, j, hk);
     const int64_t v_off = detail::kv_offset(a, g.dv, b, j, hk);
-    for (int64_t d = 0; d < dqk; ++d) detail::store_element(g.dk.data, g.dk.dtype, k_off + d, float(dk[size_t(j * dqk + d)]));
-    for (int64_t d = 0; d < dv; ++d)
-      detail::store_element(g.dv.data, g.dv.dtype, v_off + d, float(dv_acc[size_t(j * dv + d)]));
+    for (int64_t d = 0; d < dqk; ++d) {
+      double sum = 0.0;
+      for (int64_t s = 0; s < count; ++s)
+        if (!slices[s].dk.empty()) sum += slices[s].dk[size_t(j * dqk + d)];
+      detail::store_element(g.dk.data, g.dk.dtype, k_off + d, float(sum));
+    }
+    for (int64_t d = 0; d < dv; ++d) {
+      double sum = 0.0;
+      for (int64_t s = 0; s < count; ++s)
+        if (!slices[s].dv.empty()) sum += slices[s].dv[size_t(j * dv + d)];
+      detail::store_element(g.dv.data, g.dv.dtype, v_off + d, float(sum));
+    }
   }
 }
 
@@ -127,18 +156,27 @@ Status backward(const blasst_args& a, const blasst_backward_args& g) {
   sh.dv = a.head_dim_v;
   sh.scale = double(a.scale != 0.0f ? a.scale : float(1.0 / std::sqrt(double(a.head_dim_qk))));
 
-  const int64_t items = int64_t(a.batch) * a.num_kv_heads;
+  // Enough slices per (entry, KV head) that every thread has work when there are few of them
+  // (MQA, MLA, batch 1); each slice costs a copy of its K/V and a partial dk, dv.
+  const int64_t heads = int64_t(a.batch) * a.num_kv_heads;
   const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t threads = std::clamp<int64_t>(a.num_threads > 0 ? a.num_threads : hw, 1, items);
+  const int64_t want = a.num_threads > 0 ? a.num_threads : hw;
+  const int64_t slices = std::clamp<int64_t>(detail::ceil_div(want, heads), 1, std::max<int64_t>(1, sh.q_per_kv * a.max_seqlen_q));
+  const int64_t items = heads * slices;
+  std::vector<Partial> partials(static_cast<size_t>(items));
   std::atomic<int64_t> next{0};
   auto worker = [&]() {
-    for (int64_t it = next.fetch_add(1); it < items; it = next.fetch_add(1))
-      run_item(a, g, sh, it / a.num_kv_heads, it % a.num_kv_heads);
+    for (int64_t it = next.fetch_add(1); it < items; it = next.fetch_add(1)) {
+      const int64_t head = it / slices;
+      run_item(a, g, sh, head / a.num_kv_heads, head % a.num_kv_heads, it % slices, slices, partials[size_t(it)]);
+    }
   };
   std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  for (int64_t t = 1; t < std::min(want, items); ++t) pool.emplace_back(worker);
   worker();
   for (auto& t : pool) t.join();
+  for (int64_t head = 0; head < heads; ++head)
+    store_kv_grads(a, g, sh, head / a.num_kv_heads, head % a.num_kv_heads, &partials[size_t(head * slices)], slices);
   return Status::ok();
 }
 
