@@ -105,6 +105,26 @@ def output_shapes(q: torch.Tensor, v: torch.Tensor, phase: int, num_kv_heads: in
     return out_shape, lse_shape, stats_shape
 
 
+def _side_tensors(layout, q, k, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q,
+                  max_seqlen_k):
+    """The side tensors as contiguous int32 and the bounds of the per-entry lengths. For ragged
+    layouts the bounds cannot come from shapes alone; reading cu_seqlens is a host sync on CUDA, so
+    callers that care pass max_seqlen_*."""
+    cu_seqlens_q = int32_values(cu_seqlens_q, "cu_seqlens_q")
+    cu_seqlens_k = int32_values(cu_seqlens_k, "cu_seqlens_k")
+    seqlens_q = int32_values(seqlens_q, "seqlens_q")
+    seqlens_k = int32_values(seqlens_k, "seqlens_k")
+    block_table = int32_values(block_table, "block_table")
+    if max_seqlen_q <= 0:
+        max_seqlen_q = max_length(cu_seqlens_q, q.shape[1] if not layout.ragged_q else 0)
+    if max_seqlen_k <= 0:
+        if layout.paged:
+            max_seqlen_k = block_table.shape[1] * k.shape[1]
+        else:
+            max_seqlen_k = max_length(cu_seqlens_k, k.shape[1] if not layout.ragged_k else 0)
+    return cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q, max_seqlen_k
+
+
 def _call_args(layout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
                max_seqlen_q, max_seqlen_k, scale, causal) -> _lib.BlasstArgs:
     """blasst_args describing one call's layout and operands (side tensors already int32)."""
@@ -173,25 +193,12 @@ def run(
                           per_kv_head_factor, max_seqlen_q, max_seqlen_k, per_request_factor, q_scale, k_scale,
                           v_scale, out_dtype)
     device = q.device
-    ragged_q, ragged_k, paged, batch = layout.ragged_q, layout.ragged_k, layout.paged, layout.batch
+    ragged_q, batch = layout.ragged_q, layout.batch
     num_q_heads, num_kv_heads = layout.num_q_heads, layout.num_kv_heads
 
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    cu_seqlens_q = int32_values(cu_seqlens_q, "cu_seqlens_q")
-    cu_seqlens_k = int32_values(cu_seqlens_k, "cu_seqlens_k")
-    seqlens_q = int32_values(seqlens_q, "seqlens_q")
-    seqlens_k = int32_values(seqlens_k, "seqlens_k")
-    block_table = int32_values(block_table, "block_table")
-
-    # Bounds of the per-entry lengths. For ragged layouts they cannot come from shapes alone;
-    # reading cu_seqlens is a host sync on CUDA, so callers that care pass max_seqlen_*.
-    if max_seqlen_q <= 0:
-        max_seqlen_q = max_length(cu_seqlens_q, q.shape[1] if not ragged_q else 0)
-    if max_seqlen_k <= 0:
-        if paged:
-            max_seqlen_k = block_table.shape[1] * k.shape[1]
-        else:
-            max_seqlen_k = max_length(cu_seqlens_k, k.shape[1] if not ragged_k else 0)
+    cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q, max_seqlen_k = _side_tensors(
+        layout, q, k, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table, max_seqlen_q, max_seqlen_k)
     if per_request_factor is None:
         warn_if_dense(threshold_scale_factor, per_kv_head_factor, max_seqlen_k)
 
@@ -311,14 +318,8 @@ def backward(
     layout = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, None, None, max_seqlen_q,
                           max_seqlen_k)
     q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
-    cu_seqlens_q = int32_values(cu_seqlens_q, "cu_seqlens_q")
-    cu_seqlens_k = int32_values(cu_seqlens_k, "cu_seqlens_k")
-    seqlens_q = int32_values(seqlens_q, "seqlens_q")
-    seqlens_k = int32_values(seqlens_k, "seqlens_k")
-    if max_seqlen_q <= 0:
-        max_seqlen_q = max_length(cu_seqlens_q, q.shape[1] if not layout.ragged_q else 0)
-    if max_seqlen_k <= 0:
-        max_seqlen_k = max_length(cu_seqlens_k, k.shape[1] if not layout.ragged_k else 0)
+    cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, _, max_seqlen_q, max_seqlen_k = _side_tensors(
+        layout, q, k, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, None, max_seqlen_q, max_seqlen_k)
     dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     if out.numel() == 0 or k.numel() == 0 or info.block_n == 0:
         return dq, dk, dv  # nothing was attended
@@ -334,9 +335,8 @@ def backward(
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
         _fill_tensor(g.dlse, "dlse", dlse, layout.ragged_q)
-    kv_ragged = layout.ragged_k
     _fill_tensor(g.dq, "dq", dq, layout.ragged_q)
-    _fill_tensor(g.dk, "dk", dk, kv_ragged)
-    _fill_tensor(g.dv, "dv", dv, kv_ragged)
+    _fill_tensor(g.dk, "dk", dk, layout.ragged_k)  # not paged: the backward refuses pages
+    _fill_tensor(g.dv, "dv", dv, layout.ragged_k)
     _lib.check(_lib.lib().blasst_backward(ctypes.byref(a), ctypes.byref(g)))
     return dq, dk, dv

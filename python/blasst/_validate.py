@@ -164,10 +164,9 @@ def check_inputs(
             _fail(f"block_table has shape {tuple(block_table.shape)}, expected [batch = {batch}, pages per entry]")
         if block_table.shape[1] < 1:
             _fail("block_table has no page columns, expected [batch, pages per entry >= 1]")
-    elif not ragged_k and not ragged_q and k.shape[0] != batch:
-        _fail(f"q has batch {batch} but k and v have batch {k.shape[0]}")
-    elif not ragged_k and ragged_q and k.shape[0] != batch:
-        _fail(f"cu_seqlens_q gives batch {batch} but k and v have batch {k.shape[0]}")
+    elif not ragged_k and k.shape[0] != batch:
+        source = "cu_seqlens_q gives" if ragged_q else "q has"
+        _fail(f"{source} batch {batch} but k and v have batch {k.shape[0]}")
     if per_request_factor is not None:
         if per_kv_head_factor is not None:
             _fail("give per_kv_head_factor or per_request_factor, not both")

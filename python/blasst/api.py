@@ -42,7 +42,7 @@ def _longest(cu_seqlens: Optional[Tensor]) -> Optional[int]:
             "blasst: phase='auto' with a ragged layout under torch.compile takes the packed total as the length; "
             "pass max_seqlen_q / max_seqlen_k (or phase='decode' / 'prefill') to choose by the longest entry")
         return None
-    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return _core.max_length(cu_seqlens, 0)
 
 
 def _phase_lengths(q, k, block_table, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):

@@ -81,7 +81,7 @@ def attention_with_grad(phase: int, q, k, v, options: dict):
 
 def _entries(q, k, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k):
     """Per batch entry: (index, q rows, k rows) as (start, length) pairs, read on the host."""
-    def spans(cu, lens, count, total, ragged):
+    def spans(cu, lens, count, total):
         if cu is not None:
             offs = cu.tolist()
             return [(offs[b], offs[b + 1] - offs[b]) for b in range(count)]
@@ -91,8 +91,8 @@ def _entries(q, k, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k):
 
     ragged_q, ragged_k = cu_seqlens_q is not None, cu_seqlens_k is not None
     batch = cu_seqlens_q.numel() - 1 if ragged_q else q.shape[0]
-    qs = spans(cu_seqlens_q, seqlens_q, batch, q.shape[0] if ragged_q else q.shape[1], ragged_q)
-    ks = spans(cu_seqlens_k, seqlens_k, batch, k.shape[0] if ragged_k else k.shape[1], ragged_k)
+    qs = spans(cu_seqlens_q, seqlens_q, batch, q.shape[0] if ragged_q else q.shape[1])
+    ks = spans(cu_seqlens_k, seqlens_k, batch, k.shape[0] if ragged_k else k.shape[1])
     return batch, qs, ks
 
 
@@ -107,16 +107,14 @@ def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=
     scale = scale or dqk ** -0.5
     max_q = max_seqlen_q or max((n for _, n in q_spans), default=0)
     max_k = max_seqlen_k or max((n for _, n in k_spans), default=0)
-    bm, bn = info.block_m, info.block_n
     decode = phase == _lib.PHASE_DECODE
-    row_blocks = -(-max_q // bm) if bm else 0
-    groups = hkv if decode else hq * row_blocks
-    tiles = -(-max_k // bn) if bn else 0
-    trace = decisions[: batch * groups * tiles].view(batch, groups, tiles) if tiles else None
     dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    if info.block_n == 0 or max_k == 0:
+        return dq, dk, dv  # the forward attended nothing
+    tiles_kept = kept_tiles(phase, decisions, info, batch, hq, hkv, max_q, max_k)  # [B, Hq, row blocks, tiles]
     for b in range(batch):
         (q0, lq), (k0, lk) = q_spans[b], k_spans[b]
-        if lq == 0 or lk == 0 or trace is None:
+        if lq == 0 or lk == 0:
             continue
         sel_q = (slice(q0, q0 + lq),) if ragged_q else (b, slice(q0, q0 + lq))
         sel_k = (slice(k0, k0 + lk),) if ragged_k else (b, slice(k0, k0 + lk))
@@ -125,16 +123,12 @@ def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=
         vb = v[sel_k].float().transpose(0, 1).repeat_interleave(g, dim=0)    # [Hq, Lk, Dv]
         dob = dout[sel_q].float().transpose(0, 1)                            # [Hq, Lq, Dv]
         # kept keys of every row: its group's decision for the key's tile, and causality
-        tile_of_key = torch.arange(lk, device=q.device) // bn
-        if decode:
-            kept = trace[b][torch.arange(hq, device=q.device) // g][:, tile_of_key] == _TILE_KEPT  # [Hq, Lk]
-            kept = kept[:, None, :].expand(hq, lq, lk)
-        else:
-            rows = torch.arange(lq, device=q.device) // bm
-            grp = torch.arange(hq, device=q.device)[:, None] * row_blocks + rows[None, :]       # [Hq, Lq]
-            kept = trace[b][grp][:, :, tile_of_key] == _TILE_KEPT                                # [Hq, Lq, Lk]
+        rows = torch.arange(lq, device=q.device)
+        row_block = rows * 0 if decode else rows // info.block_m  # decode: one group for all rows
+        tile_of_key = torch.arange(lk, device=q.device) // info.block_n
+        kept = tiles_kept[b][:, row_block][:, :, tile_of_key]                                    # [Hq, Lq, Lk]
         if causal:
-            visible = torch.arange(lk, device=q.device)[None, :] <= torch.arange(lq, device=q.device)[:, None] + lk - lq
+            visible = torch.arange(lk, device=q.device)[None, :] <= rows[:, None] + lk - lq
             kept = kept & visible[None]
         s = (qb @ kb.transpose(-1, -2)) * scale
         s = s.masked_fill(~kept, float("-inf"))
