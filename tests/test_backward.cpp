@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "support/harness.hpp"
+
 namespace {
 
 // A valid prefill call (B 1, Hq 2, Hkv 1, D 8, L 16) with its decision trace and gradients.
@@ -21,15 +23,9 @@ struct Backward {
   blasst_args a;
   blasst_backward_args g;
 
+  // [1, L, heads, D] fp32
   static blasst_tensor tensor(void* data, int64_t heads, size_t numel) {
-    blasst_tensor t{};
-    t.data = data;
-    t.dtype = BLASST_DTYPE_FLOAT32;
-    t.head_stride = D;
-    t.token_stride = heads * D;
-    t.batch_stride = L * heads * D;
-    t.numel = int64_t(numel);
-    return t;
+    return blasst::test::contiguous_tensor(data, BLASST_DTYPE_FLOAT32, L, heads, D, int64_t(numel));
   }
 
   Backward() {

@@ -12,11 +12,13 @@
 #include <vector>
 
 #include "core/dtype.hpp"
+#include "support/harness.hpp"
 
 namespace {
 
 using blasst::detail::e4m3_to_float;
 using blasst::detail::float_to_e4m3;
+using blasst::test::contiguous_tensor;
 
 TEST(Fp8, E4m3CodesRoundTripAndKnownValues) {
   for (int x = 0; x < 256; ++x) {
@@ -72,17 +74,6 @@ struct Problem {
   }
 };
 
-blasst_tensor tensor(const void* data, blasst_dtype dtype, int64_t tokens, int64_t heads, int64_t dim, int64_t numel) {
-  blasst_tensor t{};
-  t.data = const_cast<void*>(data);
-  t.dtype = dtype;
-  t.head_stride = dim;
-  t.token_stride = heads * dim;
-  t.batch_stride = tokens * heads * dim;
-  t.numel = numel;
-  return t;
-}
-
 // The call's shapes and operands (contiguous [B, L, H, D]); numel counts elements of p's sizes.
 blasst_args problem_args(const Problem& p, const void* q, blasst_dtype qd, const void* k, const void* v,
                          blasst_dtype kvd, void* out, blasst_dtype out_dtype) {
@@ -93,10 +84,10 @@ blasst_args problem_args(const Problem& p, const void* q, blasst_dtype qd, const
   a.head_dim_qk = a.head_dim_v = p.D;
   a.max_seqlen_q = p.LQ;
   a.max_seqlen_k = p.LK;
-  a.q = tensor(q, qd, p.LQ, p.HQ, p.D, int64_t(p.q.size()));
-  a.k = tensor(k, kvd, p.LK, p.HKV, p.D, int64_t(p.k.size()));
-  a.v = tensor(v, kvd, p.LK, p.HKV, p.D, int64_t(p.v.size()));
-  a.out = tensor(out, out_dtype, p.LQ, p.HQ, p.D, int64_t(p.q.size()));
+  a.q = contiguous_tensor(q, qd, p.LQ, p.HQ, p.D, int64_t(p.q.size()));
+  a.k = contiguous_tensor(k, kvd, p.LK, p.HKV, p.D, int64_t(p.k.size()));
+  a.v = contiguous_tensor(v, kvd, p.LK, p.HKV, p.D, int64_t(p.v.size()));
+  a.out = contiguous_tensor(out, out_dtype, p.LQ, p.HQ, p.D, int64_t(p.q.size()));
   return a;
 }
 
@@ -116,7 +107,7 @@ Result run(const Problem& p, blasst_phase phase, const void* q, blasst_dtype qd,
   r.decisions.assign(4096, 0xee);
   r.stats.assign(size_t(p.HQ) * 2, -1);
   blasst_args a = problem_args(p, q, qd, k, v, kvd, r.out.data(), BLASST_DTYPE_FLOAT32);
-  a.lse = tensor(r.lse.data(), BLASST_DTYPE_FLOAT32, p.LQ, p.HQ, 1, int64_t(r.lse.size()));
+  a.lse = contiguous_tensor(r.lse.data(), BLASST_DTYPE_FLOAT32, p.LQ, p.HQ, 1, int64_t(r.lse.size()));
   a.scale = scale;
   a.causal = 1;
   a.threshold.threshold_scale_factor = factor;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/validate.hpp"
+#include "support/harness.hpp"
 
 namespace {
 
@@ -72,14 +73,7 @@ struct Call {
     a.decisions_numel = int64_t(dec.size());
   }
   static blasst_tensor tensor(void* data, int64_t tokens, int64_t heads, int64_t dim, int64_t numel) {
-    blasst_tensor t{};
-    t.data = data;
-    t.dtype = BLASST_DTYPE_FLOAT32;
-    t.head_stride = dim;
-    t.token_stride = heads * dim;
-    t.batch_stride = tokens * heads * dim;
-    t.numel = numel;
-    return t;
+    return blasst::test::contiguous_tensor(data, BLASST_DTYPE_FLOAT32, tokens, heads, dim, numel);
   }
   void use_paged(int32_t page_size) {
     const int32_t per_entry = (LK + page_size - 1) / page_size;

@@ -13,6 +13,19 @@
 #include "core/dtype.hpp"
 
 namespace blasst::test {
+
+blasst_tensor contiguous_tensor(const void* data, blasst_dtype dtype, int64_t tokens, int64_t heads, int64_t dim,
+                                int64_t numel) {
+  blasst_tensor t{};
+  t.data = const_cast<void*>(data);
+  t.dtype = dtype;
+  t.head_stride = dim;
+  t.token_stride = heads * dim;
+  t.batch_stride = tokens * heads * dim;
+  t.numel = numel;
+  return t;
+}
+
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;

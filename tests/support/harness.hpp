@@ -15,6 +15,10 @@
 namespace blasst::test {
 
 // BLASST_TEST_SCALE=small shrinks the big shapes (sanitizer builds).
+// A contiguous [B, tokens, heads, dim] operand of `numel` elements at `data` (strides in elements).
+blasst_tensor contiguous_tensor(const void* data, blasst_dtype dtype, int64_t tokens, int64_t heads, int64_t dim,
+                                int64_t numel);
+
 bool small_scale();
 // n, or a smaller value under BLASST_TEST_SCALE=small.
 int64_t scaled(int64_t n, int64_t small_n);
