@@ -5,10 +5,11 @@
 
 #include <exception>
 #include <new>
-#include <initializer_list>
+#include <span>
 #include <utility>
 #include <string>
 
+#include "core/layout.hpp"
 #include "core/validate.hpp"
 #include "cpu/backward.hpp"
 #include "cpu/engine.hpp"
@@ -46,11 +47,12 @@ bool args_on_device(const blasst_args& a) {
 #endif
 }
 
-using NamedPointer = std::pair<const char*, const void*>;
+using detail::NamedPointer;
 
 // The first of `pointers` that is device memory (nullptr: none). One query each, only when a
 // device exists.
-const char* first_device_pointer(std::initializer_list<NamedPointer> pointers) {
+template <class Pointers>
+const char* first_device_pointer(const Pointers& pointers) {
 #ifdef BLASST_HAVE_CUDA
   if (!cuda::device_available()) return nullptr;
   for (const auto& [name, p] : pointers)
@@ -66,14 +68,8 @@ const char* first_device_pointer(std::initializer_list<NamedPointer> pointers) {
 Status check_host_memory(const blasst_args& a, bool q_on_device) {
   if (q_on_device)
     return {BLASST_ERROR_INVALID_ARGUMENT, "engine cpu: q.data is device memory; the CPU engine needs host memory"};
-  const char* on_device = first_device_pointer(
-      {{"k.data", a.k.data}, {"v.data", a.v.data}, {"out.data", a.out.data}, {"lse.data", a.lse.data},
-       {"cu_seqlens_q", a.cu_seqlens_q}, {"seqlens_q", a.seqlens_q}, {"cu_seqlens_k", a.cu_seqlens_k},
-       {"seqlens_k", a.seqlens_k}, {"block_table", a.block_table},
-       {"threshold.per_kv_head_factor", a.threshold.per_kv_head_factor},
-       {"threshold.per_request_factor", a.threshold.per_request_factor}, {"scales.q", a.scales.q},
-       {"scales.k", a.scales.k}, {"scales.v", a.scales.v}, {"stats_per_head", a.stats_per_head},
-       {"decisions", a.decisions}});
+  const auto pointers = detail::call_pointers(a);  // q first: asked already (q_on_device)
+  const char* on_device = first_device_pointer(std::span(pointers).subspan(1));
   if (on_device)
     return {BLASST_ERROR_INVALID_ARGUMENT, std::string("engine cpu: ") + on_device +
                                                " is device memory but q is host memory; the CPU engine needs "
@@ -138,9 +134,10 @@ Status backward(const blasst_args& args, const blasst_backward_args& grads) {
     if (args.engine == BLASST_ENGINE_CUDA || args_on_device(args))
       return {BLASST_ERROR_UNSUPPORTED, "backward: the backward pass runs on the CPU engine (host memory) only"};
     if (Status s = check_host_memory(args, false); !s) return s;
-    if (const char* name = first_device_pointer({{"grads.dq", grads.dq.data}, {"grads.dk", grads.dk.data},
-                                                 {"grads.dv", grads.dv.data}, {"grads.dout", grads.dout.data},
-                                                 {"grads.dlse", grads.dlse.data}, {"grads.decisions", grads.decisions}}))
+    const NamedPointer grad_pointers[] = {{"grads.dq", grads.dq.data}, {"grads.dk", grads.dk.data},
+                                          {"grads.dv", grads.dv.data}, {"grads.dout", grads.dout.data},
+                                          {"grads.dlse", grads.dlse.data}, {"grads.decisions", grads.decisions}};
+    if (const char* name = first_device_pointer(grad_pointers))
       return {BLASST_ERROR_UNSUPPORTED, std::string("backward: ") + name +
                                             " is device memory; the backward pass runs on the CPU engine only"};
     if (Status s = detail::validate_backward(args, grads); !s) return s;

@@ -4,7 +4,9 @@
 
 #include <blasst/blasst.h>
 
+#include <array>
 #include <cstdint>
+#include <utility>
 
 namespace blasst::detail {
 
@@ -51,6 +53,19 @@ inline double threshold_factor(const blasst_args& a, int64_t b, int64_t kv_head)
 // The FP8 dequantization scale of one operand for KV head kv_head (1 when it is not FP8).
 inline float dequant_scale(const blasst_args& a, const float* scale, int64_t kv_head) {
   return scale ? scale[a.scales.per_kv_head ? kv_head : 0] : 1.0f;
+}
+
+// Every pointer a call reads or writes, by its argument name (null where not given): what an
+// engine checks lies in its memory space.
+using NamedPointer = std::pair<const char*, const void*>;
+inline std::array<NamedPointer, 17> call_pointers(const blasst_args& a) {
+  return {{{"q.data", a.q.data}, {"k.data", a.k.data}, {"v.data", a.v.data}, {"out.data", a.out.data},
+           {"lse.data", a.lse.data}, {"cu_seqlens_q", a.cu_seqlens_q}, {"seqlens_q", a.seqlens_q},
+           {"cu_seqlens_k", a.cu_seqlens_k}, {"seqlens_k", a.seqlens_k}, {"block_table", a.block_table},
+           {"threshold.per_kv_head_factor", a.threshold.per_kv_head_factor},
+           {"threshold.per_request_factor", a.threshold.per_request_factor}, {"scales.q", a.scales.q},
+           {"scales.k", a.scales.k}, {"scales.v", a.scales.v}, {"stats_per_head", a.stats_per_head},
+           {"decisions", a.decisions}}};
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

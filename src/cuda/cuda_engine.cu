@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/layout.hpp"
 #include "cuda/sm80/decode/decode_launch.hpp"
 #include "cuda/common/prefill_dispatch.hpp"
 #include "cuda/sm90/prefill/prefill_sm90.hpp"
@@ -101,22 +102,7 @@ Status check_device_pointer(const char* name, const void* p) {
 
 // Every pointer a kernel reads or writes must be device memory (a host pointer would fault).
 Status check_device_pointers(const blasst_args& a) {
-  for (auto [name, ptr] : {std::pair{"q.data", a.q.data}, std::pair{"k.data", a.k.data}, std::pair{"v.data", a.v.data},
-                           std::pair{"out.data", a.out.data}, std::pair{"lse.data", a.lse.data},
-                           std::pair<const char*, void*>{"stats_per_head", a.stats_per_head},
-                           std::pair<const char*, void*>{"decisions", a.decisions}})
-    if (Status s = check_device_pointer(name, ptr); !s) return s;
-  for (auto [name, ptr] :
-       {std::pair{"cu_seqlens_q", a.cu_seqlens_q}, std::pair{"seqlens_q", a.seqlens_q},
-        std::pair{"cu_seqlens_k", a.cu_seqlens_k}, std::pair{"seqlens_k", a.seqlens_k},
-        std::pair{"block_table", a.block_table}})
-    if (Status s = check_device_pointer(name, ptr); !s) return s;
-  if (a.threshold.per_kv_head_factor)
-    if (Status s = check_device_pointer("threshold.per_kv_head_factor", a.threshold.per_kv_head_factor); !s) return s;
-  if (a.threshold.per_request_factor)
-    if (Status s = check_device_pointer("threshold.per_request_factor", a.threshold.per_request_factor); !s) return s;
-  for (auto [name, ptr] : {std::pair{"scales.q", a.scales.q}, std::pair{"scales.k", a.scales.k},
-                           std::pair{"scales.v", a.scales.v}})
+  for (const auto& [name, ptr] : detail::call_pointers(a))
     if (Status s = check_device_pointer(name, ptr); !s) return s;
   return Status::ok();
 }
