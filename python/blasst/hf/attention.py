@@ -179,8 +179,6 @@ def make_runner(q, k, v, *, causal: bool, scale: float, mask: Optional[BlasstMas
     for one attention call, with the mask turned into per-entry lengths (and, for keys that do
     not start at slot 0, a block table of one-token pages)."""
     cfg = state.config
-    geometry = (cfg.block_m, cfg.block_n, _core.order_code(cfg.order), cfg.splits,
-                _core.engine_code(cfg.engine), cfg.num_threads)
     op = _op_for(phase)
     seqlens_q = seqlens_k = block_table = None
     if mask is not None:
@@ -195,19 +193,18 @@ def make_runner(q, k, v, *, causal: bool, scale: float, mask: Optional[BlasstMas
             else:
                 k, v, block_table = _token_pages(k, v, mask.key_slots)
 
+    call = dict(seqlens_q=seqlens_q, seqlens_k=seqlens_k, block_table=block_table, scale=scale, causal=causal,
+                block_m=cfg.block_m, block_n=cfg.block_n, order=_core.order_code(cfg.order), splits=cfg.splits,
+                engine=_core.engine_code(cfg.engine), num_threads=cfg.num_threads)
+
     def run(factor, per_head, return_stats):
+        options = dict(call, threshold_scale_factor=factor, per_kv_head_factor=per_head, return_stats=return_stats)
         if autograd.requires_grad(q, k, v):
             # training: gradients over the kept tiles (blasst.autograd)
-            block_m, block_n, order, splits, engine, num_threads = geometry
-            options = dict(seqlens_q=seqlens_q, seqlens_k=seqlens_k, block_table=block_table, scale=scale,
-                           causal=causal, threshold_scale_factor=factor, per_kv_head_factor=per_head, block_m=block_m,
-                           block_n=block_n, order=order, splits=splits, engine=engine, num_threads=num_threads,
-                           return_stats=return_stats)
             phase_code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
             out, _, stats = autograd.attention_with_grad(phase_code, q, k, v, options)
         else:
-            out, _, stats = op(q, k, v, None, None, seqlens_q, seqlens_k, block_table, 0, 0, scale, causal, factor,
-                               per_head, *geometry, return_stats)
+            out, _, stats = op(q, k, v, **options)
         return out, (stats if return_stats else None)
 
     return run
