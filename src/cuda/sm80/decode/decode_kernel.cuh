@@ -635,6 +635,8 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const D
     const float ms = p.ws_ml[2 * part];
     if (ms != -INFINITY) total += p.ws_ml[2 * part + 1] * exp2f((ms - big) * kLog2e);
   }
+  // FP8 V: its scale into 1 / total (as the CPU engine puts it into 1 / l)
+  const float v_over_total = p.v_scale ? dequant_scale(p, p.v_scale, hk) / total : 0.0f;
   for (int d = threadIdx.x; d < D; d += kCombineThreads) {
     float acc = 0.0f;
     for (int sp = 0; sp < p.splits; ++sp) {
@@ -642,7 +644,7 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const D
       const float ms = p.ws_ml[2 * part];
       if (ms != -INFINITY) acc += p.ws_o[part * D + d] * exp2f((ms - big) * kLog2e);
     }
-    out[d] = T(p.v_scale ? acc * (dequant_scale(p, p.v_scale, hk) / total) : acc / total);
+    out[d] = T(p.v_scale ? acc * v_over_total : acc / total);
   }
   if (p.lse && threadIdx.x == 0)
     p.lse[q_side_offset(p, p.lse_batch_stride, p.lse_token_stride, p.lse_head_stride, b, i, head)] = big + logf(total);
