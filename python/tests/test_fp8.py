@@ -5,22 +5,9 @@ import pytest
 import torch
 
 import blasst
-from conftest import structured_qkv
+from conftest import sdpa_reference, structured_qkv
 
 FP8 = torch.float8_e4m3fn
-
-
-def dequantized_reference(q, k, v, causal=True, scale=None):
-    """fp64 attention with bottom-right causal alignment of q [B, Lq, Hq, D] etc. (float values)."""
-    qd, kd, vd = (t.double().transpose(1, 2) for t in (q, k, v))
-    g = qd.shape[1] // kd.shape[1]
-    kd, vd = kd.repeat_interleave(g, dim=1), vd.repeat_interleave(g, dim=1)
-    s = (qd @ kd.transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5)
-    lq, lk = q.shape[1], k.shape[1]
-    if causal:
-        allowed = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
-        s = s.masked_fill(~allowed, float("-inf"))
-    return (torch.softmax(s, dim=-1) @ vd).transpose(1, 2)
 
 
 def per_head(scale, h):
@@ -30,7 +17,7 @@ def per_head(scale, h):
 
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 @pytest.mark.parametrize("q_dtype", [torch.float32, torch.bfloat16])
-def test_fp8_kv_cache_matches_the_dequantized_reference(phase, q_dtype):
+def test_fp8_kv_cache_matches_the_reference_of_the_dequantized_cache(phase, q_dtype):
     lq = 70 if phase == "prefill" else 2
     q, k, v = structured_qkv(2, lq, 300, 4, 2, 64, spread=1.0)
     q = q.to(q_dtype)
@@ -38,7 +25,7 @@ def test_fp8_kv_cache_matches_the_dequantized_reference(phase, q_dtype):
     k8, v8 = (k / per_head(k_scale, 2)).to(FP8), (v / v_scale).to(FP8)
     out, lse = blasst.attention(q, k8, v8, phase=phase, k_scale=k_scale, v_scale=v_scale)
     assert out.dtype == q_dtype and lse.dtype == torch.float32
-    ref = dequantized_reference(q.float(), k8.float() * per_head(k_scale, 2), v8.float() * v_scale)
+    ref = sdpa_reference(q.float(), k8.float() * per_head(k_scale, 2), v8.float() * v_scale)
     tol = 2e-5 if q_dtype == torch.float32 else 3e-2
     assert (out.double() - ref).abs().max() < tol
 
@@ -63,7 +50,7 @@ def test_all_fp8_inputs(out_dtype):
     q8, k8, v8 = (q / 2).to(FP8), k.to(FP8), (v * 8).to(FP8)
     out, _ = blasst.attention(q8, k8, v8, q_scale=2.0, k_scale=1.0, v_scale=0.125, out_dtype=out_dtype)
     assert out.dtype == (out_dtype or torch.bfloat16)
-    ref = dequantized_reference(q8.float() * 2, k8.float(), v8.float() / 8)
+    ref = sdpa_reference(q8.float() * 2, k8.float(), v8.float() / 8)
     tol = 2e-5 if out_dtype == torch.float32 else (4e-3 if out_dtype == torch.float16 else 3e-2)
     assert (out.double() - ref).abs().max() < tol
 
@@ -82,7 +69,7 @@ def test_fp8_paged_cache_through_the_op():
     one = torch.ones(1)
     out, _, _ = torch.ops.blasst.decode(q, kp, vp, seqlens_k=torch.tensor([70, 70], dtype=torch.int32),
                                         block_table=table, k_scale=one, v_scale=one)
-    ref = dequantized_reference(q, k.to(FP8).float(), v.to(FP8).float())
+    ref = sdpa_reference(q, k.to(FP8).float(), v.to(FP8).float())
     assert (out.double() - ref).abs().max() < 2e-5
 
 
