@@ -22,13 +22,14 @@ def resolve_phase(phase: str, seqlen_q: int, seqlen_k: int, decode_max_query_len
     return "decode" if 1 <= seqlen_q <= decode_max_query_len and seqlen_k > seqlen_q else "prefill"
 
 
-def _as_scale(scale, device) -> Optional[Tensor]:
-    """A dequantization scale as a float32 tensor on q's device (a number or a sequence)."""
-    if scale is None or isinstance(scale, Tensor):
-        return scale
-    if isinstance(scale, (int, float)):
-        return torch.tensor([float(scale)], dtype=torch.float32, device=device)
-    return torch.tensor([float(x) for x in scale], dtype=torch.float32, device=device)
+def _as_tensor(values, device) -> Optional[Tensor]:
+    """Factors or scales given as a number or a sequence, as a float32 tensor on q's device
+    (tensors and None pass through)."""
+    if values is None or isinstance(values, Tensor):
+        return values
+    if isinstance(values, (int, float)):
+        return torch.tensor([float(values)], dtype=torch.float32, device=device)
+    return torch.tensor([float(x) for x in values], dtype=torch.float32, device=device)
 
 
 def _longest(cu_seqlens: Optional[Tensor]) -> Optional[int]:
@@ -135,13 +136,15 @@ def attention(
     elif isinstance(threshold_scale_factor, Tensor):
         per_head = threshold_scale_factor.to(device=q.device, dtype=torch.float32).reshape(-1)
     elif isinstance(threshold_scale_factor, (list, tuple)):
-        per_head = torch.tensor([float(x) for x in threshold_scale_factor], dtype=torch.float32, device=q.device)
+        per_head = _as_tensor(threshold_scale_factor, q.device)
     elif threshold_scale_factor is not None:
         factor = float(threshold_scale_factor)
 
-    q_scale, k_scale, v_scale = (_as_scale(s, q.device) for s in (q_scale, k_scale, v_scale))
-    if per_request_factor is not None and not isinstance(per_request_factor, Tensor):
-        per_request_factor = torch.tensor([float(x) for x in per_request_factor], dtype=torch.float32, device=q.device)
+    q_scale, k_scale, v_scale = (_as_tensor(s, q.device) for s in (q_scale, k_scale, v_scale))
+    if isinstance(per_request_factor, (int, float)):
+        raise TypeError("blasst: per_request_factor is a number, expected one factor per batch entry (a sequence "
+                        "or a [B] tensor)")
+    per_request_factor = _as_tensor(per_request_factor, q.device)
     if phase == "auto":
         seqlen_q, seqlen_k = _phase_lengths(q, k, block_table, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                             max_seqlen_k)
