@@ -36,6 +36,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "python"))
 
+from evaluate import DEFAULT_CALIBRATION, load_formulas  # noqa: E402
+
 # License texts of base-files that eval/texts.py does not use (it reads GPL-3 and GFDL-1.3; their
 # earlier versions GPL-2 and GFDL-1.2 are left out too, being near copies).
 TRAIN_FILES = ("Apache-2.0", "Artistic", "MPL-1.1", "MPL-2.0", "LGPL-2.1", "BSD", "CC0-1.0")
@@ -60,16 +62,6 @@ def windows(tokens: torch.Tensor, length: int, batch: int, steps: int, seed: int
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - length, (steps, batch), generator=g)
     return [torch.stack([tokens[s:s + length] for s in row.tolist()]) for row in starts]
-
-
-def factor_for_target(target: float, calibration: str) -> float:
-    from blasst.schema import read_sparse_attention_config
-
-    with open(calibration) as f:
-        spec = read_sparse_attention_config(json.load(f).get("sparse_attention_config"))
-    if spec is None or "prefill" not in spec.formulas:
-        raise SystemExit(f"{calibration}: no prefill threshold formula")
-    return float(spec.formulas["prefill"].factor(target))
 
 
 def train_arm(arm: str, factor: float, batches: list[torch.Tensor], args) -> dict:
@@ -120,7 +112,7 @@ def main() -> int:
     g.add_argument("--factor", type=float, help="prefill threshold_scale_factor of the sparse arm")
     g.add_argument("--target", type=float, default=0.8,
                    help="target prefill sparsity of the sparse arm, through the shipped calibration")
-    ap.add_argument("--calibration", default=os.path.join(ROOT, "data", "smollm2_calibration", "config.json"))
+    ap.add_argument("--calibration", default=DEFAULT_CALIBRATION)
     ap.add_argument("--block", type=int, default=128, help="Bm = Bn of the decision tiles")
     ap.add_argument("--order", default="ascending", choices=["ascending", "anchored"])
     ap.add_argument("--device", default="cpu")
@@ -133,7 +125,13 @@ def main() -> int:
     if args.steps < 1 or args.length < 2 or args.batch < 1 or not args.lr > 0:
         ap.error("--steps, --batch >= 1, --length >= 2 and --lr > 0 are needed")
     os.makedirs(args.out, exist_ok=True)
-    factor = args.factor if args.factor is not None else factor_for_target(args.target, args.calibration)
+    if args.factor is not None:
+        factor = args.factor
+    else:
+        formulas = load_formulas(args.calibration)  # the evaluation's reader of the calibration
+        if "prefill" not in formulas:
+            raise SystemExit(f"{args.calibration}: no prefill threshold formula")
+        factor = float(formulas["prefill"].factor(args.target))
     if factor >= args.length:
         print(f"warning: factor {factor:g} >= --length {args.length}: lambda >= 1, the sparse arm would run dense",
               file=sys.stderr)
