@@ -102,7 +102,7 @@ Status run_checked(blasst_phase phase, const blasst_args& args, blasst_run_info*
 #endif
   } else {
     if (Status s = check_host_memory(args, on_device); !s) return s;
-    const blasst_geometry geometry = detail::resolve_geometry(args.geometry);
+    const blasst_geometry geometry = detail::resolve_geometry(args.geometry, phase);
     if (Status s = detail::validate_host_contents(args, phase, geometry); !s) return s;
     status = cpu::run(args, phase, geometry, &local);
   }

@@ -100,6 +100,7 @@ TEST(DecodeVsPrefill, LargerDecodeGroupsSkipASubsetOfPerHeadGroups) {
   s.factor = 600.0f;
   const EngineResult pf = run_engine(p, s);
   s.phase = BLASST_PHASE_DECODE;
+  s.geometry.block_m = 0;  // one decode group per KV head
   const EngineResult dc = run_engine(p, s);
   ASSERT_EQ(pf.status, BLASST_OK) << pf.message;
   ASSERT_EQ(dc.status, BLASST_OK) << dc.message;
@@ -113,6 +114,54 @@ TEST(DecodeVsPrefill, LargerDecodeGroupsSkipASubsetOfPerHeadGroups) {
             << "KV head " << kh << " tile " << t << " query head " << kh * 4 + g;
       }
     }
+}
+
+// MLA-style decode: many query heads share one latent KV head, so block_m cuts the KV head's
+// (head, row) pairs, head-major, into chunks that vote on their own (SPEC section 2). Checked
+// against the reference at that geometry over ragged entries, both orders and splits; a chunk
+// at least as large as all pairs is the one-group-per-KV-head decode.
+TEST(DecodeChunks, BlockMCutsTheHeadMajorPairsIntoGroups) {
+  Shape sh = shape(2, 700, 16, 2, 96, 64, true);
+  sh.batch = 3;
+  sh.lq = {2, 1, 2};
+  sh.lk = {700, 390, 65};
+  const ref::Problem p = make_problem(sh, BLASST_DTYPE_BFLOAT16, 77);
+  for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED})
+    for (int splits : {1, 3}) {
+      RunSpec s;
+      s.phase = BLASST_PHASE_DECODE;
+      s.dtype = BLASST_DTYPE_BFLOAT16;
+      s.geometry = {6, 64, order, splits};  // 16 pairs per KV head at Lq = 2: chunks of 6, 6, 4
+      s.factor = 60.0f;
+      const std::string what = "order " + std::to_string(order) + " splits " + std::to_string(splits);
+      const Checked r = run_and_check(p, s, what);
+      ASSERT_EQ(r.engine.status, BLASST_OK) << what;
+      EXPECT_EQ(r.engine.info.geometry.block_m, 6) << what;
+      const size_t tiles = size_t((700 + 63) / 64);
+      EXPECT_EQ(r.engine.decisions.size(), size_t(3) * 2 * 3 * tiles) << what << ": groups = Hkv x 3 chunks";
+      EXPECT_EQ(r.engine.per_head.size(), size_t(2) * 2) << what << ": statistics stay per KV head";
+      if (order == BLASST_ORDER_ASCENDING && splits == 1) {
+        EXPECT_GT(r.engine.info.skipped, 0) << what;
+        // entry 1 has one row: 8 pairs per KV head, so its third chunk holds no pair and is never visited
+        for (int kh = 0; kh < 2; ++kh)
+          for (size_t t = 0; t < tiles; ++t)
+            EXPECT_EQ(r.engine.decisions[((size_t(1) * 6) + size_t(kh) * 3 + 2) * tiles + t], BLASST_TILE_NOT_VISITED);
+      }
+    }
+  // One chunk of every pair is the default decode group.
+  RunSpec whole;
+  whole.phase = BLASST_PHASE_DECODE;
+  whole.dtype = BLASST_DTYPE_BFLOAT16;
+  whole.geometry = {0, 64, BLASST_ORDER_ASCENDING, 1};
+  whole.factor = 60.0f;
+  RunSpec big = whole;
+  big.geometry.block_m = 64;
+  const EngineResult a = run_engine(p, whole), b = run_engine(p, big);
+  ASSERT_EQ(a.status, BLASST_OK) << a.message;
+  ASSERT_EQ(b.status, BLASST_OK) << b.message;
+  EXPECT_EQ(a.info.geometry.block_m, 0);
+  EXPECT_EQ(a.decisions, b.decisions);
+  EXPECT_EQ(a.o_bits, b.o_bits);
 }
 
 }  // namespace

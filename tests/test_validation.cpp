@@ -376,7 +376,10 @@ TEST(Validation, OversizedDecisionsBufferIsWrittenOnlyWhereTheLayoutSays) {
   for (blasst_phase phase : {BLASST_PHASE_PREFILL, BLASST_PHASE_DECODE}) {
     Call c;
     const size_t tiles = (Call::LK + 7) / 8;
-    const size_t groups = phase == BLASST_PHASE_PREFILL ? size_t(Call::HQ) * ((Call::LQ + 3) / 4) : size_t(Call::HKV);
+    // geometry.block_m = 4: prefill row blocks of 4 rows, decode chunks of 4 (head, row) pairs
+    const size_t pairs = size_t(Call::HQ / Call::HKV) * Call::LQ;
+    const size_t groups = phase == BLASST_PHASE_PREFILL ? size_t(Call::HQ) * ((Call::LQ + 3) / 4)
+                                                        : size_t(Call::HKV) * ((pairs + 3) / 4);
     const size_t used = size_t(Call::B) * groups * tiles;
     const blasst_status st = phase == BLASST_PHASE_PREFILL ? blasst_prefill(&c.a, nullptr) : blasst_decode(&c.a, nullptr);
     ASSERT_EQ(st, BLASST_OK) << blasst_last_error();

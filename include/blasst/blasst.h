@@ -57,7 +57,8 @@ typedef enum blasst_dtype BLASST_ENUM_BASE {
 
 typedef enum blasst_phase BLASST_ENUM_BASE {
   BLASST_PHASE_PREFILL = 0, /* decision group: block_m rows of one query head */
-  BLASST_PHASE_DECODE = 1   /* decision group: all G query heads of a KV head x all rows */
+  BLASST_PHASE_DECODE = 1   /* decision group: a KV head's (query head, row) pairs, head-major,
+                               all of them or chunks of block_m (MLA: 16-128 heads per KV head) */
 } blasst_phase;
 
 typedef enum blasst_order BLASST_ENUM_BASE {
@@ -103,7 +104,8 @@ typedef struct blasst_tensor {
 
 /* Tile geometry. The CPU engine takes it as given (0 = default); GPU engines report what they used. */
 typedef struct blasst_geometry {
-  int32_t block_m;     /* prefill: query rows per decision group (default 128); decode: ignored */
+  int32_t block_m;     /* prefill: query rows per decision group (default 128); decode: (head, row)
+                          pairs per group, head-major within a KV head (default 0 = all of them) */
   int32_t block_n;     /* keys per KV tile (default 128) */
   blasst_order order;  /* default BLASST_ORDER_ASCENDING */
   int32_t splits;      /* KV splits per decision group (default 1) */
@@ -190,7 +192,8 @@ typedef struct blasst_args {
   /* Optional statistics outputs (same memory space as the engine's tensors).
    * stats_per_head [H * 2] int64: (visited, skipped) per query head in prefill,
    * per KV head in decode. decisions [batch, groups, num_tiles] uint8 blasst_decision,
-   * groups = Hq * ceil(max_seqlen_q / block_m) in prefill (head-major), Hkv in decode;
+   * groups = Hq * ceil(max_seqlen_q / block_m) in prefill (head-major), in decode
+   * Hkv * ceil(G * max_seqlen_q / block_m) (KV-head-major; Hkv when block_m = 0);
    * num_tiles = ceil(max_seqlen_k / block_n). */
   int64_t* stats_per_head;
   uint8_t* decisions;

@@ -111,7 +111,8 @@ def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=
     dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     if info.block_n == 0 or max_k == 0:
         return dq, dk, dv  # the forward attended nothing
-    tiles_kept = kept_tiles(phase, decisions, info, batch, hq, hkv, max_q, max_k)  # [B, Hq, row blocks, tiles]
+    lqs = [n for _, n in q_spans]
+    tiles_kept = kept_tiles(phase, decisions, info, batch, hq, hkv, max_q, max_k, lqs)  # [B, Hq, row blocks, tiles]
     for b in range(batch):
         (q0, lq), (k0, lk) = q_spans[b], k_spans[b]
         if lq == 0 or lk == 0:
@@ -124,7 +125,7 @@ def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=
         dob = dout[sel_q].float().transpose(0, 1)                            # [Hq, Lq, Dv]
         # kept keys of every row: its group's decision for the key's tile, and causality
         rows = torch.arange(lq, device=q.device)
-        row_block = rows * 0 if decode else rows // info.block_m  # decode: one group for all rows
+        row_block = rows if decode else rows // info.block_m  # decode: kept_tiles gives one block per row
         tile_of_key = torch.arange(lk, device=q.device) // info.block_n
         kept = tiles_kept[b][:, row_block][:, :, tile_of_key]                                    # [Hq, Lq, Lk]
         if causal:
@@ -148,14 +149,27 @@ def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=
     return dq, dk, dv
 
 
-def kept_tiles(phase, decisions, info, batch, hq, hkv, max_q, max_k):
+def kept_tiles(phase, decisions, info, batch, hq, hkv, max_q, max_k, lqs=None):
     """[B, Hq, row blocks, tiles] bool: the tiles each (head, row block) kept, from the forward's
-    trace (decode: one row block, the KV head's decision for all its query heads)."""
+    trace. Prefill: row blocks of block_m rows. Decode: one block per row (max_q of them), each
+    with its decision group's tiles: the KV head's (head, row) pairs, head-major over the entry's
+    own Lq (`lqs`, default max_q each), in chunks of block_m pairs (block_m 0: one group)."""
     bm, bn = info.block_m, info.block_n
     tiles = -(-max_k // bn)
     if phase == _lib.PHASE_DECODE:
-        trace = decisions[: batch * hkv * tiles].view(batch, hkv, 1, tiles)
-        return trace.repeat_interleave(hq // hkv, dim=1) == _TILE_KEPT
+        g = hq // hkv
+        chunks = -(-(g * max_q) // bm) if bm > 0 else 1
+        trace = decisions[: batch * hkv * chunks * tiles].view(batch, hkv, chunks, tiles) == _TILE_KEPT
+        dev = decisions.device
+        heads = torch.arange(hq, device=dev)
+        rows = torch.arange(max_q, device=dev)
+        out = []
+        for b in range(batch):
+            lq = max(1, (lqs[b] if lqs is not None else max_q))
+            pair = (heads % g)[:, None] * lq + rows[None, :]  # [Hq, max_q], head-major in the KV head
+            chunk = (pair // bm).clamp(max=chunks - 1) if bm > 0 else torch.zeros_like(pair)
+            out.append(trace[b][(heads // g)[:, None], chunk])  # [Hq, max_q, tiles]
+        return torch.stack(out) if out else torch.zeros(0, hq, max_q, tiles, dtype=torch.bool, device=dev)
     row_blocks = -(-max_q // bm)
     return decisions[: batch * hq * row_blocks * tiles].view(batch, hq, row_blocks, tiles) == _TILE_KEPT
 
@@ -172,7 +186,7 @@ def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=Tr
         _flex["fn"] = torch.compile(flex_attention, dynamic=False)
     batch, lq, hq, dqk = q.shape
     lk, hkv = k.shape[1], k.shape[2]
-    bm, bn = (info.block_m, info.block_n) if phase == _lib.PHASE_PREFILL else (max(lq, 1), info.block_n)
+    bm, bn = (info.block_m, info.block_n) if phase == _lib.PHASE_PREFILL else (1, info.block_n)  # decode: per row
     kept = kept_tiles(phase, decisions, info, batch, hq, hkv, lq, lk)
     shift = lk - lq
 

@@ -14,12 +14,18 @@ def kept_mask(decisions, info, phase, batch, lq, lk, hq, hkv, causal):
     bm, bn = info.block_m, info.block_n
     tiles = -(-lk // bn)
     decode = phase == "decode"
-    groups = hkv if decode else hq * -(-lq // bm)
-    trace = decisions[: batch * groups * tiles].view(batch, groups, tiles)
     g = hq // hkv
+    # decode: chunks of block_m (head, row) pairs of a KV head, head-major (block_m 0: one group)
+    chunks = (-(-(g * lq) // bm) if bm else 1) if decode else 0
+    groups = hkv * chunks if decode else hq * -(-lq // bm)
+    trace = decisions[: batch * groups * tiles].view(batch, groups, tiles)
     h = torch.arange(hq)[:, None]
     i = torch.arange(lq)[None, :]
-    group = (h // g).expand(hq, lq) if decode else h * -(-lq // bm) + i // bm   # [Hq, Lq]
+    if decode:
+        pair = (h % g) * lq + i
+        group = (h // g) * chunks + (pair // bm if bm else 0 * pair)              # [Hq, Lq]
+    else:
+        group = h * -(-lq // bm) + i // bm
     tile = torch.arange(lk) // bn
     mask = trace[:, group][..., tile] == _lib.TILE_KEPT                          # [B, Hq, Lq, Lk]
     if causal:
@@ -51,6 +57,7 @@ CASES = [  # phase, batch, Lq, Lk, Hq, Hkv, D, causal, factor
     ("prefill", 1, 40, 130, 6, 3, 16, False, 5.0),
     ("prefill", 2, 33, 97, 4, 4, 32, True, 0.0),
     ("decode", 3, 2, 150, 8, 2, 32, True, 6.0),
+    ("decode", 2, 3, 150, 16, 1, 32, True, 6.0),  # MLA-like: 48 pairs of one KV head in 3 chunks of 16
     ("prefill", 1, 50, 90, 4, 1, 16, True, 5.0),  # MQA, one entry: the rows split across threads
 ]
 
@@ -157,8 +164,10 @@ def test_the_torch_backward_of_device_tensors_equals_the_engine_backward(phase):
     dout = torch.randn(2, lq, 4, 16, generator=torch.Generator().manual_seed(6))
     dlse = torch.randn(2, lq, 4, generator=torch.Generator().manual_seed(7))
     code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
+    # decode: chunks of 4 of the 6 (head, row) pairs of a KV head, so two groups per KV head
     out, _, stats, decisions, info = _core.run(code, q, k, v, seqlens_k=seqlens_k, threshold_scale_factor=6.0,
-                                               block_m=16, block_n=16, return_stats=True, return_decisions=True)
+                                               block_m=16 if phase == "prefill" else 4, block_n=16,
+                                               return_stats=True, return_decisions=True)
     assert stats[:, 1].sum() > 0
     engine = _core.backward(code, q, k, v, out, dout, dlse, decisions, info, seqlens_k=seqlens_k)
     torch_grads = autograd.torch_backward(code, q, k, v, dout, dlse, decisions, info, seqlens_k=seqlens_k)

@@ -70,9 +70,17 @@ inline std::array<NamedPointer, 17> call_pointers(const blasst_args& a) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Number of decision groups per batch entry and their tile grid (SPEC section 2).
+// Decode decision groups per KV head (SPEC section 2): the KV head's (query head, row) pairs,
+// head-major, in chunks of block_m pairs; block_m = 0 keeps them all in one group.
+inline int64_t decode_chunks(const blasst_args& a, int64_t block_m) {
+  if (block_m <= 0) return 1;
+  return ceil_div(int64_t(a.num_q_heads / a.num_kv_heads) * a.max_seqlen_q, block_m);
+}
+
+// Number of decision groups per batch entry and their tile grid (SPEC section 2). Prefill:
+// head-major (query head, row block); decode: KV-head-major (KV head, chunk).
 inline int64_t groups_per_entry(const blasst_args& a, blasst_phase phase, int64_t block_m) {
-  if (phase == BLASST_PHASE_DECODE) return a.num_kv_heads;
+  if (phase == BLASST_PHASE_DECODE) return int64_t(a.num_kv_heads) * decode_chunks(a, block_m);
   return int64_t(a.num_q_heads) * ceil_div(a.max_seqlen_q, block_m);
 }
 

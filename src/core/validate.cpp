@@ -162,9 +162,10 @@ Status check_dtypes_and_scales(const blasst_args& a) {
 
 }  // namespace
 
-blasst_geometry resolve_geometry(const blasst_geometry& requested) {
+blasst_geometry resolve_geometry(const blasst_geometry& requested, blasst_phase phase) {
   blasst_geometry g = requested;
-  if (g.block_m == 0) g.block_m = kDefaultBlock;
+  // decode: block_m = 0 means one decision group per KV head (all its heads and rows)
+  if (g.block_m == 0 && phase != BLASST_PHASE_DECODE) g.block_m = kDefaultBlock;
   if (g.block_n == 0) g.block_n = kDefaultBlock;
   if (g.splits == 0) g.splits = 1;
   return g;
@@ -315,9 +316,10 @@ Status validate_backward(const blasst_args& a, const blasst_backward_args& g) {
   if (a.block_table) return {BLASST_ERROR_UNSUPPORTED, "backward: paged K/V has no backward pass (training layouts "
                                                         "are dense, padded or ragged)"};
   const blasst_geometry& geo = g.geometry;
-  if (geo.block_m < 1 || geo.block_n < 1 || geo.block_m > kMaxBlock || geo.block_n > kMaxBlock)
+  const int32_t least_block_m = g.phase == BLASST_PHASE_DECODE ? 0 : 1;  // decode: 0 = one group per KV head
+  if (geo.block_m < least_block_m || geo.block_n < 1 || geo.block_m > kMaxBlock || geo.block_n > kMaxBlock)
     return invalid("grads.geometry is ", geo.block_m, " x ", geo.block_n,
-                   ", expected the forward's reported block_m and block_n (1..", kMaxBlock, ")");
+                   ", expected the forward's reported block_m and block_n (", least_block_m, "..", kMaxBlock, ")");
   if (!g.decisions) return invalid("grads.decisions is NULL (the forward's decision trace)");
   // The gradients as the operands of a call: the same shape checks and extents apply to them.
   blasst_args as_operands = a;
@@ -338,7 +340,7 @@ Status validate_backward(const blasst_args& a, const blasst_backward_args& g) {
   }
   if (Status s = validate_shape_args(as_operands, g.phase); !s) return invalid("grads: ", s.message());
   if (Status s = validate_host_contents(as_operands, g.phase, geo); !s) return invalid("grads: ", s.message());
-  return validate_host_contents(a, g.phase, resolve_geometry(a.geometry));
+  return validate_host_contents(a, g.phase, resolve_geometry(a.geometry, g.phase));
 }
 
 Status validate_device_extents(const blasst_args& a) {

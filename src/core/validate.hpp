@@ -6,8 +6,9 @@
 
 namespace blasst::detail {
 
-// Geometry with defaults applied (block_m, block_n, splits >= 1).
-blasst_geometry resolve_geometry(const blasst_geometry& requested);
+// Geometry with defaults applied (block_n, splits >= 1; block_m >= 1 in prefill, 0 = one group
+// per KV head in decode).
+blasst_geometry resolve_geometry(const blasst_geometry& requested, blasst_phase phase);
 
 // Checks the call's scalars, shapes, strides and flags (everything readable without
 // touching the length arrays, block table or tensors).

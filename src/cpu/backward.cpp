@@ -27,7 +27,7 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 struct Shapes {
-  int64_t q_per_kv, row_blocks, groups, tiles, dqk, dv;
+  int64_t q_per_kv, row_blocks, groups, chunks, tiles, dqk, dv;
   double scale;
 };
 
@@ -70,7 +70,8 @@ void run_item(const blasst_args& a, const blasst_backward_args& g, const Shapes&
     const int64_t h = hk * sh.q_per_kv + r / lq, i = r % lq;
     {
       const int64_t visible = a.causal ? std::clamp<int64_t>(lk - lq + i + 1, 0, lk) : lk;
-      const int64_t group = decode ? hk : h * sh.row_blocks + i / bm;
+      // decode: chunk r / bm of the KV head's head-major pairs (bm = 0: one group)
+      const int64_t group = decode ? hk * sh.chunks + (bm > 0 ? r / bm : 0) : h * sh.row_blocks + i / bm;
       const uint8_t* trace = g.decisions + (b * sh.groups + group) * sh.tiles;
       keys.clear();
       for (int64_t j = 0; j < visible; ++j)
@@ -149,8 +150,9 @@ void store_kv_grads(const blasst_args& a, const blasst_backward_args& g, const S
 Status backward(const blasst_args& a, const blasst_backward_args& g) {
   Shapes sh{};
   sh.q_per_kv = a.num_q_heads / a.num_kv_heads;
-  sh.row_blocks = detail::ceil_div(a.max_seqlen_q, g.geometry.block_m);
+  sh.row_blocks = g.phase == BLASST_PHASE_DECODE ? 1 : detail::ceil_div(a.max_seqlen_q, g.geometry.block_m);
   sh.groups = detail::groups_per_entry(a, g.phase, g.geometry.block_m);
+  sh.chunks = detail::decode_chunks(a, g.geometry.block_m);
   sh.tiles = detail::ceil_div(a.max_seqlen_k, g.geometry.block_n);
   sh.dqk = a.head_dim_qk;
   sh.dv = a.head_dim_v;

@@ -408,8 +408,9 @@ struct Item {
 Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, blasst_run_info* info) {
   const bool decode = phase == BLASST_PHASE_DECODE;
   const int64_t q_per_kv = a.num_q_heads / a.num_kv_heads;
-  const int64_t row_blocks = ceil_div(a.max_seqlen_q, g.block_m);
+  const int64_t row_blocks = decode ? 1 : ceil_div(a.max_seqlen_q, g.block_m);  // prefill groups per head
   const int64_t groups = detail::groups_per_entry(a, phase, g.block_m);
+  const int64_t chunks = decode ? detail::decode_chunks(a, g.block_m) : 1;  // decode groups per KV head
   const int64_t tiles_per_group = ceil_div(a.max_seqlen_k, g.block_n);
   const int64_t stat_heads = decode ? a.num_kv_heads : a.num_q_heads;
 
@@ -422,8 +423,11 @@ Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, b
     const int64_t lq = detail::seqlen_q(a, b);
     if (lq == 0) continue;
     if (decode) {
-      for (int64_t hk = 0; hk < a.num_kv_heads; ++hk) items.push_back({b, hk});
-      max_rows = std::max(max_rows, lq * q_per_kv);
+      const int64_t pairs = lq * q_per_kv;
+      const int64_t chunk = g.block_m > 0 ? std::min<int64_t>(g.block_m, pairs) : pairs;
+      for (int64_t hk = 0; hk < a.num_kv_heads; ++hk)
+        for (int64_t c = 0; c < ceil_div(pairs, chunk); ++c) items.push_back({b, hk * chunks + c});
+      max_rows = std::max(max_rows, chunk);
     } else {
       for (int64_t blk = ceil_div(lq, g.block_m) - 1; blk >= 0; --blk)
         for (int64_t h = 0; h < a.num_q_heads; ++h) items.push_back({b, h * row_blocks + blk});
@@ -475,20 +479,22 @@ Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, b
       grp.batch = b;
       grp.seqlen_k = lk;
       grp.trace_index = (b * groups + item.group) * tiles_per_group;
-      int64_t head0, heads, row0, row_end;
+      // The group's (query head, row) pairs: decode takes pairs [pair0, pair_end) of its KV head,
+      // head-major (pair p = (head0 + p / lq, row p % lq)); prefill rows [row0, row_end) of one head.
+      int64_t head0, pair0 = 0, pair_end = 0, row0 = 0, row_end = 0;
       if (decode) {
-        grp.kv_head = int32_t(item.group);
+        grp.kv_head = int32_t(item.group / chunks);
         grp.stat_head = grp.kv_head;
-        head0 = item.group * q_per_kv;
-        heads = q_per_kv;
-        row0 = 0;
-        row_end = lq;
+        head0 = int64_t(grp.kv_head) * q_per_kv;
+        const int64_t pairs = lq * q_per_kv;
+        const int64_t chunk = g.block_m > 0 ? std::min<int64_t>(g.block_m, pairs) : pairs;
+        pair0 = (item.group % chunks) * chunk;
+        pair_end = std::min(pairs, pair0 + chunk);
       } else {
         const int64_t h = item.group / row_blocks;
         grp.kv_head = int32_t(h / q_per_kv);
         grp.stat_head = int32_t(h);
         head0 = h;
-        heads = 1;
         row0 = (item.group % row_blocks) * g.block_m;
         row_end = std::min(lq, row0 + g.block_m);
       }
@@ -500,16 +506,20 @@ Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, b
 
       // Rows ordered by query position, so visible key ranges never shrink along the list.
       sc.rows.clear();
-      for (int64_t i = row0; i < row_end; ++i) {
-        const int64_t key_end = a.causal ? std::clamp<int64_t>(lk - lq + i + 1, 0, lk) : lk;
-        for (int64_t h = head0; h < head0 + heads; ++h) {
-          Row row{};
-          row.q_offset = detail::q_side_offset(a, a.q, b, i, h);
-          row.out_offset = detail::q_side_offset(a, a.out, b, i, h);
-          row.lse_offset = a.lse.data ? detail::q_side_offset(a, a.lse, b, i, h) : 0;
-          row.key_end = key_end;
-          sc.rows.push_back(row);
-        }
+      auto add_row = [&](int64_t i, int64_t h) {
+        Row row{};
+        row.q_offset = detail::q_side_offset(a, a.q, b, i, h);
+        row.out_offset = detail::q_side_offset(a, a.out, b, i, h);
+        row.lse_offset = a.lse.data ? detail::q_side_offset(a, a.lse, b, i, h) : 0;
+        row.key_end = a.causal ? std::clamp<int64_t>(lk - lq + i + 1, 0, lk) : lk;
+        sc.rows.push_back(row);
+      };
+      if (decode) {
+        for (int64_t i = 0; i < lq; ++i)
+          for (int64_t p = pair0; p < pair_end; ++p)
+            if (p % lq == i) add_row(i, head0 + p / lq);
+      } else {
+        for (int64_t i = row0; i < row_end; ++i) add_row(i, head0);
       }
       item_stats[it] = runner.run(grp, sc);
     }
@@ -526,7 +536,7 @@ Status run(const blasst_args& a, blasst_phase phase, const blasst_geometry& g, b
     info->visited += item_stats[it].visited;
     info->skipped += item_stats[it].skipped;
     if (a.stats_per_head) {
-      const int64_t head = decode ? items[it].group : items[it].group / row_blocks;
+      const int64_t head = decode ? items[it].group / chunks : items[it].group / row_blocks;
       a.stats_per_head[2 * head] += item_stats[it].visited;
       a.stats_per_head[2 * head + 1] += item_stats[it].skipped;
     }

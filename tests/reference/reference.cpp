@@ -89,12 +89,21 @@ struct Row {
   int64_t i;
   int h;
 };
+// Decode groups per KV head: its (head, row) pairs, head-major, in chunks of block_m (0: all).
+int64_t decode_chunks(const Geometry& g, int group_size) {
+  return g.block_m > 0 ? ceil_div(int64_t(group_size) * g.max_seqlen_q, g.block_m) : 1;
+}
+
 std::vector<Row> group_rows(const Problem& p, const Geometry& g, int b, int64_t group) {
   std::vector<Row> rows;
   if (g.phase == BLASST_PHASE_DECODE) {
-    const int kh = int(group);
-    for (int64_t i = 0; i < p.lq[b]; ++i)
-      for (int h = kh * p.group_size(); h < (kh + 1) * p.group_size(); ++h) rows.push_back({i, h});
+    const int64_t chunks = decode_chunks(g, p.group_size());
+    const int kh = int(group / chunks);
+    const int64_t pairs = int64_t(p.group_size()) * p.lq[b];
+    const int64_t first = g.block_m > 0 ? (group % chunks) * g.block_m : 0;
+    const int64_t end = g.block_m > 0 ? std::min(pairs, first + g.block_m) : pairs;
+    for (int64_t pair = first; pair < end; ++pair)
+      rows.push_back({pair % p.lq[b], kh * p.group_size() + int(pair / p.lq[b])});
   } else {
     const int64_t blocks = ceil_div(g.max_seqlen_q, g.block_m);
     const int h = int(group / blocks);
@@ -106,7 +115,7 @@ std::vector<Row> group_rows(const Problem& p, const Geometry& g, int b, int64_t 
 }
 
 int group_kv_head(const Problem& p, const Geometry& g, int64_t group) {
-  if (g.phase == BLASST_PHASE_DECODE) return int(group);
+  if (g.phase == BLASST_PHASE_DECODE) return int(group / decode_chunks(g, p.group_size()));
   const int64_t blocks = ceil_div(g.max_seqlen_q, g.block_m);
   return int(group / blocks) / p.group_size();
 }
@@ -117,7 +126,8 @@ void check_problem(const Problem& p, const Geometry& g) {
   for (int b = 0; b < p.batch; ++b) {
     if (p.lq[b] > g.max_seqlen_q || p.lk[b] > g.max_seqlen_k) throw std::invalid_argument("max_seqlen");
   }
-  if (g.block_m < 1 || g.block_n < 1 || g.splits < 1) throw std::invalid_argument("geometry");
+  const int least_block_m = g.phase == BLASST_PHASE_DECODE ? 0 : 1;  // decode: 0 = one group per KV head
+  if (g.block_m < least_block_m || g.block_n < 1 || g.splits < 1) throw std::invalid_argument("geometry");
 }
 
 }  // namespace
@@ -132,7 +142,7 @@ int64_t Problem::visible_end(int b, int64_t i) const {
 }
 
 int64_t Geometry::groups_per_entry(int hq, int hkv) const {
-  if (phase == BLASST_PHASE_DECODE) return hkv;
+  if (phase == BLASST_PHASE_DECODE) return int64_t(hkv) * decode_chunks(*this, hq / hkv);
   return int64_t(hq) * ceil_div(max_seqlen_q, block_m);
 }
 int64_t Geometry::tiles() const { return ceil_div(max_seqlen_k, block_n); }
@@ -314,7 +324,12 @@ Output plain(const Problem& p, blasst_dtype dtype, const Geometry* g, const uint
         const int kh = h / p.group_size();
         int64_t group = 0;
         if (g) {
-          group = g->phase == BLASST_PHASE_DECODE ? kh : h * ceil_div(g->max_seqlen_q, g->block_m) + i / g->block_m;
+          if (g->phase == BLASST_PHASE_DECODE) {
+            const int64_t pair = int64_t(h - kh * p.group_size()) * p.lq[b] + i;  // head-major within the KV head
+            group = kh * decode_chunks(*g, p.group_size()) + (g->block_m > 0 ? pair / g->block_m : 0);
+          } else {
+            group = h * ceil_div(g->max_seqlen_q, g->block_m) + i / g->block_m;
+          }
         }
         keys.clear();
         s.clear();

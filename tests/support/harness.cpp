@@ -209,7 +209,8 @@ ref::Problem make_problem(const Shape& s, blasst_dtype dtype, uint64_t seed, con
 ref::Geometry ref_geometry(const ref::Problem& p, const RunSpec& spec) {
   ref::Geometry g;
   g.phase = spec.phase;
-  g.block_m = spec.geometry.block_m ? spec.geometry.block_m : 128;
+  // decode: block_m 0 (the default) is one decision group per KV head
+  g.block_m = spec.geometry.block_m || spec.phase == BLASST_PHASE_DECODE ? spec.geometry.block_m : 128;
   g.block_n = spec.geometry.block_n ? spec.geometry.block_n : 128;
   g.order = spec.geometry.order;
   g.splits = spec.geometry.splits ? spec.geometry.splits : 1;
@@ -564,9 +565,7 @@ Checked run_and_check(const ref::Problem& p, const RunSpec& spec, const std::str
   EXPECT_EQ(c.engine.info.geometry.block_n, g.block_n) << what;
   EXPECT_EQ(c.engine.info.geometry.order, g.order) << what;
   EXPECT_EQ(c.engine.info.geometry.splits, g.splits) << what;
-  if (spec.phase == BLASST_PHASE_PREFILL) {
-    EXPECT_EQ(c.engine.info.geometry.block_m, g.block_m) << what;
-  }
+  EXPECT_EQ(c.engine.info.geometry.block_m, g.block_m) << what;
   const uint8_t* replay = spec.want_decisions ? c.engine.decisions.data() : nullptr;
   c.reference = ref::blasst(p, g, ref_threshold(spec), replay);
   if (spec.want_decisions) c.rounding_flips = expect_decisions_consistent(c.reference, c.engine, what);
