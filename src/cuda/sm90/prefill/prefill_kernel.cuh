@@ -5,7 +5,7 @@
 // transaction lands) and an "empty" mbarrier (all 8 consumer warps are done with it). The
 // producer streams the CTA's tile sequence (visit_plan.cuh) into them; each consumer warpgroup
 // walks the same sequence and per tile it processes:
-//   S = Q K^T (wgmma, Q in registers x K in smem) -> release K -> mask (causal diagonal, keys past Lk) ->
+//   S = Q K^T (wgmma, Q in registers or smem x K in smem) -> release K -> mask (causal diagonal, keys past Lk) ->
 //   row max -> vote (each row: mt < m + ln(lambda) / scale in fp32, SPEC.md's rule on raw scores; the warpgroup
 //   keeps the tile iff any existing row keeps it; one bar.red) -> skipped: release V, done ->
 //   kept: rescale O, P = exp2(...) in registers -> O += P V (wgmma, registers x smem) -> release V.
@@ -33,13 +33,13 @@ template <class Traits>
 struct KernelParams {
   PrefillParams p;
   typename Traits::TmaQ tma_q;
-  typename Traits::TmaKV tma_k;
-  typename Traits::TmaKV tma_v;
-  typename Traits::TmaKVBox tma_k_box;  // small pages only (box_pages != 0)
-  typename Traits::TmaKVBox tma_v_box;
+  typename Traits::TmaK tma_k;
+  typename Traits::TmaV tma_v;
+  typename Traits::TmaKBox tma_k_box;  // small pages only (box_pages != 0)
+  typename Traits::TmaVBox tma_v_box;
   int32_t box_pages;                    // pages of 16-64 tokens: tiles are loaded box by box
-  typename Traits::GmemShape q_shape;  // (rows, D, Hq, batch) as the TMA descriptors see them
-  typename Traits::GmemShape k_shape;  // (rows, D, Hkv, batch)
+  typename Traits::GmemShape q_shape;  // (rows, Dqk, Hq, batch) as the TMA descriptors see them
+  typename Traits::GmemShape k_shape;  // (rows, Dqk, Hkv, batch); V's is the same with Dv
   int32_t row_blocks;                  // CTAs per (batch, head): ceil(max_seqlen_q / kBlockM)
   int32_t group_blocks;                // decision groups per (batch, head): p.row_blocks
   int32_t pingpong;                    // consumer warpgroups take turns issuing their products
@@ -51,7 +51,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   using T = typename Traits::Element;
   using Barrier = cutlass::arch::ClusterTransactionBarrier;
   using EmptyBarrier = cutlass::arch::ClusterBarrier;
-  constexpr int D = Traits::D;
+  constexpr int Dqk = Traits::Dqk;
+  constexpr int Dv = Traits::Dv;
   constexpr int BM = Traits::kBlockM;
   constexpr int BN = Traits::kBlockN;
   constexpr int GR = Traits::kGroupRows;
@@ -134,31 +135,43 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     // Warp 0 loads Q and the K tiles, warp 1 the V tiles, each at its own pace.
     if (warp < 2 && cute::elect_one_sync()) {
-      // Streams the CTA's tile sequence into the `stages` buffers of K or V: wait until the
-      // consumers freed a buffer, then one TMA load that completes its full barrier.
+      // (rows, W, Hkv, batch) of K (W = Dqk) or V (W = Dv), as its TMA descriptor sees it.
+      auto kv_shape = [&](auto width) {
+        if constexpr (decltype(width)::value == Dqk)
+          return P.k_shape;
+        else
+          return replace<1>(P.k_shape, int32_t(decltype(width)::value));
+      };
+      // Streams the CTA's tile sequence into the `stages` buffers of K or V (`width` columns):
+      // wait until the consumers freed a buffer, then one TMA load that completes its full barrier.
       auto stream_tiles = [&](auto const& tma, auto smem_layout, auto* base, uint64_t* full, uint64_t* empty,
-                              auto stages) {
+                              auto stages, auto width) {
         constexpr int kStages = decltype(stages)::value;
-        Tensor mKV = tma.get_tma_tensor(P.k_shape);
+        constexpr int W = decltype(width)::value;
+        constexpr uint32_t kBytes = uint32_t(BN * W * sizeof(T));
+        Tensor mKV = tma.get_tma_tensor(kv_shape(width));
         auto cta = tma.get_slice(0);
         Tensor dst = cta.partition_D(make_tensor(make_smem_ptr(base), smem_layout));  // (TMA, 1, 1, stages)
         for (int i = 0; i < n_stream; ++i) {
           const int s = i % kStages;
           const uint32_t phase = uint32_t(i / kStages) & 1u;
           Tensor src = local_tile(domain_offset(make_coord(kv_row(plan.at(i) * BN), 0), mKV(_, _, kv_head, kv_batch)),
-                                  Shape<Int<BN>, Int<D>>{}, make_coord(0, 0));
+                                  Shape<Int<BN>, Int<W>>{}, make_coord(0, 0));
           EmptyBarrier::wait(&empty[s], phase ^ 1u);
-          Barrier::arrive_and_expect_tx(&full[s], Traits::kTileBytes);
+          Barrier::arrive_and_expect_tx(&full[s], kBytes);
           copy(tma.with(full[s]), cta.partition_S(src), dst(_, _, _, s));
         }
       };
       // The same with small pages: a tile as BN / kBoxRows boxes, each looked up in the block
       // table; boxes past the entry's last key are not loaded (their rows are masked, and V
       // rows past lk are zeroed before P V), and the barrier expects only the bytes loaded.
-      auto stream_boxes = [&](auto const& tma, auto* base, uint64_t* full, uint64_t* empty, auto stages) {
+      auto stream_boxes = [&](auto const& tma, auto box_layout, auto* base, uint64_t* full, uint64_t* empty,
+                              auto stages, auto width) {
         constexpr int kStages = decltype(stages)::value;
+        constexpr int W = decltype(width)::value;
+        constexpr uint32_t kBoxBytes = uint32_t(Traits::kBoxRows * W * sizeof(T));
         constexpr int kBoxes = BN / Traits::kBoxRows;
-        Tensor mKV = tma.get_tma_tensor(P.k_shape);
+        Tensor mKV = tma.get_tma_tensor(kv_shape(width));
         auto cta = tma.get_slice(0);
         for (int i = 0; i < n_stream; ++i) {
           const int s = i % kStages;
@@ -166,13 +179,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
           const int key0 = plan.at(i) * BN;
           const int boxes = min(kBoxes, (lk - key0 + Traits::kBoxRows - 1) / Traits::kBoxRows);
           EmptyBarrier::wait(&empty[s], phase ^ 1u);
-          Barrier::arrive_and_expect_tx(&full[s], uint32_t(max(boxes, 0)) * Traits::kBoxBytes);
+          Barrier::arrive_and_expect_tx(&full[s], uint32_t(max(boxes, 0)) * kBoxBytes);
           for (int c = 0; c < boxes; ++c) {
             Tensor src = local_tile(domain_offset(make_coord(kv_row(key0 + c * Traits::kBoxRows), 0),
                                                   mKV(_, _, kv_head, kv_batch)),
-                                    Shape<Int<Traits::kBoxRows>, Int<D>>{}, make_coord(0, 0));
-            Tensor dst = make_tensor(make_smem_ptr(base + s * BN * D + c * Traits::kBoxOffset),
-                                     typename Traits::SmemLayoutKVBox{});
+                                    Shape<Int<Traits::kBoxRows>, Int<W>>{}, make_coord(0, 0));
+            Tensor dst = make_tensor(make_smem_ptr(base + s * BN * W + c * Traits::kBoxOffset), box_layout);
             copy(tma.with(full[s]), cta.partition_S(src), cta.partition_D(dst));
           }
         }
@@ -182,19 +194,23 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
         Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
         const int q_batch = p.cu_seqlens_q ? 0 : b;
         Tensor gQ = local_tile(domain_offset(make_coord(q_start + row0, 0), mQ(_, _, h, q_batch)),
-                              Shape<Int<BM>, Int<D>>{}, make_coord(0, 0));
+                              Shape<Int<BM>, Int<Dqk>>{}, make_coord(0, 0));
         auto cta_q = P.tma_q.get_slice(0);
         Barrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
         copy(P.tma_q.with(ss.q_full), cta_q.partition_S(gQ), cta_q.partition_D(sQ));
         if (P.box_pages)
-          stream_boxes(P.tma_k_box, ss.k.data(), ss.k_full, ss.k_empty, Int<kStagesK>{});
+          stream_boxes(P.tma_k_box, typename Traits::SmemLayoutKBox{}, ss.k.data(), ss.k_full, ss.k_empty,
+                       Int<kStagesK>{}, Int<Dqk>{});
         else
-          stream_tiles(P.tma_k, typename Traits::SmemLayoutK{}, ss.k.data(), ss.k_full, ss.k_empty, Int<kStagesK>{});
+          stream_tiles(P.tma_k, typename Traits::SmemLayoutK{}, ss.k.data(), ss.k_full, ss.k_empty, Int<kStagesK>{},
+                       Int<Dqk>{});
       } else {
         if (P.box_pages)
-          stream_boxes(P.tma_v_box, ss.v.data(), ss.v_full, ss.v_empty, Int<kStagesV>{});
+          stream_boxes(P.tma_v_box, typename Traits::SmemLayoutVBox{}, ss.v.data(), ss.v_full, ss.v_empty,
+                       Int<kStagesV>{}, Int<Dv>{});
         else
-          stream_tiles(P.tma_v, typename Traits::SmemLayoutV{}, ss.v.data(), ss.v_full, ss.v_empty, Int<kStagesV>{});
+          stream_tiles(P.tma_v, typename Traits::SmemLayoutV{}, ss.v.data(), ss.v_full, ss.v_empty, Int<kStagesV>{},
+                       Int<Dv>{});
       }
     }
     return;
@@ -227,11 +243,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
   Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
-  Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, D/16): this group's 64 rows (registers or descriptors)
-  Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, 1, D/16, stages)
+  Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, Dqk/16): this group's 64 rows (registers or descriptors)
+  Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, 1, Dqk/16, stages)
   Tensor tOrVt = thr_o.partition_fragment_B(sVt); // (MMA, 1, BN/16, stages)
   Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<BM>, Int<BN>>{});
-  Tensor tOrO = partition_fragment_C(mma_o, Shape<Int<BM>, Int<D>>{});
+  Tensor tOrO = partition_fragment_C(mma_o, Shape<Int<BM>, Int<Dv>>{});
   Tensor tScS = thr_s.partition_C(make_identity_tensor(Shape<Int<BM>, Int<BN>>{}));
   Tensor s_rc = make_tensor(tSrS.data(), rowcol_layout(tSrS.layout()));
   Tensor o_rc = make_tensor(tOrO.data(), rowcol_layout(tOrO.layout()));
@@ -434,9 +450,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       // but 0 * NaN is not, so zero them before P V.
       Tensor sVs = sV(_, _, sv);
       const int first = lk - t * BN;
-      for (int idx = wt; idx < (BN - first) * (D / 8); idx += 128) {
-        const int r = first + idx / (D / 8);
-        const int c = (idx % (D / 8)) * 8;
+      for (int idx = wt; idx < (BN - first) * (Dv / 8); idx += 128) {
+        const int r = first + idx / (Dv / 8);
+        const int c = (idx % (Dv / 8)) * 8;
         *reinterpret_cast<uint4*>(&sVs(r, c)) = make_uint4(0, 0, 0, 0);
       }
       cutlass::arch::fence_view_async_shared();
@@ -465,10 +481,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
 #pragma unroll
     for (int c = 0; c < size<1>(o_rc); ++c) o_rc(r, c) *= inv[r];
   }
-  // O goes through this group's half of the Q buffer (no other warpgroup reads those rows)
-  // so that each thread then writes whole 16-byte row chunks.
+  // O goes through this group's rows of the Q buffer (no other warpgroup reads those rows;
+  // SmemLayoutO) so that each thread then writes whole 16-byte row chunks.
   Tensor rO = convert_fragment<T>(tOrO);
-  Tensor sO = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sO = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutO{});
   Tensor tOsO = thr_o.partition_C(sO);
 #pragma unroll
   for (int e = 0; e < size(rO); ++e) tOsO(e) = rO(e);
@@ -477,9 +493,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   const bool ragged_q = p.cu_seqlens_q != nullptr;
   T* o_base = static_cast<T*>(p.out) + (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +
               int64_t(h) * p.o_head_stride;
-  for (int idx = wt; idx < group_rows * (D / 8); idx += 128) {
-    const int r = idx / (D / 8);
-    const int c = (idx % (D / 8)) * 8;
+  for (int idx = wt; idx < group_rows * (Dv / 8); idx += 128) {
+    const int r = idx / (Dv / 8);
+    const int c = (idx % (Dv / 8)) * 8;
     const int row = grp * GR + r;
     *reinterpret_cast<uint4*>(o_base + int64_t(row0 + row) * p.o_token_stride + c) =
         *reinterpret_cast<const uint4*>(&sO(row, c));

@@ -11,44 +11,46 @@
 
 namespace blasst::cuda::sm90 {
 
-// TMA view (rows, D, heads, batch) of a tensor; a mode of extent 1 gets the row stride, as a
-// descriptor wants nonzero strides and the mode is never stepped.
-template <class Traits>
+// TMA view (rows, D, heads, batch) of a tensor with D columns (Dqk for Q and K, Dv for V); a
+// mode of extent 1 gets the row stride, as a descriptor wants nonzero strides and the mode is
+// never stepped.
+template <class Traits, int D>
 auto gmem_view(const void* data, int32_t rows, int32_t heads, int32_t batch, int64_t token_stride, int64_t head_stride,
                int64_t batch_stride) {
   using E = typename Traits::Element;
   return make_tensor(make_gmem_ptr(static_cast<const E*>(data)),
-                     make_layout(make_shape(rows, int32_t(Traits::D), heads, batch),
+                     make_layout(make_shape(rows, int32_t(D), heads, batch),
                                  make_stride(token_stride, _1{}, heads > 1 ? head_stride : token_stride,
                                              batch > 1 ? batch_stride : token_stride)));
 }
 
-template <class E, int D, bool kSkip>
+template <class E, int Dqk, int Dv, bool kSkip>
 cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
-  using Traits = PrefillTraits<E, D>;
+  using Traits = PrefillTraits<E, Dqk, Dv>;
   // The engine reports and checks calls with the host-side copies of these (prefill_sm90.hpp).
   static_assert(Traits::kGroupRows == kGroupRows && Traits::kBlockN == kBlockN && Traits::kBoxRows == kBoxRows,
                 "host and kernel tile constants");
   KernelParams<Traits> kp{};
   kp.p = p;
-  kp.q_shape = make_shape(e.q_rows, int32_t(D), int32_t(p.num_q_heads), e.q_batch);
-  kp.k_shape = make_shape(e.kv_rows, int32_t(D), int32_t(p.num_kv_heads), e.kv_batch);
-  auto q = gmem_view<Traits>(p.q, e.q_rows, p.num_q_heads, e.q_batch, p.q_token_stride, p.q_head_stride, p.q_batch_stride);
-  auto k = gmem_view<Traits>(p.k, e.kv_rows, p.num_kv_heads, e.kv_batch, p.k_token_stride, p.k_head_stride,
-                             p.k_batch_stride);
-  auto v = gmem_view<Traits>(p.v, e.kv_rows, p.num_kv_heads, e.kv_batch, p.v_token_stride, p.v_head_stride,
-                             p.v_batch_stride);
-  kp.tma_q = make_tma_copy(SM90_TMA_LOAD{}, q, typename Traits::SmemLayoutQ{}, Shape<Int<Traits::kBlockM>, Int<D>>{}, _1{});
-  kp.tma_k = make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKVStage{},
-                           Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
-  kp.tma_v = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutKVStage{},
-                           Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
+  kp.q_shape = make_shape(e.q_rows, int32_t(Dqk), int32_t(p.num_q_heads), e.q_batch);
+  kp.k_shape = make_shape(e.kv_rows, int32_t(Dqk), int32_t(p.num_kv_heads), e.kv_batch);
+  auto q = gmem_view<Traits, Dqk>(p.q, e.q_rows, p.num_q_heads, e.q_batch, p.q_token_stride, p.q_head_stride,
+                                  p.q_batch_stride);
+  auto k = gmem_view<Traits, Dqk>(p.k, e.kv_rows, p.num_kv_heads, e.kv_batch, p.k_token_stride, p.k_head_stride,
+                                  p.k_batch_stride);
+  auto v = gmem_view<Traits, Dv>(p.v, e.kv_rows, p.num_kv_heads, e.kv_batch, p.v_token_stride, p.v_head_stride,
+                                 p.v_batch_stride);
+  kp.tma_q = make_tma_copy(SM90_TMA_LOAD{}, q, typename Traits::SmemLayoutQ{}, Shape<Int<Traits::kBlockM>, Int<Dqk>>{}, _1{});
+  kp.tma_k = make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKStage{},
+                           Shape<Int<Traits::kBlockN>, Int<Dqk>>{}, _1{});
+  kp.tma_v = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutVStage{},
+                           Shape<Int<Traits::kBlockN>, Int<Dv>>{}, _1{});
   kp.box_pages = p.block_table != nullptr && p.page_size < Traits::kBlockN;
   if (kp.box_pages) {
-    kp.tma_k_box = make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKVBox{},
-                                 Shape<Int<Traits::kBoxRows>, Int<D>>{}, _1{});
-    kp.tma_v_box = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutKVBox{},
-                                 Shape<Int<Traits::kBoxRows>, Int<D>>{}, _1{});
+    kp.tma_k_box = make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKBox{},
+                                 Shape<Int<Traits::kBoxRows>, Int<Dqk>>{}, _1{});
+    kp.tma_v_box = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutVBox{},
+                                 Shape<Int<Traits::kBoxRows>, Int<Dv>>{}, _1{});
   }
   kp.row_blocks = (p.max_seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   kp.group_blocks = p.row_blocks;
@@ -68,15 +70,16 @@ cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_
   return cudaGetLastError();
 }
 
-template <int D>
+template <int Dqk, int Dv = Dqk>
 cudaError_t launch_for_dim(Elem elem, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
 #if BLASST_CUDA_BUILD_FP16
   if (elem == Elem::kFp16)
-    return skip ? launch_impl<cutlass::half_t, D, true>(p, e, stream) : launch_impl<cutlass::half_t, D, false>(p, e, stream);
+    return skip ? launch_impl<cutlass::half_t, Dqk, Dv, true>(p, e, stream)
+                : launch_impl<cutlass::half_t, Dqk, Dv, false>(p, e, stream);
 #endif
   if (elem == Elem::kBf16)
-    return skip ? launch_impl<cutlass::bfloat16_t, D, true>(p, e, stream)
-                : launch_impl<cutlass::bfloat16_t, D, false>(p, e, stream);
+    return skip ? launch_impl<cutlass::bfloat16_t, Dqk, Dv, true>(p, e, stream)
+                : launch_impl<cutlass::bfloat16_t, Dqk, Dv, false>(p, e, stream);
   return cudaErrorInvalidValue;
 }
 

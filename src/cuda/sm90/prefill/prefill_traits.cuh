@@ -1,5 +1,5 @@
 // Compile-time shape of the sm_90a prefill kernel: tiles, shared-memory layouts, the two
-// warpgroup MMAs and the TMA copy types, per (element type, head dimension).
+// warpgroup MMAs and the TMA copy types, per (element type, head dimension of Q/K, of V).
 //
 // One CTA = 1 + G warpgroups: warpgroup 0 is the producer (one thread issues every TMA load),
 // warpgroups 1..G are consumers, each owning 64 consecutive query rows of the CTA's 64 G-row
@@ -7,14 +7,17 @@
 // G = 2 for D = 128. For D = 64 a tile's products take half as long while its softmax does not,
 // so two warpgroups cannot keep the tensor cores busy: G = 3 (192-row CTAs, 160 registers per
 // consumer thread).
-//   smem  Q [64 G, D] (reused for O in the epilogue), K [kStagesK][128, D], V [kStagesV][128, D],
-//         all K-major with the 128-byte swizzle that wgmma and TMA share.
-//   S = Q K^T : wgmma 64 x 128 x D per consumer warpgroup, Q from registers (loaded once per
-//               CTA; G = 2) or shared memory (G = 3), K from shared memory. With Q in shared
-//               memory too, a run of skipped tiles (QK^T back to back) at D = 128 would read 96
-//               bytes of shared memory per tensor-core cycle and, with the TMA writes of K and V,
-//               pass the 128 bytes an SM serves.
-//   O += P V  : wgmma 64 x D x 128, P from registers (the S accumulators converted in place),
+// Dqk != Dv (MLA's non-absorbed prefill: Dqk = 192, Dv = 128) takes G = 2 and two K stages, so
+// that Q [128, 192], K 2 x [128, 192] and V 2 x [128, 128] fit the 227 KB of an SM (208 KB).
+//   smem  Q [64 G, Dqk] (reused for O [64 G, Dv] in the epilogue: Dv <= Dqk), K [kStagesK][128, Dqk],
+//         V [kStagesV][128, Dv], all K-major with the 128-byte swizzle that wgmma and TMA share.
+//   S = Q K^T : wgmma 64 x 128 x Dqk per consumer warpgroup, Q from registers (loaded once per
+//               CTA; G = 2, Dqk = 128) or shared memory (G = 3; Dqk = 192, where Q in registers
+//               would take 48 more registers per thread than the 240 leave), K from shared
+//               memory. With Q in shared memory too, a run of skipped tiles (QK^T back to back) at
+//               D = 128 would read 96 bytes of shared memory per tensor-core cycle and, with the TMA
+//               writes of K and V, pass the 128 bytes an SM serves.
+//   O += P V  : wgmma 64 x Dv x 128, P from registers (the S accumulators converted in place),
 //               V read transposed (MN-major) through a second view of the same shared memory.
 #pragma once
 
@@ -25,12 +28,14 @@ namespace blasst::cuda::sm90 {
 
 using namespace cute;
 
-template <class Element_, int D_>
+template <class Element_, int Dqk_, int Dv_ = Dqk_>
 struct PrefillTraits {
   using Element = Element_;  // cutlass::bfloat16_t or cutlass::half_t
-  static constexpr int D = D_;
+  static constexpr int Dqk = Dqk_;  // head dim of Q and K
+  static constexpr int Dv = Dv_;    // head dim of V and O
+  static constexpr bool kMla = Dqk != Dv;
   static constexpr int kGroupRows = 64;   // rows of a consumer warpgroup = one decision group
-  static constexpr int kConsumerGroups = D == 64 ? 3 : 2;
+  static constexpr int kConsumerGroups = Dqk == 64 ? 3 : 2;
   static constexpr int kBlockM = kGroupRows * kConsumerGroups;  // rows of a CTA
   // Registers per thread after setmaxnreg (multiples of 8; 128 threads each, 64K in all).
   static constexpr int kProducerRegs = 24;
@@ -44,70 +49,91 @@ struct PrefillTraits {
   static_assert(kBarTurn + kConsumerGroups <= 16, "named barriers");
   static constexpr int kBlockN = 128;     // keys of a tile
   // K runs ahead of V: a run of skipped tiles goes at the pace of QK^T alone, so K needs more
-  // tiles in flight than V (whose stage is held until the deferred P V is done).
-  static constexpr int kStagesK = 3;
+  // tiles in flight than V (whose stage is held until the deferred P V is done). At Dqk = 192 a
+  // third K stage (48 KB) does not fit next to Q and V.
+  static constexpr int kStagesK = kMla ? 2 : 3;
   static constexpr int kStagesV = 2;
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
-  static_assert(D == 64 || D == 128, "the sm_90a prefill kernel is built for head dims 64 and 128");
+  static_assert((Dqk == Dv && (Dqk == 64 || Dqk == 128)) || (Dqk == 192 && Dv == 128),
+                "the sm_90a prefill kernel is built for head dims 64, 128 and 192/128");
+  static_assert(Dv <= Dqk, "O reuses Q's shared memory");
 
-  using TileS = Shape<Int<kBlockM>, Int<kBlockN>, Int<D>>;  // (M, N, K) of S = Q K^T
-  using TileO = Shape<Int<kBlockM>, Int<D>, Int<kBlockN>>;  // (M, N, K) of O = P V
+  using TileS = Shape<Int<kBlockM>, Int<kBlockN>, Int<Dqk>>;  // (M, N, K) of S = Q K^T
+  using TileO = Shape<Int<kBlockM>, Int<Dv>, Int<kBlockN>>;   // (M, N, K) of O = P V
   // The consumer warpgroups stacked along M, each one 64-row wgmma atom.
   using AtomLayout = Layout<Shape<Int<kConsumerGroups>, _1, _1>>;
-  // Q in registers for G = 2 (a run of skipped tiles then reads only K from shared memory);
-  // for G = 3 the 160 registers cannot hold Q next to S, P and O, so QK^T reads Q from shared
-  // memory there.
-  static constexpr bool kQInRegisters = kConsumerGroups == 2;
+  // Q in registers for G = 2 at Dqk = 128 (a run of skipped tiles then reads only K from shared
+  // memory); for G = 3 the 160 registers cannot hold Q next to S, P and O, and at Dqk = 192 Q
+  // would take 48 registers per thread on top of S (64), P (32) and O (64), so QK^T reads Q from
+  // shared memory there.
+  static constexpr bool kQInRegisters = kConsumerGroups == 2 && !kMla;
   using MmaSAtom = std::conditional_t<
-      kQInRegisters, decltype(GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<D>>>()),
-      decltype(GMMA::ss_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<D>>>())>;
+      kQInRegisters, decltype(GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<Dqk>>>()),
+      decltype(GMMA::ss_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<Dqk>>>())>;
   using MmaS = decltype(make_tiled_mma(MmaSAtom{}, AtomLayout{}));
   using MmaO = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<D>, Int<kBlockN>>, GMMA::Major::K,
+      GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<Dv>, Int<kBlockN>>, GMMA::Major::K,
                            GMMA::Major::MN>(),
       AtomLayout{}));
 
-  using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockM>, Int<D>>{}));
+  using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockM>, Int<Dqk>>{}));
+  // O [kBlockM, Dv] in the epilogue, over Q's buffer: the atoms tile rows first, so this is the
+  // first Dv / 64 atom columns of SmemLayoutQ and group g's rows of O lie in group g's rows of Q
+  // (the other groups may still be reading theirs).
+  using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockM>, Int<Dv>>{}));
   using SmemLayoutK =
-      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>, Int<kStagesK>>{}));
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<Dqk>, Int<kStagesK>>{}));
   using SmemLayoutV =
-      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>, Int<kStagesV>>{}));
-  using SmemLayoutKVStage = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>>{}));
-  // V^T [D, keys, stage]: the same bytes as V [keys, D, stage], viewed MN-major for P V.
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<Dv>, Int<kStagesV>>{}));
+  using SmemLayoutKStage = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<Dqk>>{}));
+  using SmemLayoutVStage = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<Dv>>{}));
+  // V^T [Dv, keys, stage]: the same bytes as V [keys, Dv, stage], viewed MN-major for P V.
   using SmemLayoutVt = decltype(composition(
-      SmemLayoutV{}, make_ordered_layout(Shape<Int<D>, Int<kBlockN>, Int<kStagesV>>{}, Step<_2, _1, _3>{})));
+      SmemLayoutV{}, make_ordered_layout(Shape<Int<Dv>, Int<kBlockN>, Int<kStagesV>>{}, Step<_2, _1, _3>{})));
 
-  // Global tensors as TMA sees them: (rows, D, heads, batch) with the caller's strides; for
-  // ragged batches the batch mode has extent 1 and rows are packed tokens; for a paged cache,
-  // rows run over num_pages * page_size slots.
+  // Global tensors as TMA sees them: (rows, D, heads, batch) with the caller's strides (D = Dqk
+  // for Q and K, Dv for V); for ragged batches the batch mode has extent 1 and rows are packed
+  // tokens; for a paged cache, rows run over num_pages * page_size slots.
   using GmemShape = Shape<int32_t, int32_t, int32_t, int32_t>;
   using GmemStride = Stride<int64_t, _1, int64_t, int64_t>;
   using GmemLayout = Layout<GmemShape, GmemStride>;
   using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{},
                                       make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
-                                      SmemLayoutQ{}, Shape<Int<kBlockM>, Int<D>>{}, _1{}));
-  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{},
-                                       make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
-                                       SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<D>>{}, _1{}));
+                                      SmemLayoutQ{}, Shape<Int<kBlockM>, Int<Dqk>>{}, _1{}));
+  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{},
+                                      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+                                      SmemLayoutKStage{}, Shape<Int<kBlockN>, Int<Dqk>>{}, _1{}));
+  using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{},
+                                      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+                                      SmemLayoutVStage{}, Shape<Int<kBlockN>, Int<Dv>>{}, _1{}));
 
   // Paged caches with pages of 16-64 tokens: each tile is loaded as kBoxRows-row boxes, one per
   // 16 keys, each from its page. A box is rows [16 c, 16 c + 16) of a stage, i.e. the stage's
-  // layout restricted to 16 rows (for D = 128 its two 64-column halves lie BN * 64 elements
-  // apart), placed kBoxOffset * c elements into the stage: 16 rows of one 64-column swizzle atom
-  // column, a multiple of the swizzle's 1024-byte period, so the swizzle lines up.
+  // layout restricted to 16 rows (its 64-column atom columns lie BN * 64 elements apart: two for
+  // D = 128, three for 192), placed kBoxOffset * c elements into the stage: 16 rows of one
+  // 64-column swizzle atom column, a multiple of the swizzle's 1024-byte period, so the swizzle
+  // lines up. K boxes are 16 x Dqk, V boxes 16 x Dv.
   static constexpr int kBoxRows = 16;
   static constexpr int kBoxOffset = kBoxRows * 64;
-  using SmemLayoutKVBox = decltype(composition(
-      tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<D>>{}),
-      make_layout(Shape<Int<kBoxRows>, Int<D>>{}, Stride<_1, Int<kBlockN>>{})));
-  using TmaKVBox = decltype(make_tma_copy(SM90_TMA_LOAD{},
-                                          make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
-                                          SmemLayoutKVBox{}, Shape<Int<kBoxRows>, Int<D>>{}, _1{}));
-  static constexpr uint32_t kBoxBytes = uint32_t(kBoxRows * D * sizeof(Element));
-  static_assert(kBoxBytes % 1024 == 0, "boxes must keep the 128-byte swizzle phase");
+  template <int W>
+  using SmemLayoutBox = decltype(composition(
+      tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<W>>{}),
+      make_layout(Shape<Int<kBoxRows>, Int<W>>{}, Stride<_1, Int<kBlockN>>{})));
+  using SmemLayoutKBox = SmemLayoutBox<Dqk>;
+  using SmemLayoutVBox = SmemLayoutBox<Dv>;
+  using TmaKBox = decltype(make_tma_copy(SM90_TMA_LOAD{},
+                                         make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+                                         SmemLayoutKBox{}, Shape<Int<kBoxRows>, Int<Dqk>>{}, _1{}));
+  using TmaVBox = decltype(make_tma_copy(SM90_TMA_LOAD{},
+                                         make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+                                         SmemLayoutVBox{}, Shape<Int<kBoxRows>, Int<Dv>>{}, _1{}));
+  static constexpr uint32_t kBoxBytesK = uint32_t(kBoxRows * Dqk * sizeof(Element));
+  static constexpr uint32_t kBoxBytesV = uint32_t(kBoxRows * Dv * sizeof(Element));
+  static_assert(kBoxBytesK % 1024 == 0 && kBoxBytesV % 1024 == 0, "boxes must keep the 128-byte swizzle phase");
 
-  static constexpr uint32_t kTileBytes = uint32_t(kBlockN * D * sizeof(Element));
-  static constexpr uint32_t kQBytes = uint32_t(kBlockM * D * sizeof(Element));
+  static constexpr uint32_t kTileBytesK = uint32_t(kBlockN * Dqk * sizeof(Element));
+  static constexpr uint32_t kTileBytesV = uint32_t(kBlockN * Dv * sizeof(Element));
+  static constexpr uint32_t kQBytes = uint32_t(kBlockM * Dqk * sizeof(Element));
 
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
@@ -118,6 +144,7 @@ struct PrefillTraits {
     uint64_t v_full[kStagesV], v_empty[kStagesV];
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of an SM");
 };
 
 }  // namespace blasst::cuda::sm90
