@@ -151,7 +151,8 @@ int64_t packed_rows(const blasst_tensor& t, int heads, int head_dim) {
 // cache needs pages of a power of two of at least 16 tokens laid out as consecutive token rows;
 // every extent must fit 32 bits and every stride the TMA limit of 2^40 bytes.
 std::optional<sm90::TmaExtents> sm90_extents(const blasst_args& a, Elem elem) {
-  if (!sm90_allowed_by_env() || !sm90::built(elem, a.head_dim_qk) || !device_is_sm90()) return std::nullopt;
+  if (!sm90_allowed_by_env() || !sm90::built(elem, a.head_dim_qk, a.head_dim_v) || !device_is_sm90())
+    return std::nullopt;
   sm90::TmaExtents e;
   int64_t q_rows = a.cu_seqlens_q ? packed_rows(a.q, a.num_q_heads, a.head_dim_qk) : a.max_seqlen_q;
   int64_t kv_rows = 0;
@@ -178,14 +179,43 @@ std::optional<sm90::TmaExtents> sm90_extents(const blasst_args& a, Elem elem) {
   return e;
 }
 
+// MLA's non-absorbed prefill (head_dim_qk 192, head_dim_v 128) has an sm_90a kernel only, not
+// yet measured on a GPU: the engine takes such calls only with BLASST_CUDA_SM90_MLA_PREFILL=1
+// (read at each such call, so a process may switch it).
+constexpr const char* kMlaPrefillEnv = "BLASST_CUDA_SM90_MLA_PREFILL";
+bool sm90_mla_prefill_enabled() {
+  const char* env = std::getenv(kMlaPrefillEnv);
+  return env && std::string(env) == "1";
+}
+
+// Why the sm_90a kernel does not take a 192/128 call (sm90_extents said no).
+std::string sm90_mla_refusal(const blasst_args& a, Elem elem) {
+  const std::string what = "prefill with head_dim_qk 192, head_dim_v 128 runs on the sm_90a kernel only (the sm_80 kernel has "
+                           "no such instantiation): ";
+  if (!sm90::built(elem, a.head_dim_qk, a.head_dim_v))
+    return what + "this build has none for " + (elem == Elem::kBf16 ? "bfloat16" : "float16") +
+           " (it needs 90a in BLASST_CUDA_ARCHS, the CUTLASS headers and 192 in BLASST_CUDA_HEAD_DIMS" +
+           (elem == Elem::kFp16 ? ", and BLASST_CUDA_FP16=ON)" : ")");
+  if (!device_is_sm90()) return what + "the device is not of compute capability 9.0";
+  if (!sm90_allowed_by_env()) return what + "BLASST_CUDA_PREFILL_KERNEL=sm80 forbids it";
+  return what + "the call does not fit its TMA loads (paged caches need pages of a power of two of at least 16 "
+                "tokens, page after page in token rows; extents below 2^31, strides below 2^40 bytes)";
+}
+
 Status run_prefill(const blasst_args& a, blasst_run_info* info) {
   if (a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3 || a.k.dtype == BLASST_DTYPE_FLOAT8_E4M3)
     return unsupported("prefill with float8_e4m3 operands has no CUDA kernel in this build (the CPU engine runs it)");
   if (a.q.dtype != BLASST_DTYPE_BFLOAT16 && a.q.dtype != BLASST_DTYPE_FLOAT16)
     return unsupported("prefill takes bfloat16 or float16 inputs");
-  if (a.head_dim_qk != a.head_dim_v) return unsupported("prefill needs head_dim_qk == head_dim_v");
+  const bool mla = a.head_dim_qk != a.head_dim_v;
+  if (mla && (a.head_dim_qk != 192 || a.head_dim_v != 128))
+    return unsupported("prefill needs head_dim_qk == head_dim_v, or head_dim_qk 192 with head_dim_v 128 (MLA)");
+  if (mla && !sm90_mla_prefill_enabled())
+    return unsupported(std::string("prefill with head_dim_qk 192, head_dim_v 128 (MLA) is off until measured on a GPU: set ") +
+                       kMlaPrefillEnv + "=1 to run its sm_90a kernel");
   const Elem elem = a.q.dtype == BLASST_DTYPE_BFLOAT16 ? Elem::kBf16 : Elem::kFp16;
   const std::optional<sm90::TmaExtents> sm90_tma = sm90_extents(a, elem);
+  if (mla && !sm90_tma) return unsupported(sm90_mla_refusal(a, elem));
   const PrefillTiles tiles = sm90_tma ? PrefillTiles{sm90::kGroupRows, sm90::kBlockN} : prefill_tiles(a.head_dim_qk);
   if (tiles.block_m == 0)
     return unsupported("prefill head dim " + std::to_string(a.head_dim_qk) + " is not built (64, 128, 256)");
@@ -234,7 +264,7 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
     if (err != cudaSuccess) return cuda_error("clearing decisions", err);
   }
   if (row_blocks > 0) {
-    err = sm90_tma ? sm90::launch(elem, a.head_dim_qk, skip, p, *sm90_tma, stream)
+    err = sm90_tma ? sm90::launch(elem, a.head_dim_qk, a.head_dim_v, skip, p, *sm90_tma, stream)
                    : launch_prefill(elem, a.head_dim_qk, skip, p, stream);
     if (err != cudaSuccess) return cuda_error("prefill launch", err);
   }
@@ -298,12 +328,18 @@ cudaError_t launch_prefill(Elem elem, int head_dim, bool skip, const PrefillPara
 
 namespace sm90 {
 
-bool built(Elem elem, int head_dim) {
+bool built(Elem elem, int head_dim_qk, int head_dim_v) {
 #if !BLASST_CUDA_BUILD_FP16
   if (elem == Elem::kFp16) return false;
 #endif
   (void)elem;
-  switch (head_dim) {
+  if (head_dim_qk != head_dim_v) {
+#if BLASST_CUDA_BUILD_SM90_D192_128
+    if (head_dim_qk == 192 && head_dim_v == 128) return true;
+#endif
+    return false;
+  }
+  switch (head_dim_qk) {
 #if BLASST_CUDA_BUILD_SM90_D64
     case 64: return true;
 #endif
@@ -314,9 +350,16 @@ bool built(Elem elem, int head_dim) {
   }
 }
 
-cudaError_t launch(Elem elem, int head_dim, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
+cudaError_t launch(Elem elem, int head_dim_qk, int head_dim_v, bool skip, const PrefillParams& p, const TmaExtents& e,
+                   cudaStream_t stream) {
   (void)elem, (void)skip, (void)p, (void)e, (void)stream;
-  switch (head_dim) {
+  if (head_dim_qk != head_dim_v) {
+#if BLASST_CUDA_BUILD_SM90_D192_128
+    if (head_dim_qk == 192 && head_dim_v == 128) return launch_d192_128(elem, skip, p, e, stream);
+#endif
+    return cudaErrorInvalidValue;
+  }
+  switch (head_dim_qk) {
 #if BLASST_CUDA_BUILD_SM90_D64
     case 64: return launch_d64(elem, skip, p, e, stream);
 #endif

@@ -22,16 +22,19 @@ struct TmaExtents {
   int32_t kv_rows = 0, kv_batch = 0;
 };
 
-// Whether the sm_90a kernel for (elem, head_dim) is in this build.
-bool built(Elem elem, int head_dim);
+// Whether the sm_90a kernel for (elem, head_dim_qk, head_dim_v) is in this build: 64/64,
+// 128/128, and 192/128 (MLA's non-absorbed prefill) where built.
+bool built(Elem elem, int head_dim_qk, int head_dim_v);
 
 // Launches it; p.row_blocks counts 64-row decision groups.
-cudaError_t launch(Elem elem, int head_dim, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);
+cudaError_t launch(Elem elem, int head_dim_qk, int head_dim_v, bool skip, const PrefillParams& p, const TmaExtents& e,
+                   cudaStream_t stream);
 
-#define BLASST_DECLARE_SM90_PREFILL(D) \
-  cudaError_t launch_d##D(Elem elem, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);
-BLASST_DECLARE_SM90_PREFILL(64)
-BLASST_DECLARE_SM90_PREFILL(128)
+#define BLASST_DECLARE_SM90_PREFILL(NAME) \
+  cudaError_t launch_##NAME(Elem elem, bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);
+BLASST_DECLARE_SM90_PREFILL(d64)
+BLASST_DECLARE_SM90_PREFILL(d128)
+BLASST_DECLARE_SM90_PREFILL(d192_128)
 #undef BLASST_DECLARE_SM90_PREFILL
 
 }  // namespace blasst::cuda::sm90
