@@ -91,7 +91,9 @@ std::string Case::name() const {
   for (auto x : lq) os << x << ",";
   os << " lk=";
   for (auto x : lk) os << x << ",";
-  os << " hq=" << hq << " hkv=" << hkv << " d=" << d << " causal=" << causal
+  os << " hq=" << hq << " hkv=" << hkv << " d=" << d;
+  if (d_v() != d) os << " dv=" << d_v();
+  os << " causal=" << causal
      << " order=" << (order == BLASST_ORDER_ANCHORED ? "anchored" : "ascending")
      << " dtype=" << (dtype == BLASST_DTYPE_BFLOAT16 ? "bf16" : "fp16") << " layout=" << int(layout)
      << " page=" << page_size << " factor=" << factor << " per_head=" << per_head.size() << " per_request=" << per_request.size();
@@ -108,7 +110,7 @@ Inputs make_inputs(const Case& c) {
   std::mt19937_64 gen(c.seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> uni(0.0f, 1.0f);
-  const int d = c.d;
+  const int d = c.d, dv = c.d_v();
   const float root = std::sqrt(float(d));
   const float amp = std::sqrt(3.0f * root / 4.0f);  // +3 on the diagonal after scaling
   const float sink = std::sqrt(6.0f * root);        // +6 for key 0
@@ -152,7 +154,7 @@ Inputs make_inputs(const Case& c) {
   in.kv_rows = k_rows;
   in.q.assign(size_t(q_rows) * size_t(c.hq) * size_t(d), 0);
   in.k.assign(size_t(k_rows) * size_t(c.hkv) * size_t(d), 0);
-  in.v.assign(size_t(k_rows) * size_t(c.hkv) * size_t(d), 0);
+  in.v.assign(size_t(k_rows) * size_t(c.hkv) * size_t(dv), 0);
   // Unused rows hold random finite values too (never read, but never zeros either).
   for (auto* buf : {&in.q, &in.k, &in.v})
     for (auto& x : *buf) x = from_float(c.dtype, normal(gen));
@@ -173,10 +175,10 @@ Inputs make_inputs(const Case& c) {
         else
           slot = in.k_row0[size_t(b)] + j;
         uint16_t* kd = in.k.data() + (size_t(slot) * size_t(c.hkv) + size_t(h)) * size_t(d);
-        uint16_t* vd = in.v.data() + (size_t(slot) * size_t(c.hkv) + size_t(h)) * size_t(d);
+        uint16_t* vd = in.v.data() + (size_t(slot) * size_t(c.hkv) + size_t(h)) * size_t(dv);
         for (int x = 0; x < d; ++x) kd[x] = from_float(c.dtype, row[size_t(x)]);
         const bool vtail = uni(gen) < 0.03f;
-        for (int x = 0; x < d; ++x) vd[x] = from_float(c.dtype, normal(gen) * (vtail ? 5.0f : 1.0f));
+        for (int x = 0; x < dv; ++x) vd[x] = from_float(c.dtype, normal(gen) * (vtail ? 5.0f : 1.0f));
       }
     for (int64_t i = 0; i < lq; ++i)
       for (int h = 0; h < c.hq; ++h) {
@@ -203,8 +205,8 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
   GpuRun r;
   const bool gpu = engine == BLASST_ENGINE_CUDA;
   const int batch = int(c.lq.size());
-  const int64_t d = c.d;
-  const size_t out_n = size_t(in.q_rows) * size_t(c.hq) * size_t(d);
+  const int64_t d = c.d, dim_v = c.d_v();
+  const size_t out_n = size_t(in.q_rows) * size_t(c.hq) * size_t(dim_v);
   const size_t lse_n = size_t(in.q_rows) * size_t(c.hq);
   // Trace sized for the smallest tiles any engine uses here (16 x 16).
   const size_t trace_n = size_t(batch) * size_t(c.hq) * size_t(ceil_div(in.max_lq, 16)) * size_t(ceil_div(in.max_lk, 16));
@@ -220,7 +222,8 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
   a.batch = batch;
   a.num_q_heads = c.hq;
   a.num_kv_heads = c.hkv;
-  a.head_dim_qk = a.head_dim_v = c.d;
+  a.head_dim_qk = c.d;
+  a.head_dim_v = c.d_v();
   a.max_seqlen_q = in.max_lq;
   a.max_seqlen_k = in.max_lk;
   a.causal = c.causal;
@@ -228,6 +231,7 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
   a.geometry = geometry;
   a.engine = engine;
   const int64_t q_tok = int64_t(c.hq) * d, kv_tok = int64_t(c.hkv) * d;
+  const int64_t o_tok = int64_t(c.hq) * dim_v, v_tok = int64_t(c.hkv) * dim_v;
   auto tensor = [&](blasst_dtype dt, int64_t bs, int64_t ts, int64_t hs, int64_t numel) {
     blasst_tensor t{};
     t.dtype = dt;
@@ -238,11 +242,11 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
     return t;
   };
   a.q = tensor(c.dtype, in.max_lq * q_tok, q_tok, d, int64_t(in.q.size()));
-  a.out = tensor(c.dtype, in.max_lq * q_tok, q_tok, d, int64_t(out_n));
+  a.out = tensor(c.dtype, in.max_lq * o_tok, o_tok, dim_v, int64_t(out_n));
   a.lse = tensor(BLASST_DTYPE_FLOAT32, int64_t(in.max_lq) * c.hq, c.hq, 1, int64_t(lse_n));
-  const int64_t kv_batch = c.layout == Layout::Paged ? c.page_size * kv_tok : in.max_lk * kv_tok;
-  a.k = tensor(c.dtype, kv_batch, kv_tok, d, int64_t(in.k.size()));
-  a.v = tensor(c.dtype, kv_batch, kv_tok, d, int64_t(in.v.size()));
+  const int64_t kv_rows = c.layout == Layout::Paged ? c.page_size : in.max_lk;  // rows per entry (page)
+  a.k = tensor(c.dtype, kv_rows * kv_tok, kv_tok, d, int64_t(in.k.size()));
+  a.v = tensor(c.dtype, kv_rows * v_tok, v_tok, dim_v, int64_t(in.v.size()));
   a.decisions_numel = int64_t(trace_n);
 
   // Host or device copies of everything the call reads and writes.
@@ -461,9 +465,10 @@ void check_against_cpu(const Case& c) {
         if (diverged[size_t(b * groups + h * row_blocks + i / bm)]) continue;
         const size_t row = size_t(in.q_row0[size_t(b)] + i) * size_t(c.hq) + size_t(h);
         double row_max = 1e-3, row_err = 0;
-        for (int x = 0; x < c.d; ++x) {
-          const double gv = to_float(c.dtype, g.out[row * size_t(c.d) + size_t(x)]);
-          const double cv = to_float(c.dtype, cpu.out[row * size_t(c.d) + size_t(x)]);
+        const size_t dv = size_t(c.d_v());
+        for (size_t x = 0; x < dv; ++x) {
+          const double gv = to_float(c.dtype, g.out[row * dv + x]);
+          const double cv = to_float(c.dtype, cpu.out[row * dv + x]);
           if (std::isnan(gv)) ++unwritten;
           row_max = std::max(row_max, std::fabs(cv));
           row_err = std::max(row_err, std::fabs(gv - cv));

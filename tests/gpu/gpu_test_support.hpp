@@ -15,7 +15,8 @@ enum class Layout { Contiguous, Padded, Ragged, Paged };
 
 struct Case {
   std::vector<int64_t> lq{128}, lk{128};  // per batch entry
-  int hq = 2, hkv = 1, d = 128;
+  int hq = 2, hkv = 1, d = 128;  // d: head dim of Q and K
+  int dv = 0;                     // head dim of V and O; 0: d (MLA's non-absorbed prefill: d 192, dv 128)
   int causal = 0;
   blasst_order order = BLASST_ORDER_ASCENDING;
   blasst_dtype dtype = BLASST_DTYPE_BFLOAT16;
@@ -26,6 +27,7 @@ struct Case {
   std::vector<float> per_request;  // one factor per batch entry; empty = scalar factor
   uint64_t seed = 1;
   std::string name() const;
+  int d_v() const { return dv > 0 ? dv : d; }
 };
 
 // Inputs of one case in its layout (16-bit values) and the float values they hold.

@@ -406,5 +406,202 @@ TEST_F(PrefillGpu, SanitizerSubset) {
   check_against_cpu(c);
 }
 
+// MLA's non-absorbed prefill: Q and K with head dim 192, V and O with 128, one KV head per query
+// head. Only the sm_90a kernel runs it, and only with BLASST_CUDA_SM90_MLA_PREFILL=1, which
+// these tests set; without a compute capability 9.0 device or that kernel in the build they
+// check the refusal and skip the rest.
+constexpr const char* kMlaEnv = "BLASST_CUDA_SM90_MLA_PREFILL";
+
+Case mla_case(std::vector<int64_t> lq, std::vector<int64_t> lk, int heads) {
+  Case c;
+  c.lq = std::move(lq);
+  c.lk = std::move(lk);
+  c.hq = c.hkv = heads;
+  c.d = 192;
+  c.dv = 128;
+  return c;
+}
+
+class MlaPrefillGpu : public PrefillGpu {
+ protected:
+  void SetUp() override {
+    PrefillGpu::SetUp();
+    if (IsSkipped()) return;
+    setenv(kMlaEnv, "1", 1);
+  }
+  void TearDown() override { unsetenv(kMlaEnv); }
+
+  // Whether the engine runs 192/128 calls of this dtype here; if not, the test is marked skipped
+  // (the caller returns) and the call must have been refused with a message naming the sm_90a
+  // kernel.
+  bool kernel_runs(blasst_dtype dtype = BLASST_DTYPE_BFLOAT16) {
+    Case c = mla_case({64}, {64}, 1);
+    c.dtype = dtype;
+    const GpuRun r = run_gpu(c, make_inputs(c));
+    if (r.status == BLASST_OK) return true;
+    EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+    EXPECT_NE(r.message.find("sm_90a"), std::string::npos) << r.message;
+    [&] { GTEST_SKIP() << "no sm_90a 192/128 kernel here: " << r.message; }();
+    return false;
+  }
+};
+
+TEST_F(MlaPrefillGpu, GatedByEnvironmentVariable) {
+  Case c = mla_case({100}, {100}, 2);
+  const Inputs in = make_inputs(c);
+  unsetenv(kMlaEnv);
+  GpuRun r = run_gpu(c, in);
+  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+  EXPECT_NE(r.message.find(kMlaEnv), std::string::npos) << r.message;
+  setenv(kMlaEnv, "1", 1);
+  // Other pairs of head dims stay refused.
+  for (int dv : {64, 192 + 64}) {
+    Case other = c;
+    other.dv = dv;
+    r = run_gpu(other, make_inputs(other));
+    EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << "dv " << dv << ": " << r.message;
+  }
+  r = run_gpu(c, in);
+  if (r.status != BLASST_OK) {
+    EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+    EXPECT_NE(r.message.find("sm_90a"), std::string::npos) << r.message;
+  } else {
+    EXPECT_EQ(r.info.geometry.block_m, 64);
+    EXPECT_EQ(r.info.geometry.block_n, 128);
+  }
+}
+
+TEST_F(MlaPrefillGpu, OddShapesAgainstCpuEngine) {
+  if (!kernel_runs()) return;
+  int index = 0;
+  for (const ShapeCase sc : {ShapeCase{1, 1}, ShapeCase{1, 239}, ShapeCase{3, 799}, ShapeCase{113, 203},
+                             ShapeCase{128, 128}, ShapeCase{239, 4096}, ShapeCase{4224, 4224}, ShapeCase{300, 100}}) {
+    for (int causal = 0; causal < 2; ++causal) {
+      Case c = mla_case({sc.lq}, {sc.lk}, sc.lq >= 4096 ? 1 : 2);
+      c.causal = causal;
+      c.order = (index++ % 2) ? BLASST_ORDER_ANCHORED : BLASST_ORDER_ASCENDING;
+      c.factor = float(0.5 * double(sc.lk));  // ln(lambda) = ln(0.5): skips are frequent
+      c.seed = 2000 + uint64_t(index);
+      SCOPED_TRACE(c.name());
+      check_against_cpu(c);
+    }
+  }
+}
+
+TEST_F(MlaPrefillGpu, DenseMode) {
+  if (!kernel_runs()) return;
+  for (int causal = 0; causal < 2; ++causal) {
+    Case c = mla_case({300}, {700}, 4);
+    c.causal = causal;
+    c.factor = 0.0f;
+    c.seed = 15 + uint64_t(causal);
+    SCOPED_TRACE(c.name());
+    check_against_cpu(c);
+  }
+}
+
+// (Builds with BLASST_CUDA_FP16=OFF have no float16 kernel: skipped there.)
+TEST_F(MlaPrefillGpu, Fp16) {
+  if (!kernel_runs(BLASST_DTYPE_FLOAT16)) return;
+  for (int causal = 0; causal < 2; ++causal) {
+    Case c = mla_case({333}, {1000}, 2);
+    c.dtype = BLASST_DTYPE_FLOAT16;
+    c.causal = causal;
+    c.order = BLASST_ORDER_ANCHORED;
+    c.factor = 400.0f;
+    c.seed = 17 + uint64_t(causal);
+    SCOPED_TRACE(c.name());
+    check_against_cpu(c);
+  }
+}
+
+TEST_F(MlaPrefillGpu, RaggedBatch) {
+  if (!kernel_runs()) return;
+  for (int causal = 0; causal < 2; ++causal) {
+    for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED}) {
+      Case c = mla_case({100, 1, 777, 0, 260}, {300, 50, 777, 20, 130}, 4);
+      c.causal = causal;
+      c.order = order;
+      c.layout = Layout::Ragged;
+      c.factor = 300.0f;
+      c.seed = 60 + uint64_t(causal * 2 + int(order));
+      SCOPED_TRACE(c.name());
+      check_against_cpu(c);
+    }
+  }
+}
+
+TEST_F(MlaPrefillGpu, PaddedBatchWithSeqlens) {
+  if (!kernel_runs()) return;
+  Case c = mla_case({200, 57}, {513, 1000}, 2);
+  c.causal = 1;
+  c.layout = Layout::Padded;
+  c.factor = 400.0f;
+  c.seed = 93;
+  SCOPED_TRACE(c.name());
+  check_against_cpu(c);
+}
+
+TEST_F(MlaPrefillGpu, PagedKv) {
+  if (!kernel_runs()) return;
+  // 16-64 tokens: K (16 x 192) and V (16 x 128) boxes; 128 and up: whole tiles.
+  for (int page_size : {16, 32, 64, 128, 256}) {
+    for (int causal = 0; causal < 2; ++causal) {
+      Case c = mla_case({150, 64}, {1500, 333}, 2);
+      c.causal = causal;
+      c.order = causal ? BLASST_ORDER_ANCHORED : BLASST_ORDER_ASCENDING;
+      c.layout = Layout::Paged;
+      c.page_size = page_size;
+      c.factor = 600.0f;
+      c.seed = 400 + uint64_t(page_size + causal);
+      SCOPED_TRACE(c.name());
+      check_against_cpu(c);
+    }
+  }
+  // A page size the sm_90a kernel does not take: refused, as the sm_80 kernel has no 192/128.
+  Case c = mla_case({64}, {300}, 1);
+  c.layout = Layout::Paged;
+  c.page_size = 100;
+  const GpuRun r = run_gpu(c, make_inputs(c));
+  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+}
+
+TEST_F(MlaPrefillGpu, SkipKernelWithoutSkipsIsBitIdenticalToDense) {
+  if (!kernel_runs()) return;
+  for (int causal = 0; causal < 2; ++causal) {
+    Case c = mla_case({513}, {1025}, 2);
+    c.causal = causal;
+    c.seed = 28 + uint64_t(causal);
+    const Inputs in = make_inputs(c);
+    c.factor = 0.0f;
+    const GpuRun dense = run_gpu(c, in);
+    ASSERT_EQ(dense.status, BLASST_OK) << dense.message;
+    Case s = c;
+    s.factor = 1e-30f;  // skip kernel, votes that always keep
+    const GpuRun skip = run_gpu(s, in);
+    ASSERT_EQ(skip.status, BLASST_OK) << skip.message;
+    EXPECT_EQ(skip.info.skipped, 0);
+    EXPECT_EQ(0, std::memcmp(dense.out.data(), skip.out.data(), dense.out.size() * sizeof(uint16_t))) << "causal " << causal;
+    EXPECT_EQ(0, std::memcmp(dense.lse.data(), skip.lse.data(), dense.lse.size() * sizeof(float))) << "causal " << causal;
+  }
+}
+
+// Small problems for compute-sanitizer: box-paged and ragged.
+TEST_F(MlaPrefillGpu, SanitizerSubset) {
+  if (!kernel_runs()) return;
+  Case c = mla_case({70, 1, 130}, {200, 3, 129}, 2);
+  c.causal = 1;
+  c.order = BLASST_ORDER_ANCHORED;
+  c.layout = Layout::Paged;
+  c.page_size = 16;
+  c.factor = 80.0f;
+  c.seed = 11;
+  check_against_cpu(c);
+  c.layout = Layout::Ragged;
+  c.causal = 0;
+  c.order = BLASST_ORDER_ASCENDING;
+  check_against_cpu(c);
+}
+
 }  // namespace
 }  // namespace blasst::gpu_test
