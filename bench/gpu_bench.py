@@ -4,14 +4,22 @@ FlashAttention-2 backends) on the same structured inputs, side by side in one pr
 
     python3 bench/gpu_bench.py --phase prefill [--lib build/src/libblasst.so]
         [--seqlens 8192,16384,32768] [--causal 0,1] [--sf 1,10,100 | --lambdas 0.05,0.4,0.9] [--reps 30]
-        [--csv bench/results/gpu_prefill.csv] [--commit HASH]
+        [--csv bench/results/gpu_prefill.csv] [--commit HASH] [--fa3]
+    python3 bench/gpu_bench.py --mla [--mla-heads 32,128] ...   # MLA's non-absorbed prefill shape
+
+`--mla` times MLA's non-absorbed prefill: Q and K with head dim 192, V and O with 128, one KV head
+per query head (B = 1, H = --mla-heads), through the sm_90a kernel (BLASST_CUDA_SM90_MLA_PREFILL=1
+is set for the library), against FlashAttention-3's flash_attn_func (PyPI fa3-fwd) and the SDPA
+backends that take 192/128 ("n/a" for those that do not). Its rows carry a dv column and go to
+bench/results/gpu_prefill_mla.csv unless --csv says otherwise.
 
 Inputs are built in torch with a sink (key 0), local windows (a positional component that
 peaks on the diagonal) and heavy tails, so the measured sparsity is that of a structured
 problem rather than of noise (`--sample` times a real attention sample of data/samples/
 instead). Times are CUDA-event medians after warm-up; each timed call is
 queued behind a short sleep kernel so that host-side launch cost stays out of the numbers.
-Reported: dense-equivalent TFLOP/s (4*Lq*Lk*D*Hq per entry, halved for causal), sparsity
+Reported: dense-equivalent TFLOP/s (2*Lq*Lk*Hq*(Dqk+Dv) per entry, i.e. 4*Lq*Lk*D*Hq when
+Dqk = Dv = D, halved for causal), sparsity
 (skipped / visited tiles), speedups over our dense mode and the peers, and the ratio of the
 speedup to the bound 2/(2-s). With BLASST_CUDA_PREFILL_KERNEL=sm80 (the Ampere kernel on Hopper)
 our rows are named blasst-dense-sm80 and blasst-skip-sm80.
@@ -57,7 +65,7 @@ class Blasst:
         B, Lq, Hq, D = q.shape
         Lk, Hkv = k.shape[1], k.shape[2]
         a.batch, a.num_q_heads, a.num_kv_heads = B, Hq, Hkv
-        a.head_dim_qk = a.head_dim_v = D
+        a.head_dim_qk, a.head_dim_v = D, v.shape[3]
         a.max_seqlen_q, a.max_seqlen_k = Lq, Lk
         dt = BF16 if q.dtype == torch.bfloat16 else FP16
 
@@ -114,28 +122,30 @@ def append_rows(path, rows, fieldnames=None):
 
 
 def to_pages(k, v, page, gen):
-    """K/V [B, L, H, D] copied into pages [B * ceil(L / page), page, H, D] in a shuffled order (the
-    last page of an entry zero-padded), as a paged cache holds them, and the block table
-    [B, ceil(L / page)] that finds them. Shared with gpu_decode_bench.py."""
+    """K/V [B, L, H, D] (V's D may differ: MLA) copied into pages [B * ceil(L / page), page, H, D] in a
+    shuffled order (the last page of an entry zero-padded), as a paged cache holds them, and the
+    block table [B, ceil(L / page)] that finds them. Shared with gpu_decode_bench.py."""
     b, lk, hkv, d = k.shape
+    dv = v.shape[3]
     per_seq = (lk + page - 1) // page
     pages = b * per_seq
     order = torch.randperm(pages, device=k.device, generator=gen).to(torch.int32)
     table = order.view(b, per_seq).contiguous()
     kp = torch.zeros(pages, page, hkv, d, dtype=k.dtype, device=k.device)
-    vp = torch.zeros_like(kp)
+    vp = torch.zeros(pages, page, hkv, dv, dtype=v.dtype, device=v.device)
     pad = per_seq * page - lk
     kpad = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, d)
-    vpad = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, d)
+    vpad = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, pad)).view(b, per_seq, page, hkv, dv)
     kp[table.long().flatten()] = kpad.flatten(0, 1)
     vp[table.long().flatten()] = vpad.flatten(0, 1)
     return kp, vp, table
 
 
 # ---- structured inputs ----
-def make_inputs(B, L, Hq, Hkv, D, dtype, seed, sink=6.0, window=3.0, tail=0.03, noise=0.5):
-    """Q, K, V [B, L, H, D]: a sink on key 0, a positional component that peaks on the diagonal
-    (local windows), heavy-tailed keys and values. Scores are in units of the scaled product."""
+def make_inputs(B, L, Hq, Hkv, D, dtype, seed, sink=6.0, window=3.0, tail=0.03, noise=0.5, Dv=None):
+    """Q, K [B, L, H, D], V [B, L, Hkv, Dv] (Dv: D unless given): a sink on key 0, a positional
+    component that peaks on the diagonal (local windows), heavy-tailed keys and values. Scores are
+    in units of the scaled product."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     dev = "cuda"
     root = math.sqrt(D)
@@ -151,7 +161,7 @@ def make_inputs(B, L, Hq, Hkv, D, dtype, seed, sink=6.0, window=3.0, tail=0.03, 
     q = noise * torch.randn(B, L, Hq, D, device=dev, generator=g)
     q[..., : feat.shape[1]] += feat[None, :, None, :]
     q[..., 8] += math.sqrt(sink * root)
-    v = torch.randn(B, L, Hkv, D, device=dev, generator=g)
+    v = torch.randn(B, L, Hkv, Dv or D, device=dev, generator=g)
     v = v * torch.where(torch.rand(B, L, Hkv, 1, device=dev, generator=g) < tail, 5.0, 1.0)
     return q.to(dtype).contiguous(), k.to(dtype).contiguous(), v.to(dtype).contiguous()
 
@@ -248,6 +258,26 @@ def sdpa_fn(backend, q, k, v, causal):
             return None, None, f"unavailable: {str(e).splitlines()[0][:80]}"
 
 
+def fa3_fn(q, k, v, causal):
+    """FlashAttention-3's dense forward (PyPI fa3-fwd: fa3_fwd_interface.flash_attn_func) on the same
+    [B, L, H, D] tensors: (fn, out, how), or (None, None, why) where it cannot run them."""
+    try:
+        import fa3_fwd_interface as fa3
+    except (ImportError, OSError) as e:
+        return None, None, f"n/a: cannot load fa3_fwd_interface ({str(e).splitlines()[0][:80]})"
+
+    def run():
+        out = fa3.flash_attn_func(q, k, v, causal=bool(causal))
+        return out[0] if isinstance(out, tuple) else out
+
+    try:
+        out = run()
+        torch.cuda.synchronize()
+        return run, out, "flash_attn_func"
+    except Exception as e:  # a head dim pair this build has no kernel for
+        return None, None, f"n/a: {str(e).splitlines()[0][:80]}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phase", default="prefill", choices=["prefill"])
@@ -265,9 +295,15 @@ def main():
     ap.add_argument("--order", default="ascending", choices=["ascending", "anchored"])
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--csv", default="bench/results/gpu_prefill.csv")
+    ap.add_argument("--csv", default=None, help="default bench/results/gpu_prefill.csv (--mla: gpu_prefill_mla.csv)")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--fa3", action="store_true",
+                    help="also time FlashAttention-3's flash_attn_func (PyPI fa3-fwd) as a peer (on with --mla)")
+    ap.add_argument("--mla", action="store_true",
+                    help="MLA's non-absorbed prefill shape: Dqk 192, Dv 128, Hkv = Hq for each of --mla-heads; "
+                         "sets BLASST_CUDA_SM90_MLA_PREFILL=1 for the library")
+    ap.add_argument("--mla-heads", default="32,128", help="query (= KV) head counts of the --mla runs")
     ap.add_argument("--baseline-lib", default=None,
                     help="another libblasst.so (e.g. an earlier commit) whose dense and skip modes are timed in "
                          "the same interleaved rotation; printed as base-dense/base-skip, not written to the CSV")
@@ -291,6 +327,17 @@ def main():
         args.seqlens = str(L_sample)
     if args.causal is None:
         args.causal = "1" if sample is not None else "0,1"  # the samples are causal self-attention
+    if args.mla:
+        if sample is not None:
+            ap.error("--mla times the structured inputs; leave out --sample")
+        # the 192/128 path of the CUDA engine is off unless this is set (read at each call)
+        os.environ.setdefault("BLASST_CUDA_SM90_MLA_PREFILL", "1")
+        args.d, args.fa3 = 192, True
+    if args.csv is None:
+        args.csv = "bench/results/gpu_prefill_mla.csv" if args.mla else "bench/results/gpu_prefill.csv"
+    Dv = 128 if args.mla else args.d
+    # (Hq, Hkv) of each run: --hq/--hkv, or with --mla each of --mla-heads with one KV head per query head
+    head_configs = [(int(h), int(h)) for h in args.mla_heads.split(",") if h] if args.mla else [(args.hq, args.hkv)]
 
     from torch.nn.attention import SDPBackend
     lib = Blasst(args.lib)
@@ -318,14 +365,15 @@ def main():
     if args.page and any(int(x) % args.page for x in args.seqlens.split(",")):
         sys.exit(f"--page {args.page} must divide every length in --seqlens")
     rows, table = [], []
-    B, Hq, Hkv, D = args.batch, args.hq, args.hkv, args.d
+    B, D = args.batch, args.d
+    Hq, Hkv = head_configs[0]
 
     if args.profile_once:
         L = int(args.seqlens.split(",")[0])
         causal = int(args.causal.split(",")[0])
-        q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L)
+        q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L, Dv=Dv)
         pg = to_pages(k, v, args.page, torch.Generator(device="cuda").manual_seed(L)) if args.page else None
-        out = torch.empty_like(q)
+        out = q.new_empty(B, L, Hq, Dv)
         lse = torch.empty(B, L, Hq, device="cuda", dtype=torch.float32)
         lib.run(lib.make_call(q, k, v, out, lse, causal, 0.0, order, paged=pg))
         lib.run(lib.make_call(q, k, v, out, lse, causal, sfs[0], order, paged=pg))
@@ -335,26 +383,29 @@ def main():
         torch.cuda.synchronize()
         return
 
-    for L in [int(x) for x in args.seqlens.split(",")]:
+    for (Hq, Hkv), L in [(hc, int(x)) for hc in head_configs for x in args.seqlens.split(",")]:
         if sample is not None:
             q, k, v = (t.to("cuda", dtype).contiguous() for t in sample)
         else:
-            q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L)
+            q, k, v = make_inputs(B, L, Hq, Hkv, D, dtype, seed=L, Dv=Dv)
         pg = to_pages(k, v, args.page, torch.Generator(device="cuda").manual_seed(L)) if args.page else None
-        out = torch.empty_like(q)
+        out = q.new_empty(B, L, Hq, v.shape[3])
         lse = torch.empty(B, L, Hq, device="cuda", dtype=torch.float32)
         stats = torch.zeros(Hq, 2, device="cuda", dtype=torch.int64)
         for causal in [int(x) for x in args.causal.split(",")]:
-            flops = 4.0 * L * L * D * Hq * B / (2 if causal else 1)
+            flops = 2.0 * L * L * (D + v.shape[3]) * Hq * B / (2 if causal else 1)
             io_bytes = (q.numel() * 2 + k.numel() * 2 + v.numel() * 2 + out.numel() * 2)
 
             def record(kernel, sf, sparsity, ms):
                 if kernel.startswith("blasst-"):
                     kernel += kernel_suffix
-                rows.append(dict(gpu=gpu, date=date, commit=commit, phase="prefill", kernel=kernel, dtype=args.dtype,
-                                 batch=B, lq=L, lk=L, hq=Hq, hkv=Hkv, d=D, causal=causal, sf=sf,
-                                 sparsity=f"{sparsity:.4f}", ms=f"{ms:.4f}", tflops=f"{flops / ms * 1e-9:.1f}",
-                                 gbs=f"{io_bytes / ms * 1e-6:.1f}"))
+                row = dict(gpu=gpu, date=date, commit=commit, phase="prefill", kernel=kernel, dtype=args.dtype,
+                           batch=B, lq=L, lk=L, hq=Hq, hkv=Hkv, d=D, causal=causal, sf=sf,
+                           sparsity=f"{sparsity:.4f}", ms=f"{ms:.4f}", tflops=f"{flops / ms * 1e-9:.1f}",
+                           gbs=f"{io_bytes / ms * 1e-6:.1f}")
+                if args.mla:
+                    row["dv"] = Dv
+                rows.append(row)
 
             # Every variant of this shape is set up first (and its sparsity measured), then all
             # are timed together, interleaved.
@@ -367,10 +418,17 @@ def main():
                 for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
                     fn, ref, how = sdpa_fn(backend, q, k, v, causal)
                     if fn is None:
-                        print(f"  {name}: {how}")
+                        print(f"  L={L} H={Hq} causal={causal} {name}: n/a ({how})")
                         continue
                     err = (ref.transpose(1, 2).float() - dense_out.float()).abs().max().item()
                     variants.append((name, 0, 0.0, fn, f"{how} max|ours-{name}|={err:.3g}"))
+                if args.fa3:
+                    fn, ref, how = fa3_fn(q, k, v, causal)
+                    if fn is None:
+                        print(f"  L={L} H={Hq} causal={causal} fa3: {how}")
+                    else:
+                        err = (ref.float() - dense_out.float()).abs().max().item()
+                        variants.append(("fa3", 0, 0.0, fn, f"{how} max|ours-fa3|={err:.3g}"))
             for sf in ([round(float(x) * L, 3) for x in args.lambdas.split(",")] if args.lambdas else sfs):
                 skip_args = lib.make_call(q, k, v, out, lse, causal, sf, order, stats, paged=pg)
                 info = lib.run(skip_args)
@@ -389,43 +447,52 @@ def main():
                                      lambda a=timed_args: base.launch(a), ""))
             times = time_interleaved([vt[3] for vt in variants], args.warmup, args.reps)
             dense_ms = times[0]
-            peers = {vt[0]: ms for vt, ms in zip(variants, times) if vt[0] in ("cudnn", "fa2")}
+            peers = {vt[0]: ms for vt, ms in zip(variants, times) if vt[0] in ("cudnn", "fa2", "fa3")}
             ours = {(vt[0].split("-")[1], vt[1]): ms for vt, ms in zip(variants, times) if vt[0].startswith("blasst-")}
             base_dense = next((ms for vt, ms in zip(variants, times) if vt[0] == "base-dense"), None)
             for (kernel, sf, s, _, note), ms in zip(variants, times):
                 if kernel.startswith("base-"):
                     speedup = base_dense / ms
                     mine = ours.get((kernel.split("-")[1], sf))
-                    table.append((L, causal, kernel, sf if sf else "-", s, ms, flops / ms * 1e-9, speedup,
+                    table.append((Hq, L, causal, kernel, sf if sf else "-", s, ms, flops / ms * 1e-9, speedup,
                                   speedup / (2.0 / (2.0 - s)) if sf else None, "",
                                   f"ours/base {ms / mine:.3f}x" if mine else ""))
                     continue
                 record(kernel, sf, s, ms)
                 if kernel in peers:
-                    table.append((L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, dense_ms / ms, None, "", note))
+                    table.append((Hq, L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, dense_ms / ms, None, "", note))
                 elif kernel == "blasst-dense":
-                    table.append((L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, 1.0, None, "",
+                    table.append((Hq, L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, 1.0, None, "",
                                   " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
                 else:
                     speedup = dense_ms / ms
                     bound = 2.0 / (2.0 - s)
-                    table.append((L, causal, kernel, sf, s, ms, flops / ms * 1e-9, speedup, speedup / bound, "",
+                    table.append((Hq, L, causal, kernel, sf, s, ms, flops / ms * 1e-9, speedup, speedup / bound, "",
                                   " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
         del q, k, v, out, lse, pg
         torch.cuda.empty_cache()
 
-    append_rows(args.csv, rows, ["gpu", "date", "commit", "phase", "kernel", "dtype", "batch", "lq", "lk", "hq", "hkv",
-                                 "d", "causal", "sf", "sparsity", "ms", "tflops", "gbs"])
+    fields = ["gpu", "date", "commit", "phase", "kernel", "dtype", "batch", "lq", "lk", "hq", "hkv", "d", "causal", "sf",
+              "sparsity", "ms", "tflops", "gbs"] + (["dv"] if args.mla else [])
+    if os.path.exists(args.csv):
+        with open(args.csv, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header and header != fields:
+            sys.exit(f"{args.csv} has the columns {header}, these rows {fields}: pass another --csv")
+    append_rows(args.csv, rows, fields)
 
-    print(f"{gpu}, {args.dtype}, B={B} Hq={Hq} Hkv={Hkv} D={D}, order={args.order}, commit {commit}"
+    heads = ", ".join(f"Hq={h} Hkv={hk}" for h, hk in head_configs)
+    print(f"{gpu}, {args.dtype}, B={B} {heads} D={D}" + (f" Dv={Dv}" if Dv != D else "")
+          + f", order={args.order}, commit {commit}"
           + (" (sm_80 kernel forced)" if sm80_forced else "")
           + (f", ours from {args.page}-token pages" if args.page else "")
           + (f", real sample {args.sample}" if sample is not None else ""))
-    print(f"{'L':>6} {'causal':>6} {'kernel':>13} {'sf':>7} {'sparsity':>8} {'ms':>9} {'TFLOP/s':>8} "
+    print(f"{'Hq':>4} {'L':>6} {'causal':>6} {'kernel':>13} {'sf':>7} {'sparsity':>8} {'ms':>9} {'TFLOP/s':>8} "
           f"{'vs dense':>8} {'/bound':>6}  notes")
-    for (L, causal, kernel, sf, s, ms, tf, sp, rb, how, note) in table:
+    for (Hq, L, causal, kernel, sf, s, ms, tf, sp, rb, how, note) in table:
         rbs = f"{rb:6.3f}" if rb is not None else "     -"
-        print(f"{L:>6} {causal:>6} {kernel:>13} {str(sf):>7} {s:8.3f} {ms:9.3f} {tf:8.1f} {sp:8.3f} {rbs}  {how} {note}")
+        print(f"{Hq:>4} {L:>6} {causal:>6} {kernel:>13} {str(sf):>7} {s:8.3f} {ms:9.3f} {tf:8.1f} {sp:8.3f} {rbs}  "
+              f"{how} {note}")
     print(f"rows appended to {args.csv}")
 
 
