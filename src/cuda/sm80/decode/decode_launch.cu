@@ -5,11 +5,15 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <mutex>
 #include <string>
 
 #include "cuda/sm80/decode/decode_kernel.cuh"
+#if BLASST_CUDA_SM90_MLA_DECODE
+#include "cuda/sm90/decode/mla_decode.hpp"
+#endif
 
 namespace blasst::cuda::decode {
 namespace {
@@ -27,6 +31,25 @@ int m_tiles_for(int rows_max) {
 }
 
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
+// Absorbed MLA (576/512) runs on the sm_90a MLA kernel; until it is measured on a GPU the engine
+// takes such calls only with BLASST_CUDA_SM90_MLA_DECODE=1 in the environment.
+constexpr const char* kMlaEnv = "BLASST_CUDA_SM90_MLA_DECODE";
+bool mla_call(const blasst_args& a) { return a.head_dim_qk == 576 && a.head_dim_v == 512; }
+Status check_mla(const blasst_args& a) {
+#if BLASST_CUDA_SM90_MLA_DECODE
+  const char* env = std::getenv(kMlaEnv);
+  if (!env || env[0] != '1')
+    return unsupported(std::string("MLA decode (576/512) on sm_90a is not yet measured on a GPU; set ") + kMlaEnv +
+                       "=1 to run it");
+  const std::string why = sm90::mla::unsupported_reason(a);
+  return why.empty() ? Status::ok() : unsupported(why);
+#else
+  (void)a;
+  return unsupported("MLA decode (576/512) needs the sm_90a MLA kernel, not in this build (CMake "
+                     "BLASST_CUDA_SM90_MLA_DECODE, sm_90a and the CUTLASS headers)");
+#endif
+}
 
 // K tiles in flight per block. Two (with one V buffer: 99 KB of shared memory at d = 128 and
 // one m-tile, two blocks per SM) measured faster than one (three blocks per SM) on every point
@@ -168,6 +191,7 @@ cudaError_t launch(const KernelChoice& k, DecodeParams p, cudaStream_t stream) {
 }  // namespace
 
 Status check_supported(const blasst_args& a) {
+  if (mla_call(a)) return check_mla(a);
   if (a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3)
     return unsupported("decode takes bfloat16 or float16 queries (float8_e4m3 ones run on the CPU engine)");
 #if !BLASST_CUDA_FP8_DECODE
@@ -206,6 +230,13 @@ size_t workspace_bytes(const blasst_args& a, int splits) {
 }
 
 int resolve_splits(const blasst_args& a) {
+#if BLASST_CUDA_SM90_MLA_DECODE
+  if (mla_call(a)) {
+    int device = 0, sms = 132;
+    if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    return sm90::mla::pick_splits(a, sms);
+  }
+#endif
   if (a.geometry.splits > 0) return std::min(a.geometry.splits, std::max(1, ceil_div_int(a.max_seqlen_k, kBlockN)));
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -217,13 +248,19 @@ int resolve_splits(const blasst_args& a) {
 
 Status run_decode(const blasst_args& a, blasst_run_info* info) {
   if (Status s = check_supported(a); !s) return s;
-  if (a.geometry.block_n != 0 && a.geometry.block_n != kBlockN)
-    return unsupported("block_n must be 128 (or 0 for the default)");
+  const bool mla = mla_call(a);
+  // Tiles and decision groups: the MLA kernel cuts a KV head's (head, row) pairs into groups of
+  // 64 (SPEC section 2) over tiles of 64 keys; this kernel keeps them in one group over 128 keys.
+  const int block_n = mla ? 64 : kBlockN;
+  const int block_m = mla ? 64 : 16 * m_tiles_for((a.num_q_heads / a.num_kv_heads) * a.max_seqlen_q);
+  const int chunks = mla ? ceil_div_int((a.num_q_heads / a.num_kv_heads) * a.max_seqlen_q, block_m) : 1;
+  if (a.geometry.block_n != 0 && a.geometry.block_n != block_n)
+    return unsupported("block_n must be " + std::to_string(block_n) + " (or 0 for the default)");
   if (a.max_seqlen_q == 0) return Status::ok();
-  const int64_t trace_needed = int64_t(a.batch) * a.num_kv_heads * ceil_div_int(a.max_seqlen_k, kBlockN);
+  const int64_t trace_needed = int64_t(a.batch) * a.num_kv_heads * chunks * ceil_div_int(a.max_seqlen_k, block_n);
   if (a.decisions && a.decisions_numel < trace_needed)
     return {BLASST_ERROR_INVALID_ARGUMENT, "decisions_numel is " + std::to_string(a.decisions_numel) +
-                                               ", expected >= batch * num_kv_heads * tiles = " +
+                                               ", expected >= batch * groups * tiles = " +
                                                std::to_string(trace_needed)};
   const int splits = resolve_splits(a);
   const size_t ws_bytes = workspace_bytes(a, splits);
@@ -265,7 +302,7 @@ Status run_decode(const blasst_args& a, blasst_run_info* info) {
   p.stats_per_head = reinterpret_cast<unsigned long long*>(a.stats_per_head);
   p.totals = info ? buf.totals : nullptr;
   p.decisions = a.decisions;
-  p.tiles_max = ceil_div_int(a.max_seqlen_k, kBlockN);
+  p.tiles_max = ceil_div_int(a.max_seqlen_k, block_n);
 
   if (p.totals)
     if (cudaError_t e = cudaMemsetAsync(p.totals, 0, 2 * sizeof(unsigned long long), stream); e != cudaSuccess)
@@ -276,18 +313,21 @@ Status run_decode(const blasst_args& a, blasst_run_info* info) {
       return cuda_error(e, "clearing stats_per_head");
   }
   if (a.decisions) {
-    const size_t n = size_t(a.batch) * a.num_kv_heads * size_t(p.tiles_max);
-    if (cudaError_t e = cudaMemsetAsync(a.decisions, 0, n, stream); e != cudaSuccess)
+    if (cudaError_t e = cudaMemsetAsync(a.decisions, 0, size_t(trace_needed), stream); e != cudaSuccess)
       return cuda_error(e, "clearing decisions");
   }
 
-  const int m_tiles = m_tiles_for(p.rows_max);
-  if (cudaError_t err = launch(choose(a), p, stream); err != cudaSuccess) return cuda_error(err, "launch");
+#if BLASST_CUDA_SM90_MLA_DECODE
+  const cudaError_t launched = mla ? sm90::mla::launch(a, skip_mode(a), p, stream) : launch(choose(a), p, stream);
+#else
+  const cudaError_t launched = launch(choose(a), p, stream);
+#endif
+  if (launched != cudaSuccess) return cuda_error(launched, "launch");
 
   if (!info) return Status::ok();
   info->engine = BLASST_ENGINE_CUDA;
-  info->geometry.block_m = 16 * m_tiles;
-  info->geometry.block_n = kBlockN;
+  info->geometry.block_m = block_m;
+  info->geometry.block_n = block_n;
   info->geometry.order = a.geometry.order;
   info->geometry.splits = splits;
   // Totals need the device: read them unless the stream is being captured into a graph.
