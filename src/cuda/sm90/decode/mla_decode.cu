@@ -113,9 +113,14 @@ int pick_splits(const blasst_args& a, int sms) {
   // One CTA per SM (its shared memory): the fewest splits that fill the SMs once, each split
   // keeping at least 8 tiles.
   const int64_t ctas = int64_t(a.batch) * a.num_kv_heads * chunks(a);
-  if (ctas >= sms) return 1;
-  const int want = int(std::max<int64_t>(1, sms / ctas));
-  return std::max(1, std::min(want, tiles / 8));
+  int splits = ctas >= sms ? 1 : std::max(1, std::min(int(sms / ctas), tiles / 8));
+  // Skipping in anchored order: every split starts from the seeded maximum, so splitting costs no
+  // sparsity, and CTAs of unequal sparsity even out over more, shorter splits (one wave of CTAs
+  // lasts as long as its least sparse one): up to four waves, splits of at least 16 tiles.
+  const bool anchored_skip = (a.threshold.threshold_scale_factor > 0.0f || a.threshold.per_kv_head_factor ||
+                              a.threshold.per_request_factor) && a.geometry.order == BLASST_ORDER_ANCHORED;
+  if (anchored_skip) splits = std::max(splits, std::min(int((4 * int64_t(sms) + ctas - 1) / ctas), tiles / 16));
+  return std::max(1, splits);
 }
 
 cudaError_t launch(const blasst_args& a, bool skip, const decode::DecodeParams& p, cudaStream_t stream) {
