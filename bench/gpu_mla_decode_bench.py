@@ -144,7 +144,6 @@ def main():
     ap.add_argument("--commit", default=None)
     opts = ap.parse_args()
 
-    os.environ.setdefault("BLASST_CUDA_SM90_MLA_DECODE", "1")
     gpu = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,

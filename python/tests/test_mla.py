@@ -65,8 +65,7 @@ hopper = pytest.mark.skipif(
 
 @hopper
 @pytest.mark.parametrize("lq,hq", [(1, 16), (2, 128)])
-def test_gpu_mla_decode_matches_the_cpu_engine(lq, hq, monkeypatch):
-    monkeypatch.setenv("BLASST_CUDA_SM90_MLA_DECODE", "1")
+def test_gpu_mla_decode_matches_the_cpu_engine(lq, hq):
     q, latent = latent_inputs(3, lq, hq, 1500, seed=2)
     qc, lc = q.cuda(), latent.cuda()
     for factor in (0.0, 40.0):

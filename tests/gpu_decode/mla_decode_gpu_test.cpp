@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -264,7 +263,6 @@ class MlaDecodeGpu : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!hopper_present()) GTEST_SKIP() << "no Hopper GPU";
-    setenv("BLASST_CUDA_SM90_MLA_DECODE", "1", 1);
   }
 };
 
@@ -331,12 +329,20 @@ TEST_F(MlaDecodeGpu, CallsItCannotRunAreRefusedWithAMessage) {
   EXPECT_EQ(st.code(), BLASST_ERROR_UNSUPPORTED);
   EXPECT_NE(st.message().find("first 512 values"), std::string::npos) << st.message();
   a.v.data = dkv.ptr;
-  unsetenv("BLASST_CUDA_SM90_MLA_DECODE");
+  a.page_size = 32;  // pages below a tile of 64 keys
+  a.num_pages = 3;  // 3 x 32 tokens within the buffer's numel
+  a.block_table_stride = 4;
+  DeviceBuffer<int32_t> table(std::vector<int32_t>{0, 1, 2, 2});
+  a.block_table = table.ptr;
+  a.k.batch_stride = a.v.batch_stride = 32 * kDqk;
   st = blasst::decode(a);
   EXPECT_EQ(st.code(), BLASST_ERROR_UNSUPPORTED);
-  EXPECT_NE(st.message().find("BLASST_CUDA_SM90_MLA_DECODE"), std::string::npos) << st.message();
-  setenv("BLASST_CUDA_SM90_MLA_DECODE", "1", 1);
-  EXPECT_TRUE(blasst::decode(a).is_ok());
+  EXPECT_NE(st.message().find("at least 64 tokens"), std::string::npos) << st.message();
+  a.block_table = nullptr;
+  a.page_size = a.num_pages = 0;
+  a.block_table_stride = 0;
+  a.k.batch_stride = a.v.batch_stride = int64_t(in.lk_max) * kDqk;
+  EXPECT_TRUE(blasst::decode(a).is_ok()) << blasst_last_error();
 }
 
 }  // namespace

@@ -5,7 +5,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <mutex>
 #include <string>
@@ -32,16 +31,10 @@ int m_tiles_for(int rows_max) {
 
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
-// Absorbed MLA (576/512) runs on the sm_90a MLA kernel; until it is measured on a GPU the engine
-// takes such calls only with BLASST_CUDA_SM90_MLA_DECODE=1 in the environment.
-constexpr const char* kMlaEnv = "BLASST_CUDA_SM90_MLA_DECODE";
+// Absorbed MLA (576/512) runs on the sm_90a MLA kernel.
 bool mla_call(const blasst_args& a) { return a.head_dim_qk == 576 && a.head_dim_v == 512; }
 Status check_mla(const blasst_args& a) {
 #if BLASST_CUDA_SM90_MLA_DECODE
-  const char* env = std::getenv(kMlaEnv);
-  if (!env || env[0] != '1')
-    return unsupported(std::string("MLA decode (576/512) on sm_90a is not yet measured on a GPU; set ") + kMlaEnv +
-                       "=1 to run it");
   const std::string why = sm90::mla::unsupported_reason(a);
   return why.empty() ? Status::ok() : unsupported(why);
 #else
