@@ -6,12 +6,20 @@ FlashAttention-2 backends) on the same structured inputs, side by side in one pr
         [--seqlens 8192,16384,32768] [--causal 0,1] [--sf 1,10,100 | --lambdas 0.05,0.4,0.9] [--reps 30]
         [--csv bench/results/gpu_prefill.csv] [--commit HASH] [--fa3]
     python3 bench/gpu_bench.py --mla [--mla-heads 32,128] ...   # MLA's non-absorbed prefill shape
+    python3 bench/gpu_bench.py --fp8 [--d 128] ...              # FP8 (e4m3) inputs, per-tensor scales
 
 `--mla` times MLA's non-absorbed prefill: Q and K with head dim 192, V and O with 128, one KV head
 per query head (B = 1, H = --mla-heads), through the sm_90a kernel (BLASST_CUDA_SM90_MLA_PREFILL=1
 is set for the library), against FlashAttention-3's flash_attn_func (PyPI fa3-fwd) and the SDPA
 backends that take 192/128 ("n/a" for those that do not). Its rows carry a dv column and go to
 bench/results/gpu_prefill_mla.csv unless --csv says otherwise.
+
+`--fp8` quantizes the same bf16 inputs to e4m3 per tensor (scale = amax / 448) and times our FP8
+dense and skip modes (the sm_90a kernel; BLASST_CUDA_SM90_FP8_PREFILL=1 is set for the library)
+beside FlashAttention-3's FP8 flash_attn_func (q/k/v in e4m3 with q_descale/k_descale/v_descale
+of shape [B, Hkv]) and our bf16 dense and skip modes on the unquantized inputs, all in one
+interleaved rotation; each skip mode's speedup is over the dense mode of its dtype. Rows carry dtype fp8_e4m3 (ours
+and fa3) or bf16 (ours, cudnn, fa2) in bench/results/gpu_prefill.csv.
 
 Inputs are built in torch with a sink (key 0), local windows (a positional component that
 peaks on the diagonal) and heavy tails, so the measured sparsity is that of a structured
@@ -41,6 +49,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 from blasst._lib import BlasstArgs as Args, BlasstRunInfo as RunInfo, BlasstTensor as Tensor  # noqa: E402
 from blasst._lib import DTYPE_BFLOAT16 as BF16, DTYPE_FLOAT16 as FP16, ENGINE_CUDA  # noqa: E402
+from blasst._lib import DTYPE_FLOAT8_E4M3 as FP8  # noqa: E402
 from blasst._lib import ORDER_ANCHORED, ORDER_ASCENDING  # noqa: E402
 
 
@@ -57,9 +66,10 @@ class Blasst:
         if probe.struct_size != ctypes.sizeof(Args):
             sys.exit(f"blasst_args layout mismatch: C says {probe.struct_size} bytes, ctypes {ctypes.sizeof(Args)}")
 
-    def make_call(self, q, k, v, out, lse, causal, sf, order, stats=None, paged=None):
+    def make_call(self, q, k, v, out, lse, causal, sf, order, stats=None, paged=None, scales=None):
         """Prepared arguments for q/k/v/out [B, L, H, D] contiguous tensors on the GPU; with
-        paged = (k_pages, v_pages, block_table) K/V are read from the pages instead."""
+        paged = (k_pages, v_pages, block_table) K/V are read from the pages instead; FP8 (e4m3)
+        q/k/v take scales = (q_scale, k_scale, v_scale), one-element fp32 tensors on the GPU."""
         a = Args()
         self.lib.blasst_args_init(ctypes.byref(a))
         B, Lq, Hq, D = q.shape
@@ -67,12 +77,16 @@ class Blasst:
         a.batch, a.num_q_heads, a.num_kv_heads = B, Hq, Hkv
         a.head_dim_qk, a.head_dim_v = D, v.shape[3]
         a.max_seqlen_q, a.max_seqlen_k = Lq, Lk
-        dt = BF16 if q.dtype == torch.bfloat16 else FP16
+        dt = {torch.bfloat16: BF16, torch.float16: FP16, torch.float8_e4m3fn: FP8}[q.dtype]
+        out_dt = BF16 if out.dtype == torch.bfloat16 else FP16
 
         def tensor(t, dtype):
             return Tensor(t.data_ptr(), dtype, t.stride(0), t.stride(1), t.stride(2), t.numel())
 
-        a.q, a.k, a.v, a.out = tensor(q, dt), tensor(k, dt), tensor(v, dt), tensor(out, dt)
+        a.q, a.k, a.v, a.out = tensor(q, dt), tensor(k, dt), tensor(v, dt), tensor(out, out_dt)
+        if scales is not None:
+            a.scales.q, a.scales.k, a.scales.v = (t.data_ptr() for t in scales)
+            a.scales.per_kv_head = 0
         if paged is not None:
             kp, vp, table = paged
             a.k, a.v = tensor(kp, dt), tensor(vp, dt)
@@ -258,6 +272,35 @@ def sdpa_fn(backend, q, k, v, causal):
             return None, None, f"unavailable: {str(e).splitlines()[0][:80]}"
 
 
+def quantize_e4m3(t):
+    """Per-tensor e4m3 quantization: (stored values, scale as a one-element fp32 tensor), with
+    t ~ stored * scale and scale = amax / 448."""
+    scale = (t.float().abs().amax() / 448.0).clamp(min=1e-12).reshape(1)
+    return (t.float() / scale).to(torch.float8_e4m3fn).contiguous(), scale.contiguous()
+
+
+def fa3_fp8_fn(q8, k8, v8, scales, causal):
+    """FlashAttention-3's FP8 forward on e4m3 [B, L, H, D] tensors with per-tensor scales given as
+    descale factors of shape [B, Hkv]: (fn, out, how), or (None, None, why)."""
+    try:
+        import fa3_fwd_interface as fa3
+    except (ImportError, OSError) as e:
+        return None, None, f"n/a: cannot load fa3_fwd_interface ({str(e).splitlines()[0][:80]})"
+    B, Hkv = q8.shape[0], k8.shape[2]
+    qd, kd, vd = (s.expand(B, Hkv).contiguous() for s in scales)
+
+    def run():
+        out = fa3.flash_attn_func(q8, k8, v8, causal=bool(causal), q_descale=qd, k_descale=kd, v_descale=vd)
+        return out[0] if isinstance(out, tuple) else out
+
+    try:
+        out = run()
+        torch.cuda.synchronize()
+        return run, out, "flash_attn_func fp8"
+    except Exception as e:
+        return None, None, f"n/a: {str(e).splitlines()[0][:80]}"
+
+
 def fa3_fn(q, k, v, causal):
     """FlashAttention-3's dense forward (PyPI fa3-fwd: fa3_fwd_interface.flash_attn_func) on the same
     [B, L, H, D] tensors: (fn, out, how), or (None, None, why) where it cannot run them."""
@@ -276,6 +319,72 @@ def fa3_fn(q, k, v, causal):
         return run, out, "flash_attn_func"
     except Exception as e:  # a head dim pair this build has no kernel for
         return None, None, f"n/a: {str(e).splitlines()[0][:80]}"
+
+
+def run_fp8(args, lib, q, k, v, q8, k8, v8, scales, out, lse, stats, causal, order, L, flops, record):
+    """One (L, causal) of --fp8: our FP8 dense and skip modes, FlashAttention-3's FP8 forward, our
+    bf16 dense and skip modes and the SDPA backends (bf16), timed in one interleaved rotation. CSV
+    rows through record(); returns the printed table's rows (skip speedups over our FP8 dense)."""
+    from torch.nn.attention import SDPBackend
+    Hq = q.shape[2]
+    sfs = [round(float(x) * L, 3) for x in args.lambdas.split(",")] if args.lambdas else \
+        [float(x) for x in args.sf.split(",") if x]
+    variants = []  # (name, dtype, sf, sparsity, fn, note)
+
+    def ours(q_, k_, v_, sc, dtype):
+        a = lib.make_call(q_, k_, v_, out, lse, causal, 0.0, order, scales=sc)
+        lib.run(a)
+        torch.cuda.synchronize()
+        dense_out = out.clone()
+        variants.append(("blasst-dense", dtype, 0, 0.0, lambda a=a: lib.launch(a), ""))
+        for sf in sfs:
+            info = lib.run(lib.make_call(q_, k_, v_, out, lse, causal, sf, order, stats, scales=sc))
+            torch.cuda.synchronize()
+            s = info.skipped / info.visited if info.visited > 0 else 0.0
+            timed = lib.make_call(q_, k_, v_, out, lse, causal, sf, order, scales=sc)
+            variants.append(("blasst-skip", dtype, sf, s, lambda a=timed: lib.launch(a), ""))
+        return dense_out
+
+    fp8_out = ours(q8, k8, v8, scales, "fp8_e4m3")
+    bf16_out = ours(q, k, v, None, "bf16")
+    err = (fp8_out.float() - bf16_out.float()).abs().max().item()
+    variants[0] = variants[0][:5] + (f"max|fp8-bf16|={err:.3g}",)
+    fn, ref, how = fa3_fp8_fn(q8, k8, v8, scales, causal)
+    if fn is None:
+        print(f"  L={L} H={Hq} causal={causal} fa3 fp8: {how}")
+    else:
+        e = (ref.float() - fp8_out.float()).abs().max().item()
+        variants.append(("fa3", "fp8_e4m3", 0, 0.0, fn, f"{how} max|ours-fa3|={e:.3g}"))
+    if not args.no_peers:
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+            fn, ref, how = sdpa_fn(backend, q, k, v, causal)
+            if fn is None:
+                print(f"  L={L} H={Hq} causal={causal} {name}: n/a ({how})")
+                continue
+            variants.append((name, "bf16", 0, 0.0, fn, how))
+        if args.fa3:
+            fn, ref, how = fa3_fn(q, k, v, causal)
+            if fn is not None:
+                variants.append(("fa3", "bf16", 0, 0.0, fn, how))
+    times = time_interleaved([vt[4] for vt in variants], args.warmup, args.reps)
+    dense_ms = {vt[1]: ms for vt, ms in zip(variants, times) if vt[0] == "blasst-dense"}
+    peers = {f"{vt[0]}-{vt[1]}": ms for vt, ms in zip(variants, times) if not vt[0].startswith("blasst-")}
+    table = []
+    for (kernel, dtype, sf, s, _, note), ms in zip(variants, times):
+        record(kernel, sf, s, ms, dtype)
+        label = f"{kernel}/{'fp8' if dtype == 'fp8_e4m3' else dtype}"
+        vs = " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())
+        if not kernel.startswith("blasst-"):
+            table.append((Hq, L, causal, label, "-", 0.0, ms, flops / ms * 1e-9, dense_ms["fp8_e4m3"] / ms, None, "",
+                          note))
+        elif kernel == "blasst-dense":
+            table.append((Hq, L, causal, label, "-", 0.0, ms, flops / ms * 1e-9, dense_ms["fp8_e4m3"] / ms, None, "",
+                          (note + " " + vs).strip()))
+        else:
+            speedup = dense_ms[dtype] / ms
+            table.append((Hq, L, causal, label, sf, s, ms, flops / ms * 1e-9, speedup, speedup / (2.0 / (2.0 - s)),
+                          "", vs))
+    return table
 
 
 def main():
@@ -304,6 +413,9 @@ def main():
                     help="MLA's non-absorbed prefill shape: Dqk 192, Dv 128, Hkv = Hq for each of --mla-heads; "
                          "sets BLASST_CUDA_SM90_MLA_PREFILL=1 for the library")
     ap.add_argument("--mla-heads", default="32,128", help="query (= KV) head counts of the --mla runs")
+    ap.add_argument("--fp8", action="store_true",
+                    help="time our FP8 (e4m3, per-tensor scales) dense and skip modes beside FlashAttention-3's FP8 "
+                         "flash_attn_func and our bf16 modes; sets BLASST_CUDA_SM90_FP8_PREFILL=1 for the library")
     ap.add_argument("--baseline-lib", default=None,
                     help="another libblasst.so (e.g. an earlier commit) whose dense and skip modes are timed in "
                          "the same interleaved rotation; printed as base-dense/base-skip, not written to the CSV")
@@ -333,6 +445,14 @@ def main():
         # the 192/128 path of the CUDA engine is off unless this is set (read at each call)
         os.environ.setdefault("BLASST_CUDA_SM90_MLA_PREFILL", "1")
         args.d, args.fa3 = 192, True
+    if args.fp8:
+        if args.mla or sample is not None or args.page or args.baseline_lib or args.profile_once:
+            ap.error("--fp8 times the structured inputs, contiguous, without --mla, --page, --baseline-lib, "
+                     "--profile-once")
+        if args.dtype != "bf16":
+            ap.error("--fp8 quantizes bf16 inputs (our FP8 kernel writes bf16)")
+        # the FP8 path of the CUDA engine is off unless this is set (read at each call)
+        os.environ.setdefault("BLASST_CUDA_SM90_FP8_PREFILL", "1")
     if args.csv is None:
         args.csv = "bench/results/gpu_prefill_mla.csv" if args.mla else "bench/results/gpu_prefill.csv"
     Dv = 128 if args.mla else args.d
@@ -392,21 +512,30 @@ def main():
         out = q.new_empty(B, L, Hq, v.shape[3])
         lse = torch.empty(B, L, Hq, device="cuda", dtype=torch.float32)
         stats = torch.zeros(Hq, 2, device="cuda", dtype=torch.int64)
+        if args.fp8:
+            (q8, q_s), (k8, k_s), (v8, v_s) = quantize_e4m3(q), quantize_e4m3(k), quantize_e4m3(v)
+            fp8_scales = (q_s, k_s, v_s)
         for causal in [int(x) for x in args.causal.split(",")]:
             flops = 2.0 * L * L * (D + v.shape[3]) * Hq * B / (2 if causal else 1)
             io_bytes = (q.numel() * 2 + k.numel() * 2 + v.numel() * 2 + out.numel() * 2)
+            io_bytes_fp8 = q.numel() + k.numel() + v.numel() + out.numel() * 2
 
-            def record(kernel, sf, sparsity, ms):
+            def record(kernel, sf, sparsity, ms, dtype=None):
+                fp8_row = dtype == "fp8_e4m3"
                 if kernel.startswith("blasst-"):
                     kernel += kernel_suffix
-                row = dict(gpu=gpu, date=date, commit=commit, phase="prefill", kernel=kernel, dtype=args.dtype,
+                row = dict(gpu=gpu, date=date, commit=commit, phase="prefill", kernel=kernel, dtype=dtype or args.dtype,
                            batch=B, lq=L, lk=L, hq=Hq, hkv=Hkv, d=D, causal=causal, sf=sf,
                            sparsity=f"{sparsity:.4f}", ms=f"{ms:.4f}", tflops=f"{flops / ms * 1e-9:.1f}",
-                           gbs=f"{io_bytes / ms * 1e-6:.1f}")
+                           gbs=f"{(io_bytes_fp8 if fp8_row else io_bytes) / ms * 1e-6:.1f}")
                 if args.mla:
                     row["dv"] = Dv
                 rows.append(row)
 
+            if args.fp8:
+                table.extend(run_fp8(args, lib, q, k, v, q8, k8, v8, fp8_scales, out, lse, stats, causal, order, L,
+                                     flops, record))
+                continue
             # Every variant of this shape is set up first (and its sparsity measured), then all
             # are timed together, interleaved.
             dense_args = lib.make_call(q, k, v, out, lse, causal, 0.0, order, paged=pg)
@@ -470,6 +599,8 @@ def main():
                     table.append((Hq, L, causal, kernel, sf, s, ms, flops / ms * 1e-9, speedup, speedup / bound, "",
                                   " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
         del q, k, v, out, lse, pg
+        if args.fp8:
+            del q8, k8, v8, fp8_scales
         torch.cuda.empty_cache()
 
     fields = ["gpu", "date", "commit", "phase", "kernel", "dtype", "batch", "lq", "lk", "hq", "hkv", "d", "causal", "sf",
@@ -482,7 +613,7 @@ def main():
     append_rows(args.csv, rows, fields)
 
     heads = ", ".join(f"Hq={h} Hkv={hk}" for h, hk in head_configs)
-    print(f"{gpu}, {args.dtype}, B={B} {heads} D={D}" + (f" Dv={Dv}" if Dv != D else "")
+    print(f"{gpu}, {'fp8_e4m3 (bf16 beside)' if args.fp8 else args.dtype}, B={B} {heads} D={D}" + (f" Dv={Dv}" if Dv != D else "")
           + f", order={args.order}, commit {commit}"
           + (" (sm_80 kernel forced)" if sm80_forced else "")
           + (f", ours from {args.page}-token pages" if args.page else "")

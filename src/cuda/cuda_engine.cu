@@ -202,10 +202,53 @@ std::string sm90_mla_refusal(const blasst_args& a, Elem elem) {
                 "tokens, page after page in token rows; extents below 2^31, strides below 2^40 bytes)";
 }
 
+// FP8 prefill (e4m3 Q, K and V, bfloat16 O) has an sm_90a kernel only, not yet measured on a
+// GPU: the engine takes such calls only with BLASST_CUDA_SM90_FP8_PREFILL=1 (read at each call).
+constexpr const char* kFp8PrefillEnv = "BLASST_CUDA_SM90_FP8_PREFILL";
+bool sm90_fp8_prefill_enabled() {
+  const char* env = std::getenv(kFp8PrefillEnv);
+  return env && std::string(env) == "1";
+}
+
+// TMA reads FP8 rows with 16-byte aligned strides: the base and every stride a multiple of 16
+// elements.
+bool aligned16_fp8(const blasst_tensor& t) {
+  return (reinterpret_cast<uintptr_t>(t.data) % 16) == 0 && t.batch_stride % 16 == 0 && t.token_stride % 16 == 0 &&
+         t.head_stride % 16 == 0;
+}
+
+// Why the CUDA engine does not run an FP8 prefill call (empty: it does, on the sm_90a kernel
+// whose TMA extents sm90_extents gives).
+std::string fp8_prefill_refusal(const blasst_args& a, const std::optional<sm90::TmaExtents>& tma) {
+  const std::string what = "prefill with float8_e4m3 operands runs on the sm_90a kernel only: ";
+  if (a.q.dtype != BLASST_DTYPE_FLOAT8_E4M3 || a.k.dtype != BLASST_DTYPE_FLOAT8_E4M3 ||
+      a.v.dtype != BLASST_DTYPE_FLOAT8_E4M3)
+    return what + "it takes q, k and v all in float8_e4m3 (an FP8 KV cache beside 16-bit queries has no CUDA prefill "
+                  "kernel; the CPU engine runs it)";
+  if (a.out.dtype != BLASST_DTYPE_BFLOAT16) return what + "it writes bfloat16 outputs only (out.dtype)";
+  if (a.head_dim_qk != a.head_dim_v || (a.head_dim_qk != 64 && a.head_dim_qk != 128))
+    return what + "it is built for head dims 64 and 128 (head_dim_qk == head_dim_v)";
+  if (!sm90_fp8_prefill_enabled())
+    return std::string("prefill with float8_e4m3 operands is off until measured on a GPU: set ") + kFp8PrefillEnv +
+           "=1 to run its sm_90a kernel";
+  if (!sm90::built(Elem::kFp8, a.head_dim_qk, a.head_dim_v))
+    return what + "this build has none for head dim " + std::to_string(a.head_dim_qk) +
+           " (it needs 90a in BLASST_CUDA_ARCHS, the CUTLASS headers, the head dim in BLASST_CUDA_HEAD_DIMS and "
+           "BLASST_CUDA_SM90_FP8_PREFILL=ON)";
+  if (!device_is_sm90()) return what + "the device is not of compute capability 9.0";
+  if (!sm90_allowed_by_env()) return what + "BLASST_CUDA_PREFILL_KERNEL=sm80 forbids it";
+  for (auto [name, t] : {std::pair{"q", &a.q}, std::pair{"k", &a.k}, std::pair{"v", &a.v}})
+    if (!aligned16_fp8(*t))
+      return what + name + " must be 16-byte aligned with strides that are multiples of 16 elements";
+  if (!tma)
+    return what + "the call does not fit its TMA loads (paged caches need pages of a power of two of at least 16 "
+                  "tokens, page after page in token rows; extents below 2^31, strides below 2^40 bytes)";
+  return {};
+}
+
 Status run_prefill(const blasst_args& a, blasst_run_info* info) {
-  if (a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3 || a.k.dtype == BLASST_DTYPE_FLOAT8_E4M3)
-    return unsupported("prefill with float8_e4m3 operands has no CUDA kernel in this build (the CPU engine runs it)");
-  if (a.q.dtype != BLASST_DTYPE_BFLOAT16 && a.q.dtype != BLASST_DTYPE_FLOAT16)
+  const bool fp8 = a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3 || a.k.dtype == BLASST_DTYPE_FLOAT8_E4M3;
+  if (!fp8 && a.q.dtype != BLASST_DTYPE_BFLOAT16 && a.q.dtype != BLASST_DTYPE_FLOAT16)
     return unsupported("prefill takes bfloat16 or float16 inputs");
   const bool mla = a.head_dim_qk != a.head_dim_v;
   if (mla && (a.head_dim_qk != 192 || a.head_dim_v != 128))
@@ -213,8 +256,11 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
   if (mla && !sm90_mla_prefill_enabled())
     return unsupported(std::string("prefill with head_dim_qk 192, head_dim_v 128 (MLA) is off until measured on a GPU: set ") +
                        kMlaPrefillEnv + "=1 to run its sm_90a kernel");
-  const Elem elem = a.q.dtype == BLASST_DTYPE_BFLOAT16 ? Elem::kBf16 : Elem::kFp16;
+  const Elem elem = fp8 ? Elem::kFp8 : a.q.dtype == BLASST_DTYPE_BFLOAT16 ? Elem::kBf16 : Elem::kFp16;
   const std::optional<sm90::TmaExtents> sm90_tma = sm90_extents(a, elem);
+  if (fp8) {
+    if (const std::string why = fp8_prefill_refusal(a, sm90_tma); !why.empty()) return unsupported(why);
+  }
   if (mla && !sm90_tma) return unsupported(sm90_mla_refusal(a, elem));
   const PrefillTiles tiles = sm90_tma ? PrefillTiles{sm90::kGroupRows, sm90::kBlockN} : prefill_tiles(a.head_dim_qk);
   if (tiles.block_m == 0)
@@ -332,7 +378,18 @@ bool built(Elem elem, int head_dim_qk, int head_dim_v) {
 #if !BLASST_CUDA_BUILD_FP16
   if (elem == Elem::kFp16) return false;
 #endif
-  (void)elem;
+  if (elem == Elem::kFp8) {
+    if (head_dim_qk != head_dim_v) return false;
+    switch (head_dim_qk) {
+#if BLASST_CUDA_BUILD_SM90_FP8_D64
+      case 64: return true;
+#endif
+#if BLASST_CUDA_BUILD_SM90_FP8_D128
+      case 128: return true;
+#endif
+      default: return false;
+    }
+  }
   if (head_dim_qk != head_dim_v) {
 #if BLASST_CUDA_BUILD_SM90_D192_128
     if (head_dim_qk == 192 && head_dim_v == 128) return true;
@@ -353,6 +410,18 @@ bool built(Elem elem, int head_dim_qk, int head_dim_v) {
 cudaError_t launch(Elem elem, int head_dim_qk, int head_dim_v, bool skip, const PrefillParams& p, const TmaExtents& e,
                    cudaStream_t stream) {
   (void)elem, (void)skip, (void)p, (void)e, (void)stream;
+  if (elem == Elem::kFp8) {
+    if (head_dim_qk != head_dim_v) return cudaErrorInvalidValue;
+    switch (head_dim_qk) {
+#if BLASST_CUDA_BUILD_SM90_FP8_D64
+      case 64: return launch_fp8_d64(skip, p, e, stream);
+#endif
+#if BLASST_CUDA_BUILD_SM90_FP8_D128
+      case 128: return launch_fp8_d128(skip, p, e, stream);
+#endif
+      default: return cudaErrorInvalidValue;
+    }
+  }
   if (head_dim_qk != head_dim_v) {
 #if BLASST_CUDA_BUILD_SM90_D192_128
     if (head_dim_qk == 192 && head_dim_v == 128) return launch_d192_128(elem, skip, p, e, stream);

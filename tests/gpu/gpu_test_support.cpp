@@ -1,5 +1,7 @@
 #include "gpu_test_support.hpp"
 
+#include "core/dtype.hpp"
+
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -95,7 +97,8 @@ std::string Case::name() const {
   if (d_v() != d) os << " dv=" << d_v();
   os << " causal=" << causal
      << " order=" << (order == BLASST_ORDER_ANCHORED ? "anchored" : "ascending")
-     << " dtype=" << (dtype == BLASST_DTYPE_BFLOAT16 ? "bf16" : "fp16") << " layout=" << int(layout)
+     << " dtype=" << (dtype == BLASST_DTYPE_BFLOAT16 ? "bf16" : fp8() ? "e4m3" : "fp16")
+     << (fp8() ? (fp8_per_kv_head ? "/per-kv-head" : "/per-tensor") : "") << " layout=" << int(layout)
      << " page=" << page_size << " factor=" << factor << " per_head=" << per_head.size() << " per_request=" << per_request.size();
   return os.str();
 }
@@ -111,6 +114,8 @@ Inputs make_inputs(const Case& c) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> uni(0.0f, 1.0f);
   const int d = c.d, dv = c.d_v();
+  // FP8 cases draw bf16 values first and quantize them at the end.
+  const blasst_dtype value_dtype = c.fp8() ? BLASST_DTYPE_BFLOAT16 : c.dtype;
   const float root = std::sqrt(float(d));
   const float amp = std::sqrt(3.0f * root / 4.0f);  // +3 on the diagonal after scaling
   const float sink = std::sqrt(6.0f * root);        // +6 for key 0
@@ -157,7 +162,7 @@ Inputs make_inputs(const Case& c) {
   in.v.assign(size_t(k_rows) * size_t(c.hkv) * size_t(dv), 0);
   // Unused rows hold random finite values too (never read, but never zeros either).
   for (auto* buf : {&in.q, &in.k, &in.v})
-    for (auto& x : *buf) x = from_float(c.dtype, normal(gen));
+    for (auto& x : *buf) x = from_float(value_dtype, normal(gen));
 
   std::vector<float> row(static_cast<size_t>(d), 0.0f);
   for (int b = 0; b < batch; ++b) {
@@ -176,9 +181,9 @@ Inputs make_inputs(const Case& c) {
           slot = in.k_row0[size_t(b)] + j;
         uint16_t* kd = in.k.data() + (size_t(slot) * size_t(c.hkv) + size_t(h)) * size_t(d);
         uint16_t* vd = in.v.data() + (size_t(slot) * size_t(c.hkv) + size_t(h)) * size_t(dv);
-        for (int x = 0; x < d; ++x) kd[x] = from_float(c.dtype, row[size_t(x)]);
+        for (int x = 0; x < d; ++x) kd[x] = from_float(value_dtype, row[size_t(x)]);
         const bool vtail = uni(gen) < 0.03f;
-        for (int x = 0; x < dv; ++x) vd[x] = from_float(c.dtype, normal(gen) * (vtail ? 5.0f : 1.0f));
+        for (int x = 0; x < dv; ++x) vd[x] = from_float(value_dtype, normal(gen) * (vtail ? 5.0f : 1.0f));
       }
     for (int64_t i = 0; i < lq; ++i)
       for (int h = 0; h < c.hq; ++h) {
@@ -186,8 +191,34 @@ Inputs make_inputs(const Case& c) {
         pos_feature(row.data(), lk - lq + i);
         row[8] += sink;
         uint16_t* qd = in.q.data() + (size_t(in.q_row0[size_t(b)] + i) * size_t(c.hq) + size_t(h)) * size_t(d);
-        for (int x = 0; x < d; ++x) qd[x] = from_float(c.dtype, row[size_t(x)]);
+        for (int x = 0; x < d; ++x) qd[x] = from_float(value_dtype, row[size_t(x)]);
       }
+  }
+  if (c.fp8()) {
+    // Quantize: scale = amax / 448 per tensor or per KV head (every slot of the buffer, used or
+    // not), stored value = e4m3(x / scale).
+    const blasst_dtype base = value_dtype;
+    auto quantize = [&](const std::vector<uint16_t>& src, int heads, int dim, std::vector<uint8_t>& dst,
+                        std::vector<float>& scales) {
+      const int groups = c.fp8_per_kv_head ? c.hkv : 1;
+      const int heads_per_group = heads / groups;  // Q: the query heads of a KV head
+      std::vector<float> amax(size_t(groups), 0.0f);
+      for (size_t i = 0; i < src.size(); ++i) {
+        const int head = int((i / size_t(dim)) % size_t(heads));
+        float& a = amax[size_t(head / heads_per_group)];
+        a = std::max(a, std::fabs(to_float(base, src[i])));
+      }
+      scales.resize(size_t(groups));
+      for (int g = 0; g < groups; ++g) scales[size_t(g)] = amax[size_t(g)] > 0 ? amax[size_t(g)] / 448.0f : 1.0f;
+      dst.resize(src.size());
+      for (size_t i = 0; i < src.size(); ++i) {
+        const int head = int((i / size_t(dim)) % size_t(heads));
+        dst[i] = detail::float_to_e4m3(to_float(base, src[i]) / scales[size_t(head / heads_per_group)]);
+      }
+    };
+    quantize(in.q, c.hq, d, in.q8, in.q_scale);
+    quantize(in.k, c.hkv, d, in.k8, in.k_scale);
+    quantize(in.v, c.hkv, dv, in.v8, in.v_scale);
   }
   for (int b = 0; b <= batch; ++b) {
     if (b < batch) {
@@ -198,6 +229,20 @@ Inputs make_inputs(const Case& c) {
     in.cu_k.push_back(int32_t(b == 0 ? 0 : in.cu_k.back() + c.lk[size_t(b - 1)]));
   }
   return in;
+}
+
+float input_value(const Case& c, const Inputs& in, char which, size_t index) {
+  if (!c.fp8()) {
+    const std::vector<uint16_t>& buf = which == 'q' ? in.q : which == 'k' ? in.k : in.v;
+    return to_float(c.dtype, buf[index]);
+  }
+  const std::vector<uint8_t>& buf = which == 'q' ? in.q8 : which == 'k' ? in.k8 : in.v8;
+  const std::vector<float>& scales = which == 'q' ? in.q_scale : which == 'k' ? in.k_scale : in.v_scale;
+  const int heads = which == 'q' ? c.hq : c.hkv;
+  const int dim = which == 'v' ? c.d_v() : c.d;
+  const int head = int((index / size_t(dim)) % size_t(heads));
+  const float scale = scales.size() == 1 ? scales[0] : scales[size_t(head / (heads / c.hkv))];
+  return detail::e4m3_to_float(buf[index]) * scale;
 }
 
 GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_geometry geometry, blasst_phase phase,
@@ -212,7 +257,7 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
   const size_t trace_n = size_t(batch) * size_t(c.hq) * size_t(ceil_div(in.max_lq, 16)) * size_t(ceil_div(in.max_lk, 16));
   const int stat_heads = phase == BLASST_PHASE_DECODE ? c.hkv : c.hq;
 
-  std::vector<uint16_t> out(out_n, nan16(c.dtype));
+  std::vector<uint16_t> out(out_n, nan16(c.out_dtype()));
   std::vector<float> lse(lse_n, std::numeric_limits<float>::quiet_NaN());
   std::vector<uint8_t> trace(trace_n, 0xee);
   std::vector<int64_t> stats(size_t(2 * stat_heads), -7);
@@ -242,7 +287,7 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
     return t;
   };
   a.q = tensor(c.dtype, in.max_lq * q_tok, q_tok, d, int64_t(in.q.size()));
-  a.out = tensor(c.dtype, in.max_lq * o_tok, o_tok, dim_v, int64_t(out_n));
+  a.out = tensor(c.out_dtype(), in.max_lq * o_tok, o_tok, dim_v, int64_t(out_n));
   a.lse = tensor(BLASST_DTYPE_FLOAT32, int64_t(in.max_lq) * c.hq, c.hq, 1, int64_t(lse_n));
   const int64_t kv_rows = c.layout == Layout::Paged ? c.page_size : in.max_lk;  // rows per entry (page)
   a.k = tensor(c.dtype, kv_rows * kv_tok, kv_tok, d, int64_t(in.k.size()));
@@ -251,6 +296,9 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
 
   // Host or device copies of everything the call reads and writes.
   DeviceBuffer<uint16_t> dq, dk, dv, dout;
+  DeviceBuffer<uint8_t> dq8, dk8, dv8;
+  DeviceBuffer<float> dq_scale, dk_scale, dv_scale;
+  a.scales.per_kv_head = c.fp8() ? c.fp8_per_kv_head : 0;
   DeviceBuffer<float> dlse, dfactors, drequest;
   DeviceBuffer<int32_t> dlen_q, dlen_k, dbt;
   DeviceBuffer<uint8_t> dtrace;
@@ -273,6 +321,12 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
     if (!factors.empty()) dfactors.upload(factors);
     if (!c.per_request.empty()) drequest.upload(c.per_request);
     a.q.data = dq.ptr, a.k.data = dk.ptr, a.v.data = dv.ptr, a.out.data = dout.ptr, a.lse.data = dlse.ptr;
+    if (c.fp8()) {
+      dq8.upload(in.q8), dk8.upload(in.k8), dv8.upload(in.v8);
+      dq_scale.upload(in.q_scale), dk_scale.upload(in.k_scale), dv_scale.upload(in.v_scale);
+      a.q.data = dq8.ptr, a.k.data = dk8.ptr, a.v.data = dv8.ptr;
+      a.scales.q = dq_scale.ptr, a.scales.k = dk_scale.ptr, a.scales.v = dv_scale.ptr;
+    }
     a.decisions = dtrace.ptr;
     a.stats_per_head = dstats.ptr;
     len_q = dlen_q.ptr, len_k = dlen_k.ptr;
@@ -282,6 +336,11 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
   } else {
     a.q.data = const_cast<uint16_t*>(in.q.data()), a.k.data = const_cast<uint16_t*>(in.k.data());
     a.v.data = const_cast<uint16_t*>(in.v.data());
+    if (c.fp8()) {
+      a.q.data = const_cast<uint8_t*>(in.q8.data()), a.k.data = const_cast<uint8_t*>(in.k8.data());
+      a.v.data = const_cast<uint8_t*>(in.v8.data());
+      a.scales.q = in.q_scale.data(), a.scales.k = in.k_scale.data(), a.scales.v = in.v_scale.data();
+    }
     a.out.data = out.data(), a.lse.data = lse.data(), a.decisions = trace.data(), a.stats_per_head = stats.data();
     len_q = lens_q.empty() ? nullptr : lens_q.data();
     len_k = lens_k.empty() ? nullptr : lens_k.data();
@@ -366,15 +425,16 @@ struct GroupView {
   double score(int64_t i, int64_t j) const {
     const int d = c->d;
     const int hk = h / (c->hq / c->hkv);
-    const uint16_t* q = in->q.data() + (size_t(in->q_row0[size_t(b)] + i) * size_t(c->hq) + size_t(h)) * size_t(d);
+    const size_t q0 = (size_t(in->q_row0[size_t(b)] + i) * size_t(c->hq) + size_t(h)) * size_t(d);
     int64_t slot = c->layout == Layout::Paged
                        ? int64_t(in->block_table[size_t(b) * size_t(in->bt_stride) + size_t(j / c->page_size)]) *
                                  c->page_size +
                              j % c->page_size
                        : in->k_row0[size_t(b)] + j;
-    const uint16_t* k = in->k.data() + (size_t(slot) * size_t(c->hkv) + size_t(hk)) * size_t(d);
+    const size_t k0 = (size_t(slot) * size_t(c->hkv) + size_t(hk)) * size_t(d);
     double acc = 0;
-    for (int x = 0; x < d; ++x) acc += double(to_float(c->dtype, q[x])) * double(to_float(c->dtype, k[x]));
+    for (int x = 0; x < d; ++x)
+      acc += double(input_value(*c, *in, 'q', q0 + size_t(x))) * double(input_value(*c, *in, 'k', k0 + size_t(x)));
     return acc * scale;
   }
   int64_t key_end(int64_t i) const { return c->causal ? std::clamp<int64_t>(lk - lq + i + 1, 0, lk) : lk; }
@@ -441,7 +501,8 @@ void check_against_cpu(const Case& c) {
             while (group_tiles < tiles && ct[group_tiles] != BLASST_TILE_NOT_VISITED) ++group_tiles;
             const double log_lambda = double(float(std::log(double(f) / double(lk))));
             margin = rule_margin(view, ct, t, group_tiles, log_lambda);
-            within = margin <= 2e-3 * (1.0 + std::fabs(log_lambda));
+            // (FP8: the e4m3 wgmma accumulates scores with fewer bits than fp32.)
+            within = margin <= (c.fp8() ? 1e-2 : 2e-3) * (1.0 + std::fabs(log_lambda));
           }
           if (within) {
             ++rounding_flips;
@@ -467,8 +528,8 @@ void check_against_cpu(const Case& c) {
         double row_max = 1e-3, row_err = 0;
         const size_t dv = size_t(c.d_v());
         for (size_t x = 0; x < dv; ++x) {
-          const double gv = to_float(c.dtype, g.out[row * dv + x]);
-          const double cv = to_float(c.dtype, cpu.out[row * dv + x]);
+          const double gv = to_float(c.out_dtype(), g.out[row * dv + x]);
+          const double cv = to_float(c.out_dtype(), cpu.out[row * dv + x]);
           if (std::isnan(gv)) ++unwritten;
           row_max = std::max(row_max, std::fabs(cv));
           row_err = std::max(row_err, std::fabs(gv - cv));

@@ -19,7 +19,8 @@ struct Case {
   int dv = 0;                     // head dim of V and O; 0: d (MLA's non-absorbed prefill: d 192, dv 128)
   int causal = 0;
   blasst_order order = BLASST_ORDER_ASCENDING;
-  blasst_dtype dtype = BLASST_DTYPE_BFLOAT16;
+  blasst_dtype dtype = BLASST_DTYPE_BFLOAT16;  // FLOAT8_E4M3: Q, K and V in FP8 (out in bf16)
+  int fp8_per_kv_head = 0;                    // FP8: dequantization scales per KV head (else per tensor)
   Layout layout = Layout::Contiguous;
   int page_size = 16;
   float factor = 0.0f;
@@ -28,11 +29,17 @@ struct Case {
   uint64_t seed = 1;
   std::string name() const;
   int d_v() const { return dv > 0 ? dv : d; }
+  bool fp8() const { return dtype == BLASST_DTYPE_FLOAT8_E4M3; }
+  blasst_dtype out_dtype() const { return fp8() ? BLASST_DTYPE_BFLOAT16 : dtype; }
 };
 
-// Inputs of one case in its layout (16-bit values) and the float values they hold.
+// Inputs of one case in its layout (16-bit values) and the float values they hold. FP8 cases
+// quantize the 16-bit values into q8/k8/v8 with scales of amax / 448 (per tensor, or per KV
+// head: Q's over the query heads of each KV head); those are the call's inputs.
 struct Inputs {
   std::vector<uint16_t> q, k, v;       // layout buffers
+  std::vector<uint8_t> q8, k8, v8;     // FP8 cases: the same layouts in e4m3
+  std::vector<float> q_scale, k_scale, v_scale;  // FP8 cases: 1 or num_kv_heads values each
   int64_t q_rows = 0, kv_rows = 0;     // token rows (or page slots) in the buffers
   std::vector<int32_t> cu_q, cu_k, seq_q, seq_k, block_table;
   int32_t max_lq = 0, max_lk = 0, num_pages = 0, bt_stride = 0;
@@ -42,6 +49,10 @@ struct Inputs {
 };
 
 Inputs make_inputs(const Case& c);
+
+// The value an input element holds (FP8: stored value times its scale); `which` is 'q', 'k' or
+// 'v', `index` the element's index in its layout buffer.
+float input_value(const Case& c, const Inputs& in, char which, size_t index);
 
 // The float value of a 16-bit element of dtype dt (bf16 or fp16).
 float to_float(blasst_dtype dt, uint16_t h);

@@ -603,5 +603,230 @@ TEST_F(MlaPrefillGpu, SanitizerSubset) {
   check_against_cpu(c);
 }
 
+// FP8 (e4m3) prefill: Q, K and V quantized from the structured bf16 inputs with per-tensor or
+// per-KV-head scales (amax / 448), O in bf16. Only the sm_90a kernel runs it (head dims 64 and
+// 128), and only with BLASST_CUDA_SM90_FP8_PREFILL=1, which these tests set; without a compute
+// capability 9.0 device or that kernel in the build they check the refusal and skip the rest.
+constexpr const char* kFp8Env = "BLASST_CUDA_SM90_FP8_PREFILL";
+
+Case fp8_case(std::vector<int64_t> lq, std::vector<int64_t> lk, int hq, int hkv, int d, int per_kv_head) {
+  Case c;
+  c.lq = std::move(lq);
+  c.lk = std::move(lk);
+  c.hq = hq;
+  c.hkv = hkv;
+  c.d = d;
+  c.dtype = BLASST_DTYPE_FLOAT8_E4M3;
+  c.fp8_per_kv_head = per_kv_head;
+  return c;
+}
+
+class Fp8PrefillGpu : public PrefillGpu {
+ protected:
+  void SetUp() override {
+    PrefillGpu::SetUp();
+    if (IsSkipped()) return;
+    setenv(kFp8Env, "1", 1);
+  }
+  void TearDown() override { unsetenv(kFp8Env); }
+
+  // Whether the engine runs FP8 prefill at head dim d here; if not, the test is marked skipped
+  // (the caller returns) and the call must have been refused with a message naming the sm_90a
+  // kernel.
+  bool kernel_runs(int d = 128) {
+    Case c = fp8_case({64}, {64}, 1, 1, d, 0);
+    const GpuRun r = run_gpu(c, make_inputs(c));
+    if (r.status == BLASST_OK) return true;
+    EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+    EXPECT_NE(r.message.find("sm_90a"), std::string::npos) << r.message;
+    [&] { GTEST_SKIP() << "no sm_90a FP8 prefill kernel here: " << r.message; }();
+    return false;
+  }
+};
+
+TEST_F(Fp8PrefillGpu, GatedByEnvironmentVariable) {
+  Case c = fp8_case({100}, {100}, 2, 1, 128, 0);
+  const Inputs in = make_inputs(c);
+  unsetenv(kFp8Env);
+  GpuRun r = run_gpu(c, in);
+  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+  EXPECT_NE(r.message.find(kFp8Env), std::string::npos) << r.message;
+  setenv(kFp8Env, "0", 1);
+  r = run_gpu(c, in);
+  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+  setenv(kFp8Env, "1", 1);
+  // Head dims other than 64 and 128 stay refused.
+  Case other = c;
+  other.d = 256;
+  r = run_gpu(other, make_inputs(other));
+  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+  r = run_gpu(c, in);
+  if (r.status != BLASST_OK) {
+    EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+    EXPECT_NE(r.message.find("sm_90a"), std::string::npos) << r.message;
+  } else {
+    EXPECT_EQ(r.info.geometry.block_m, 64);
+    EXPECT_EQ(r.info.geometry.block_n, 128);
+  }
+}
+
+TEST_F(Fp8PrefillGpu, OddShapesAgainstCpuEngine) {
+  if (!kernel_runs()) return;
+  int index = 0;
+  for (const ShapeCase& sc : kShapes) {
+    for (int causal = 0; causal < 2; ++causal) {
+      for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED}) {
+        const int g = (index % 3 == 0) ? 1 : (index % 3 == 1 ? 4 : 8);
+        const int d = (index % 2 == 0) ? 128 : 64;
+        const int hkv = sc.lq >= 4096 ? 1 : 2;
+        Case c = fp8_case({sc.lq}, {sc.lk}, hkv * g, hkv, d, (index / 2) % 2);
+        ++index;
+        c.causal = causal;
+        c.order = order;
+        c.factor = float(0.5 * double(sc.lk));  // ln(lambda) = ln(0.5): skips are frequent
+        c.seed = 3000 + uint64_t(index);
+        SCOPED_TRACE(c.name());
+        check_against_cpu(c);
+      }
+    }
+  }
+}
+
+TEST_F(Fp8PrefillGpu, DenseMode) {
+  if (!kernel_runs()) return;
+  for (int d : {128, 64}) {
+    for (int causal = 0; causal < 2; ++causal) {
+      Case c = fp8_case({300}, {700}, 8, 2, d, causal);
+      c.causal = causal;
+      c.factor = 0.0f;
+      c.seed = 25 + uint64_t(causal + d);
+      SCOPED_TRACE(c.name());
+      check_against_cpu(c);
+    }
+  }
+}
+
+TEST_F(Fp8PrefillGpu, RaggedBatch) {
+  if (!kernel_runs()) return;
+  for (int causal = 0; causal < 2; ++causal) {
+    for (blasst_order order : {BLASST_ORDER_ASCENDING, BLASST_ORDER_ANCHORED}) {
+      Case c = fp8_case({100, 1, 777, 0, 260}, {300, 50, 777, 20, 130}, 8, 2, causal ? 64 : 128, int(order));
+      c.causal = causal;
+      c.order = order;
+      c.layout = Layout::Ragged;
+      c.factor = 300.0f;
+      c.seed = 70 + uint64_t(causal * 2 + int(order));
+      SCOPED_TRACE(c.name());
+      check_against_cpu(c);
+    }
+  }
+}
+
+TEST_F(Fp8PrefillGpu, PaddedBatchWithSeqlens) {
+  if (!kernel_runs()) return;
+  for (int d : {64, 128}) {
+    Case c = fp8_case({200, 57}, {513, 1000}, 4, 4, d, 1);
+    c.causal = 1;
+    c.layout = Layout::Padded;
+    c.factor = 400.0f;
+    c.seed = 95 + uint64_t(d);
+    SCOPED_TRACE(c.name());
+    check_against_cpu(c);
+  }
+}
+
+TEST_F(Fp8PrefillGpu, PagedKv) {
+  if (!kernel_runs()) return;
+  // 16-64 tokens: 16-row boxes (16 x 128 and 16 x 64 bytes); 128 and up: whole tiles.
+  struct Paging {
+    int page_size, d;
+  };
+  for (const Paging pg : {Paging{16, 128}, Paging{32, 128}, Paging{64, 128}, Paging{128, 128}, Paging{256, 128},
+                          Paging{16, 64}, Paging{64, 64}, Paging{128, 64}}) {
+    for (int causal = 0; causal < 2; ++causal) {
+      Case c = fp8_case({150, 64}, {1500, 333}, 8, 2, pg.d, causal);
+      c.causal = causal;
+      c.order = causal ? BLASST_ORDER_ANCHORED : BLASST_ORDER_ASCENDING;
+      c.layout = Layout::Paged;
+      c.page_size = pg.page_size;
+      c.factor = 600.0f;
+      c.seed = 500 + uint64_t(pg.page_size + causal + pg.d);
+      SCOPED_TRACE(c.name());
+      check_against_cpu(c);
+    }
+  }
+  // A page size the sm_90a kernel does not take: refused (the sm_80 kernel has no FP8 prefill).
+  Case c = fp8_case({64}, {300}, 2, 1, 128, 0);
+  c.layout = Layout::Paged;
+  c.page_size = 100;
+  const GpuRun r = run_gpu(c, make_inputs(c));
+  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
+}
+
+// Per-KV-head factors with per-KV-head scales: each KV head folds its own score scale.
+TEST_F(Fp8PrefillGpu, PerKvHeadFactorsAndScales) {
+  if (!kernel_runs()) return;
+  Case c = fp8_case({600}, {1800}, 16, 4, 128, 1);
+  c.causal = 1;
+  c.per_head = {0.0f, 500.0f, 1e9f, 900.0f};  // off, on, lambda >= 1 (off), on
+  c.seed = 124;
+  SCOPED_TRACE(c.name());
+  check_against_cpu(c);
+}
+
+// With no tile skipped, the skip kernel does the dense kernel's arithmetic: same bits.
+TEST_F(Fp8PrefillGpu, SkipKernelWithoutSkipsIsBitIdenticalToDense) {
+  if (!kernel_runs()) return;
+  for (int d : {128, 64}) {
+    for (int causal = 0; causal < 2; ++causal) {
+      Case c = fp8_case({513}, {1025}, 4, 2, d, causal);
+      c.causal = causal;
+      c.seed = 38 + uint64_t(causal + d);
+      const Inputs in = make_inputs(c);
+      c.factor = 0.0f;
+      const GpuRun dense = run_gpu(c, in);
+      ASSERT_EQ(dense.status, BLASST_OK) << dense.message;
+      for (int variant = 0; variant < 2; ++variant) {
+        Case s = c;
+        if (variant == 0) s.per_head = {0.0f, 0.0f};  // skip kernel, skipping off
+        else s.factor = 1e-30f;                         // skip kernel, votes that always keep
+        const GpuRun skip = run_gpu(s, in);
+        ASSERT_EQ(skip.status, BLASST_OK) << skip.message;
+        EXPECT_EQ(skip.info.skipped, 0);
+        EXPECT_EQ(0, std::memcmp(dense.out.data(), skip.out.data(), dense.out.size() * sizeof(uint16_t)))
+            << "d " << d << " variant " << variant << " causal " << causal;
+        EXPECT_EQ(0, std::memcmp(dense.lse.data(), skip.lse.data(), dense.lse.size() * sizeof(float)))
+            << "d " << d << " variant " << variant << " causal " << causal;
+      }
+    }
+  }
+}
+
+// Small problems for compute-sanitizer: box-paged, ragged and padded, both head dims.
+TEST_F(Fp8PrefillGpu, SanitizerSubset) {
+  if (!kernel_runs()) return;
+  Case c = fp8_case({70, 1, 130}, {200, 3, 129}, 4, 2, 64, 1);
+  c.causal = 1;
+  c.order = BLASST_ORDER_ANCHORED;
+  c.layout = Layout::Paged;
+  c.page_size = 16;
+  c.factor = 80.0f;
+  c.seed = 13;
+  check_against_cpu(c);
+  c.layout = Layout::Ragged;
+  c.d = 128;
+  c.causal = 0;
+  c.order = BLASST_ORDER_ASCENDING;
+  c.fp8_per_kv_head = 0;
+  check_against_cpu(c);
+  c.lq = {200, 70};
+  c.lk = {333, 70};
+  c.layout = Layout::Padded;
+  c.d = 64;
+  c.causal = 1;
+  c.order = BLASST_ORDER_ANCHORED;
+  check_against_cpu(c);
+}
+
 }  // namespace
 }  // namespace blasst::gpu_test

@@ -7,7 +7,8 @@
 
 namespace blasst::cuda {
 
-enum class Elem { kBf16, kFp16 };
+// kFp8: Q, K and V in float8_e4m3 with dequantization scales, O in bfloat16 (sm_90a only).
+enum class Elem { kBf16, kFp16, kFp8 };
 
 // Tile shape the kernel for head dimension d uses (0 when d is not built).
 struct PrefillTiles {

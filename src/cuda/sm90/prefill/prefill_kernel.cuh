@@ -10,6 +10,10 @@
 //   keeps the tile iff any existing row keeps it; one bar.red) -> skipped: release V, done ->
 //   kept: rescale O, P = exp2(...) in registers -> O += P V (wgmma, registers x smem) -> release V.
 // A skipped tile thus costs its QK^T and the vote only.
+// FP8 (e4m3 Q, K, V): the same, with the e4m3 wgmma for QK^T, the score scale times the
+// dequantization scales of Q and K (read here, per KV head where given), and for a kept tile
+// its V converted into the warpgroup's own fp16 copy before P V (fp8_convert.cuh); V's scale
+// goes into 1 / l, as in the CPU engine.
 #pragma once
 
 #include <climits>
@@ -23,6 +27,7 @@
 #include "cuda/common/prefill_params.hpp"
 #include "cuda/common/quad_reduce.cuh"
 #include "cuda/common/skip_threshold.cuh"
+#include "cuda/sm90/prefill/fp8_convert.cuh"
 #include "cuda/sm90/prefill/prefill_traits.cuh"
 #include "cuda/sm90/prefill/softmax_vote.cuh"
 #include "cuda/sm90/prefill/visit_plan.cuh"
@@ -48,7 +53,10 @@ struct KernelParams {
 template <class Traits, bool kSkip>
 __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const __grid_constant__ KernelParams<Traits> P) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using T = typename Traits::Element;
+  using T = typename Traits::Element;  // as loaded by TMA
+  using TPV = typename Traits::ElementPV;
+  using TO = typename Traits::ElementO;
+  constexpr bool kFp8 = Traits::kFp8;
   using Barrier = cutlass::arch::ClusterTransactionBarrier;
   using EmptyBarrier = cutlass::arch::ClusterBarrier;
   constexpr int Dqk = Traits::Dqk;
@@ -242,7 +250,18 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
-  Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
+  // The V tiles P V reads: V's stages, or for FP8 the warpgroups' 16-bit copies.
+  auto pv_base = [&]() {
+    if constexpr (kFp8)
+      return ss.vp.data();
+    else
+      return ss.v.data();
+  };
+  Tensor sVt = make_tensor(make_smem_ptr(pv_base()), typename Traits::SmemLayoutVt{});
+  // FP8: shared-memory addresses of V's e4m3 stages and of this warpgroup's fp16 copy.
+  [[maybe_unused]] const uint32_t v8_base = cute::cast_smem_ptr_to_uint(ss.v.data());
+  [[maybe_unused]] const uint32_t vp_base =
+      cute::cast_smem_ptr_to_uint(pv_base()) + uint32_t(grp) * uint32_t(BN * Dv * sizeof(TPV));
   Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, Dqk/16): this group's 64 rows (registers or descriptors)
   Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, 1, Dqk/16, stages)
   Tensor tOrVt = thr_o.partition_fragment_B(sVt); // (MMA, 1, BN/16, stages)
@@ -267,8 +286,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   const int64_t trace_base =
       p.decisions ? ((int64_t(b) * p.num_q_heads + h) * P.group_blocks + trace_group) * p.tiles_per_group : 0;
   uint8_t* const trace = (p.decisions && wt == 0) ? p.decisions + trace_base : nullptr;
-  const float scale = p.scale;
-  const float scale_log2 = p.scale_log2;
+  // FP8: the score scale folds the dequantization scales of Q and K as the CPU engine does
+  // (float(double(scale) * s_q * s_k)), and its log2(e) multiple is rounded as the host rounds
+  // p.scale_log2. (The epilogue reads the scales again rather than hold them through the loop.)
+  const int scale_index = p.scales_per_kv_head ? kv_head : 0;
+  auto fp8_score_scale = [&]() {
+    return float(double(p.scale) * double(p.q_scale[scale_index]) * double(p.k_scale[scale_index]));
+  };
+  float scale = p.scale;
+  float scale_log2 = p.scale_log2;
+  if constexpr (kFp8) {
+    scale = fp8_score_scale();
+    scale_log2 = float(double(scale) * 1.4426950408889634);
+  }
   int skipped = 0;
   int j = 0;  // position in the group's own order
   // keep_threshold(m) of each row for the vote, updated with m on kept tiles (off the chain of
@@ -287,7 +317,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   // A run of skipped tiles goes at the pace of the chain QK^T -> row max -> vote -> next QK^T,
   // so a skipped tile's V buffer (its load must land before it is handed back) is released
   // while the next QK^T is in flight, off that chain.
-  Tensor rP = make_tensor<T>(tSrS.layout());  // P of the pending tile, 16-bit
+  Tensor rP = make_tensor<TPV>(tSrS.layout());  // P of the pending tile, 16-bit
   Tensor tOrP = make_tensor(rP.data(), acc_as_a_layout(rP.layout()));
   bool pv_pending = false;
   int pv_stage = 0;           // V stage of the pending tile
@@ -398,7 +428,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       if (pv_pending) {
-        release(&ss.v_empty[pv_stage]);
+        // (FP8: the e4m3 stage went back when it was converted.)
+        if constexpr (!kFp8) release(&ss.v_empty[pv_stage]);
         pv_pending = false;
       }
     };
@@ -445,7 +476,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     sm.rescale(o_rc, alpha);
     convert_fragment_into(tSrS, rP);
     Barrier::wait(&ss.v_full[sv], phase_v);
-    if ((t + 1) * BN > lk) {
+    if constexpr (kFp8) {
+      // The warpgroup's fp16 copy of V (its previous P V has landed): rows past lk become 0
+      // (another entry's or padding values, maybe NaN, or not loaded at all). The e4m3 stage
+      // then goes back at once.
+      convert_v_tile<BN, Dv, typename Traits::SmemLayoutVStage, typename Traits::SmemLayoutVpBuffer>(
+          v8_base + uint32_t(sv) * Traits::kTileBytesV, vp_base, min(lk - t * BN, BN), wt);
+      cutlass::arch::fence_view_async_shared();
+      __syncwarp();
+      release(&ss.v_empty[sv]);
+      ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
+      pv_pending = true;
+      pv_stage = grp;
+      continue;
+    } else if ((t + 1) * BN > lk) {
       // Rows of V past lk hold another entry's or padding values (maybe NaN): P is 0 there,
       // but 0 * NaN is not, so zero them before P V.
       Tensor sVs = sV(_, _, sv);
@@ -466,39 +510,73 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     issue_pv();
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrO);
-    release(&ss.v_empty[pv_stage]);
+    if constexpr (!kFp8) release(&ss.v_empty[pv_stage]);
   }
 
   // ---------------- epilogue: O = o / l, LSE = m * scale + ln(l) ----------------
   float inv[R];
   float lse[R];
+  [[maybe_unused]] float v_scale = 1.0f;
+  if constexpr (kFp8) {
+    scale = fp8_score_scale();
+    v_scale = p.v_scale[scale_index];
+  }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const float sum = quad_sum(sm.l[r]);
     const bool empty = sm.m[r] == kNegInf || sum == 0.0f;
-    inv[r] = empty ? 0.0f : 1.0f / sum;
+    // (FP8: V's scale into 1 / l, as the CPU engine folds it.)
+    if constexpr (kFp8)
+      inv[r] = empty ? 0.0f : v_scale / sum;
+    else
+      inv[r] = empty ? 0.0f : 1.0f / sum;
     lse[r] = empty ? kNegInf : sm.m[r] * scale + logf(sum);
 #pragma unroll
     for (int c = 0; c < size<1>(o_rc); ++c) o_rc(r, c) *= inv[r];
   }
-  // O goes through this group's rows of the Q buffer (no other warpgroup reads those rows;
-  // SmemLayoutO) so that each thread then writes whole 16-byte row chunks.
-  Tensor rO = convert_fragment<T>(tOrO);
-  Tensor sO = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutO{});
-  Tensor tOsO = thr_o.partition_C(sO);
-#pragma unroll
-  for (int e = 0; e < size(rO); ++e) tOsO(e) = rO(e);
-  ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
-
+  Tensor rO = convert_fragment<TO>(tOrO);
   const bool ragged_q = p.cu_seqlens_q != nullptr;
-  T* o_base = static_cast<T*>(p.out) + (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +
-              int64_t(h) * p.o_head_stride;
-  for (int idx = wt; idx < group_rows * (Dv / 8); idx += 128) {
-    const int r = idx / (Dv / 8);
-    const int c = (idx % (Dv / 8)) * 8;
-    const int row = grp * GR + r;
-    *reinterpret_cast<uint4*>(o_base + int64_t(row0 + row) * p.o_token_stride + c) =
-        *reinterpret_cast<const uint4*>(&sO(row, c));
+  if constexpr (kFp8) {
+    // O goes through the group's own fp16 V copy (Q's FP8 buffer is too small for 16-bit O),
+    // once every warp of the group is past its last P V.
+    ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
+    Tensor sO = make_tensor(make_smem_ptr(reinterpret_cast<TO*>(ss.vp.data()) + grp * BN * Dv),
+                            typename Traits::SmemLayoutOGroup{});
+    typename Traits::MmaOGroup mma_og;
+    Tensor tOsO = mma_og.get_thread_slice(wt).partition_C(sO);
+    static_assert(decltype(size(tOsO))::value == decltype(size(rO))::value, "one warpgroup's share of O");
+#pragma unroll
+    for (int e = 0; e < size(rO); ++e) tOsO(e) = rO(e);
+    ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
+
+    TO* o_base = static_cast<TO*>(p.out) +
+                 (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +
+                 int64_t(h) * p.o_head_stride;
+    for (int idx = wt; idx < group_rows * (Dv / 8); idx += 128) {
+      const int r = idx / (Dv / 8);
+      const int c = (idx % (Dv / 8)) * 8;
+      *reinterpret_cast<uint4*>(o_base + int64_t(group_row0 + r) * p.o_token_stride + c) =
+          *reinterpret_cast<const uint4*>(&sO(r, c));
+    }
+  } else {
+    // O goes through this group's rows of the Q buffer (no other warpgroup reads those rows;
+    // SmemLayoutO) so that each thread then writes whole 16-byte row chunks.
+    Tensor sO = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutO{});
+    Tensor tOsO = thr_o.partition_C(sO);
+#pragma unroll
+    for (int e = 0; e < size(rO); ++e) tOsO(e) = rO(e);
+    ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
+
+    TO* o_base = static_cast<TO*>(p.out) +
+                 (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +
+                 int64_t(h) * p.o_head_stride;
+    for (int idx = wt; idx < group_rows * (Dv / 8); idx += 128) {
+      const int r = idx / (Dv / 8);
+      const int c = (idx % (Dv / 8)) * 8;
+      const int row = grp * GR + r;
+      *reinterpret_cast<uint4*>(o_base + int64_t(row0 + row) * p.o_token_stride + c) =
+          *reinterpret_cast<const uint4*>(&sO(row, c));
+    }
   }
   if (p.lse && (lane & 3) == 0) {
     float* lse_base = p.lse + (ragged_q ? int64_t(q_start) * p.lse_token_stride : int64_t(b) * p.lse_batch_stride) +

@@ -83,4 +83,11 @@ cudaError_t launch_for_dim(Elem elem, bool skip, const PrefillParams& p, const T
   return cudaErrorInvalidValue;
 }
 
+// FP8 (e4m3 Q, K, V; bf16 O): its own translation units (prefill_sm90_fp8_d*.cu).
+template <int D>
+cudaError_t launch_fp8_for_dim(bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
+  return skip ? launch_impl<cutlass::float_e4m3_t, D, D, true>(p, e, stream)
+              : launch_impl<cutlass::float_e4m3_t, D, D, false>(p, e, stream);
+}
+
 }  // namespace blasst::cuda::sm90

@@ -23,7 +23,8 @@ struct TmaExtents {
 };
 
 // Whether the sm_90a kernel for (elem, head_dim_qk, head_dim_v) is in this build: 64/64,
-// 128/128, and 192/128 (MLA's non-absorbed prefill) where built.
+// 128/128, and 192/128 (MLA's non-absorbed prefill) where built; FP8 64/64 and 128/128 where
+// built (BLASST_CUDA_SM90_FP8_PREFILL).
 bool built(Elem elem, int head_dim_qk, int head_dim_v);
 
 // Launches it; p.row_blocks counts 64-row decision groups.
@@ -36,5 +37,7 @@ BLASST_DECLARE_SM90_PREFILL(d64)
 BLASST_DECLARE_SM90_PREFILL(d128)
 BLASST_DECLARE_SM90_PREFILL(d192_128)
 #undef BLASST_DECLARE_SM90_PREFILL
+cudaError_t launch_fp8_d64(bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);
+cudaError_t launch_fp8_d128(bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);
 
 }  // namespace blasst::cuda::sm90

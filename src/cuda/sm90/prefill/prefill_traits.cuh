@@ -19,6 +19,12 @@
 //               writes of K and V, pass the 128 bytes an SM serves.
 //   O += P V  : wgmma 64 x Dv x 128, P from registers (the S accumulators converted in place),
 //               V read transposed (MN-major) through a second view of the same shared memory.
+// FP8 (Element = float_e4m3_t; Dqk = Dv = 64 or 128): Q, K and V are loaded as stored (1 byte),
+// S = Q K^T is the e4m3 x e4m3 -> fp32 wgmma (K step 32) with Q in shared memory, K-major with
+// the widest swizzle a row fills (128 bytes at D = 128, 64 at D = 64). Each consumer warpgroup
+// converts the V tiles it keeps into a 16-bit copy of its own ([128, Dv] fp16, the layout of
+// the 16-bit kernels' V; e4m3 -> fp16 is exact and one instruction per two values), which
+// P V (P in fp16) reads; the e4m3 stage goes back as soon as it is converted. O is bf16.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -30,12 +36,19 @@ using namespace cute;
 
 template <class Element_, int Dqk_, int Dv_ = Dqk_>
 struct PrefillTraits {
-  using Element = Element_;  // cutlass::bfloat16_t or cutlass::half_t
+  using Element = Element_;  // of Q, K and V as stored: cutlass::bfloat16_t, cutlass::half_t or cutlass::float_e4m3_t
+  static constexpr bool kFp8 = sizeof_bits_v<Element> == 8;
+  // P and V in P V: the element itself, or for FP8 fp16 (V converted in shared memory)
+  using ElementPV = std::conditional_t<kFp8, cutlass::half_t, Element>;
+  using ElementO = std::conditional_t<kFp8, cutlass::bfloat16_t, Element>;  // of O
   static constexpr int Dqk = Dqk_;  // head dim of Q and K
   static constexpr int Dv = Dv_;    // head dim of V and O
   static constexpr bool kMla = Dqk != Dv;
+  static_assert(!kFp8 || (Dqk == Dv && (Dqk == 64 || Dqk == 128)), "FP8 is built for head dims 64 and 128");
   static constexpr int kGroupRows = 64;   // rows of a consumer warpgroup = one decision group
-  static constexpr int kConsumerGroups = Dqk == 64 ? 3 : 2;
+  // (FP8 at D = 64 keeps two: at 160 registers its V conversion and scales spilled 32-48 bytes,
+  // reloaded at every tile.)
+  static constexpr int kConsumerGroups = Dqk == 64 && !kFp8 ? 3 : 2;
   static constexpr int kBlockM = kGroupRows * kConsumerGroups;  // rows of a CTA
   // Registers per thread after setmaxnreg (multiples of 8; 128 threads each, 64K in all).
   static constexpr int kProducerRegs = 24;
@@ -66,30 +79,45 @@ struct PrefillTraits {
   // memory); for G = 3 the 160 registers cannot hold Q next to S, P and O, and at Dqk = 192 Q
   // would take 48 registers per thread on top of S (64), P (32) and O (64), so QK^T reads Q from
   // shared memory there.
-  static constexpr bool kQInRegisters = kConsumerGroups == 2 && !kMla;
+  // (FP8: Q from shared memory too, as the 8-bit A fragment is not what ldmatrix gives.)
+  static constexpr bool kQInRegisters = kConsumerGroups == 2 && !kMla && !kFp8;
   using MmaSAtom = std::conditional_t<
       kQInRegisters, decltype(GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<Dqk>>>()),
       decltype(GMMA::ss_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<Dqk>>>())>;
   using MmaS = decltype(make_tiled_mma(MmaSAtom{}, AtomLayout{}));
   using MmaO = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<Dv>, Int<kBlockN>>, GMMA::Major::K,
+      GMMA::rs_op_selector<ElementPV, ElementPV, float, Shape<Int<kGroupRows>, Int<Dv>, Int<kBlockN>>, GMMA::Major::K,
                            GMMA::Major::MN>(),
       AtomLayout{}));
 
-  using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockM>, Int<Dqk>>{}));
+  // K-major swizzle atom of the tiles loaded by TMA: 128-byte rows of 64 16-bit elements; FP8
+  // rows of 128 elements where the tile has them, else of 64 (64-byte swizzle).
+  using SmemAtom = std::conditional_t<kFp8 && Dqk % 128 != 0, GMMA::Layout_K_SW64_Atom<Element>,
+                                      GMMA::Layout_K_SW128_Atom<Element>>;
+  static constexpr int kAtomCols = decltype(size<1>(SmemAtom{}))::value;
+  using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockM>, Int<Dqk>>{}));
   // O [kBlockM, Dv] in the epilogue, over Q's buffer: the atoms tile rows first, so this is the
   // first Dv / 64 atom columns of SmemLayoutQ and group g's rows of O lie in group g's rows of Q
   // (the other groups may still be reading theirs).
-  using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockM>, Int<Dv>>{}));
-  using SmemLayoutK =
-      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<Dqk>, Int<kStagesK>>{}));
-  using SmemLayoutV =
-      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<Dv>, Int<kStagesV>>{}));
-  using SmemLayoutKStage = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<Dqk>>{}));
-  using SmemLayoutVStage = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<Dv>>{}));
-  // V^T [Dv, keys, stage]: the same bytes as V [keys, Dv, stage], viewed MN-major for P V.
+  using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementO>{}, Shape<Int<kBlockM>, Int<Dv>>{}));
+  using SmemLayoutK = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dqk>, Int<kStagesK>>{}));
+  using SmemLayoutV = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dv>, Int<kStagesV>>{}));
+  using SmemLayoutKStage = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dqk>>{}));
+  using SmemLayoutVStage = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dv>>{}));
+  // The V tiles P V reads [keys, Dv, buffer]: V's stages, or for FP8 each consumer warpgroup's
+  // 16-bit copy (buffer = warpgroup).
+  static constexpr int kBuffersPV = kFp8 ? kConsumerGroups : kStagesV;
+  using SmemLayoutVp = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementPV>{},
+                                              Shape<Int<kBlockN>, Int<Dv>, Int<kBuffersPV>>{}));
+  using SmemLayoutVpBuffer = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementPV>{}, Shape<Int<kBlockN>, Int<Dv>>{}));
+  // V^T [Dv, keys, buffer]: the same bytes as V [keys, Dv, buffer], viewed MN-major for P V.
   using SmemLayoutVt = decltype(composition(
-      SmemLayoutV{}, make_ordered_layout(Shape<Int<Dv>, Int<kBlockN>, Int<kStagesV>>{}, Step<_2, _1, _3>{})));
+      SmemLayoutVp{}, make_ordered_layout(Shape<Int<Dv>, Int<kBlockN>, Int<kBuffersPV>>{}, Step<_2, _1, _3>{})));
+  // FP8: O [64, Dv] of one warpgroup in the epilogue, over its 16-bit V copy.
+  using SmemLayoutOGroup = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementO>{}, Shape<Int<kGroupRows>, Int<Dv>>{}));
+  using MmaOGroup = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<ElementPV, ElementPV, float, Shape<Int<kGroupRows>, Int<Dv>, Int<kBlockN>>, GMMA::Major::K,
+                           GMMA::Major::MN>()));
 
   // Global tensors as TMA sees them: (rows, D, heads, batch) with the caller's strides (D = Dqk
   // for Q and K, Dv for V); for ragged batches the batch mode has extent 1 and rows are packed
@@ -109,15 +137,15 @@ struct PrefillTraits {
 
   // Paged caches with pages of 16-64 tokens: each tile is loaded as kBoxRows-row boxes, one per
   // 16 keys, each from its page. A box is rows [16 c, 16 c + 16) of a stage, i.e. the stage's
-  // layout restricted to 16 rows (its 64-column atom columns lie BN * 64 elements apart: two for
-  // D = 128, three for 192), placed kBoxOffset * c elements into the stage: 16 rows of one
-  // 64-column swizzle atom column, a multiple of the swizzle's 1024-byte period, so the swizzle
-  // lines up. K boxes are 16 x Dqk, V boxes 16 x Dv.
+  // layout restricted to 16 rows (its atom columns of kAtomCols elements lie BN * kAtomCols
+  // elements apart: two for D = 128, three for 192, one for FP8), placed kBoxOffset * c elements
+  // into the stage: 16 rows of one swizzle atom column, a multiple of the swizzle's period (1024
+  // bytes, or 512 for FP8 at D = 64), so the swizzle lines up. K boxes are 16 x Dqk, V boxes 16 x Dv.
   static constexpr int kBoxRows = 16;
-  static constexpr int kBoxOffset = kBoxRows * 64;
+  static constexpr int kBoxOffset = kBoxRows * kAtomCols;
   template <int W>
   using SmemLayoutBox = decltype(composition(
-      tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<W>>{}),
+      tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<W>>{}),
       make_layout(Shape<Int<kBoxRows>, Int<W>>{}, Stride<_1, Int<kBlockN>>{})));
   using SmemLayoutKBox = SmemLayoutBox<Dqk>;
   using SmemLayoutVBox = SmemLayoutBox<Dv>;
@@ -129,13 +157,14 @@ struct PrefillTraits {
                                          SmemLayoutVBox{}, Shape<Int<kBoxRows>, Int<Dv>>{}, _1{}));
   static constexpr uint32_t kBoxBytesK = uint32_t(kBoxRows * Dqk * sizeof(Element));
   static constexpr uint32_t kBoxBytesV = uint32_t(kBoxRows * Dv * sizeof(Element));
-  static_assert(kBoxBytesK % 1024 == 0 && kBoxBytesV % 1024 == 0, "boxes must keep the 128-byte swizzle phase");
+  static_assert(kBoxBytesK % 1024 == 0 && kBoxBytesV % 1024 == 0, "boxes must keep the swizzle phase");
+  static_assert(kBoxOffset * int(sizeof(Element)) % 1024 == 0, "box placement must keep the swizzle phase");
 
   static constexpr uint32_t kTileBytesK = uint32_t(kBlockN * Dqk * sizeof(Element));
   static constexpr uint32_t kTileBytesV = uint32_t(kBlockN * Dv * sizeof(Element));
   static constexpr uint32_t kQBytes = uint32_t(kBlockM * Dqk * sizeof(Element));
 
-  struct SharedStorage {
+  struct SharedStorage16 {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> v;
@@ -143,6 +172,18 @@ struct PrefillTraits {
     uint64_t k_full[kStagesK], k_empty[kStagesK];
     uint64_t v_full[kStagesV], v_empty[kStagesV];
   };
+  // FP8: V's stages as loaded (e4m3), and each consumer warpgroup's 16-bit copy of the tile it
+  // multiplies (vp; also its O in the epilogue).
+  struct SharedStorage8 {
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> v;
+    alignas(1024) cute::array_aligned<ElementPV, cosize_v<SmemLayoutVp>> vp;
+    uint64_t q_full;
+    uint64_t k_full[kStagesK], k_empty[kStagesK];
+    uint64_t v_full[kStagesV], v_empty[kStagesV];
+  };
+  using SharedStorage = std::conditional_t<kFp8, SharedStorage8, SharedStorage16>;
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of an SM");
 };

@@ -1,0 +1,10 @@
+// sm_90a prefill instantiations for FP8 (e4m3 Q, K, V; bf16 O) at head dimension 128: dense/skip.
+#include "cuda/sm90/prefill/prefill_launch.cuh"
+
+namespace blasst::cuda::sm90 {
+
+cudaError_t launch_fp8_d128(bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
+  return launch_fp8_for_dim<128>(skip, p, e, stream);
+}
+
+}  // namespace blasst::cuda::sm90
