@@ -151,6 +151,8 @@ def main():
     mla = Mla(opts.lib)
     order = 1 if opts.order == "anchored" else 0
     skip_kernel = "blasst-skip-anchored" if order else "blasst-skip"
+    # BLASST_CUDA_MLA_CLUSTER=0 (no multicast clusters) names its rows apart, for same-lend A/B runs
+    tag = "-nocluster" if os.environ.get("BLASST_CUDA_MLA_CLUSTER", "") == "0" else ""
     copy_gbs = copy_bandwidth_gbs()
     print(f"{gpu}: device copy {copy_gbs:.0f} GB/s (bytes read + written)")
     base = dict(gpu=gpu, date=date, commit=commit, phase="mla-decode")
@@ -207,6 +209,7 @@ def main():
                   f"{'vs dense':>9}{'vs fa3':>8}{'/bound':>8}")
 
             def line(kernel, sf, s, ms):
+                kernel += tag if kernel.startswith("blasst") else ""
                 tf, gbs = flops / ms / 1e9, cache_bytes / ms / 1e6
                 bound = (DQK + DV) / (DQK + (1 - s) * DV)
                 vs_fa3 = peers["fa3"] / ms if "fa3" in peers else float("nan")

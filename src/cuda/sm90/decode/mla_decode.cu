@@ -1,12 +1,13 @@
-// Host side of the sm_90a MLA decode kernel: what it accepts, its splits, the TMA descriptor of
-// the latent cache, and the launches (bf16 / fp16 x dense / skip, then decode's combine).
+// Host side of the sm_90a MLA decode kernel: what it accepts, its splits and cluster size, and the
+// launches (bf16 / fp16 x dense / skip without a cluster here, clusters in mla_decode_cluster.cu,
+// then decode's combine).
 #include "cuda/sm90/decode/mla_decode.hpp"
 
 #include <algorithm>
 #include <cstdlib>
 #include <string>
 
-#include "cuda/sm90/decode/mla_kernel.cuh"
+#include "cuda/sm90/decode/mla_launch.cuh"
 
 namespace blasst::cuda::sm90::mla {
 namespace {
@@ -24,47 +25,17 @@ bool device_is_sm90() {
   return major == 9 && minor == 0;
 }
 
-// Rows of the latent cache as TMA sees it (pages: every slot; ragged: the packed tokens the
-// tensor's numel holds; padded: max_seqlen_k per entry).
-int64_t kv_rows(const blasst_args& a) {
-  if (a.block_table) return int64_t(a.num_pages) * a.page_size;
-  if (a.cu_seqlens_k) {
-    const int64_t rest = a.k.numel - 576 - int64_t(a.num_kv_heads - 1) * a.k.head_stride;
-    return a.k.token_stride > 0 && rest >= 0 ? rest / a.k.token_stride + 1 : 0;
-  }
-  return a.max_seqlen_k;
-}
-
-template <class E>
-using Traits = MlaTraits<E>;
-
-template <class E, bool kSkip>
-cudaError_t launch_impl(const blasst_args& a, const decode::DecodeParams& p, cudaStream_t stream) {
-  using Tr = Traits<E>;
-  MlaKernelParams<Tr> kp{};
-  kp.p = p;
-  kp.chunks = chunks(a);
-  const int32_t rows = int32_t(kv_rows(a));
-  const int32_t batch = (a.block_table || a.cu_seqlens_k) ? 1 : a.batch;
-  kp.kv_shape = make_shape(rows, int32_t(576), int32_t(a.num_kv_heads), batch);
-  // A mode of extent 1 gets the row stride: a descriptor wants nonzero strides, and it is never stepped.
-  auto kv = make_tensor(make_gmem_ptr(static_cast<const E*>(a.k.data)),
-                        make_layout(kp.kv_shape, make_stride(a.k.token_stride, _1{},
-                                                             a.num_kv_heads > 1 ? a.k.head_stride : a.k.token_stride,
-                                                             batch > 1 ? a.k.batch_stride : a.k.token_stride)));
-  kp.tma_kv = make_tma_copy(SM90_TMA_LOAD{}, kv, typename Tr::SmemLayoutKStage{}, Shape<Int<Tr::kBlockN>, Int<576>>{}, _1{});
-
-  auto kernel = mla_decode_kernel<Tr, kSkip>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(unsigned(kp.chunks * p.splits), unsigned(a.num_kv_heads), unsigned(a.batch));
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(kp);
-  err = cudaGetLastError();
-  if (err != cudaSuccess || p.splits == 1) return err;
-  using CudaT = std::conditional_t<std::is_same_v<E, cutlass::half_t>, __half, __nv_bfloat16>;
-  decode::decode_combine_kernel<CudaT, 512>
-      <<<dim3(unsigned(p.rows_max), unsigned(a.num_kv_heads), unsigned(a.batch)), decode::kCombineThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+// Clusters share each latent tile among the chunks of one entry and split (mla_traits.cuh): for
+// 2 or 4 chunks, bfloat16, every chunk holding 64 pairs of every entry (no ragged Lq), so that
+// all CTAs of a cluster stream the same tiles. BLASST_CUDA_MLA_CLUSTER=0 turns them off.
+int cluster_for(const blasst_args& a) {
+  const char* env = std::getenv("BLASST_CUDA_MLA_CLUSTER");  // read per call: an A/B may flip it
+  const bool off = env && env[0] == '0';
+  const int n = chunks(a);
+  if (off || (n != 2 && n != 4) || a.q.dtype != BLASST_DTYPE_BFLOAT16) return 1;
+  if (a.cu_seqlens_q || a.seqlens_q) return 1;
+  if ((int64_t(a.num_q_heads / a.num_kv_heads) * a.max_seqlen_q) % kRows != 0) return 1;
+  return n;
 }
 
 }  // namespace
@@ -124,14 +95,26 @@ int pick_splits(const blasst_args& a, int sms) {
 }
 
 cudaError_t launch(const blasst_args& a, bool skip, const decode::DecodeParams& p, cudaStream_t stream) {
-  if (a.q.dtype == BLASST_DTYPE_FLOAT16) {
+  cudaError_t err = cudaErrorInvalidValue;
+  if (const int cluster = cluster_for(a); cluster > 1) {
+    err = launch_cluster(a, skip, cluster, p, stream);
+  } else if (a.q.dtype == BLASST_DTYPE_FLOAT16) {
 #if BLASST_CUDA_BUILD_FP16
-    return skip ? launch_impl<cutlass::half_t, true>(a, p, stream) : launch_impl<cutlass::half_t, false>(a, p, stream);
-#else
-    return cudaErrorInvalidValue;
+    err = skip ? launch_kernel<cutlass::half_t, true, 1>(a, p, stream) : launch_kernel<cutlass::half_t, false, 1>(a, p, stream);
 #endif
+  } else {
+    err = skip ? launch_kernel<cutlass::bfloat16_t, true, 1>(a, p, stream)
+               : launch_kernel<cutlass::bfloat16_t, false, 1>(a, p, stream);
   }
-  return skip ? launch_impl<cutlass::bfloat16_t, true>(a, p, stream) : launch_impl<cutlass::bfloat16_t, false>(a, p, stream);
+  if (err != cudaSuccess || p.splits == 1) return err;
+  // split partials: decode's combine kernel merges them
+  if (a.q.dtype == BLASST_DTYPE_FLOAT16)
+    decode::decode_combine_kernel<__half, 512>
+        <<<dim3(unsigned(p.rows_max), unsigned(a.num_kv_heads), unsigned(a.batch)), decode::kCombineThreads, 0, stream>>>(p);
+  else
+    decode::decode_combine_kernel<__nv_bfloat16, 512>
+        <<<dim3(unsigned(p.rows_max), unsigned(a.num_kv_heads), unsigned(a.batch)), decode::kCombineThreads, 0, stream>>>(p);
+  return cudaGetLastError();
 }
 
 }  // namespace blasst::cuda::sm90::mla

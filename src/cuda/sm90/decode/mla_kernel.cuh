@@ -57,6 +57,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) mla_decode_kernel(const _
   constexpr int Dqk = Traits::Dqk;
   constexpr int HALF = Traits::kHalf;
   constexpr int kStages = Traits::kStages;
+  constexpr int C = Traits::kCluster;
   const decode::DecodeParams& p = P.p;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -70,7 +71,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) mla_decode_kernel(const _
   const int lq = entry_length(p.cu_seqlens_q, p.seqlens_q, b, p.max_seqlen_q);
   const int lk = entry_length(p.cu_seqlens_k, p.seqlens_k, b, p.max_seqlen_k);
   const int pair0 = chunk * ROWS;
-  if (pair0 >= G * lq) return;  // a chunk with no pair: the group does not exist in this entry
+  // A chunk with no pair: the group does not exist in this entry. (Clusters run only where every
+  // chunk holds 64 pairs of every entry, so no CTA of a cluster leaves here.)
+  if (pair0 >= G * lq) return;
   const int rows_here = min(ROWS, G * lq - pair0);
   auto key_end = [&](int i) { return p.causal ? min(max(lk - lq + i + 1, 0), lk) : lk; };
   // Keys the group's rows see: [0, ke_max); every row sees [0, ke_min).
@@ -100,11 +103,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) mla_decode_kernel(const _
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&ss.k_full[s], 1);
-      EmptyBarrier::init(&ss.k_empty[s], 8);  // every warp of both consumer warpgroups
+      EmptyBarrier::init(&ss.k_empty[s], 8 * C);  // every consumer warp of every CTA of the cluster
     }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
+  // The cluster's barriers exist before any CTA multicasts into or arrives on them.
+  if constexpr (C > 1) cute::cluster_sync();
+  const int rank = C > 1 ? int(cute::block_rank_in_cluster()) : 0;
 
   if (warp < 4) {
     // ---------------- producer ----------------
@@ -115,7 +121,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) mla_decode_kernel(const _
       const int k_start = p.cu_seqlens_k ? p.cu_seqlens_k[b] : 0;
       const int kv_batch = (paged || p.cu_seqlens_k) ? 0 : b;
       Tensor mKV = P.tma_kv.get_tma_tensor(P.kv_shape);
-      auto cta = P.tma_kv.get_slice(0);
+      auto cta = P.tma_kv.get_slice(rank);  // this CTA's share of each tile (all of it without a cluster)
       Tensor dst = cta.partition_D(make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{}));
       for (int i = 0; i < n_stream; ++i) {
         const int s = i % kStages;
@@ -125,11 +131,18 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) mla_decode_kernel(const _
         const int row = paged ? pages[key >> p.page_shift] * p.page_size + (key & (p.page_size - 1)) : k_start + key;
         Tensor src = local_tile(domain_offset(make_coord(row, 0), mKV(_, _, hk, kv_batch)), Shape<Int<BN>, Int<Dqk>>{},
                                 make_coord(0, 0));
+        // (with a cluster: every CTA's consumers are done with stage s, and every share of the
+        // tile lands in every CTA, so each expects the whole tile)
         EmptyBarrier::wait(&ss.k_empty[s], phase ^ 1u);
         Barrier::arrive_and_expect_tx(&ss.k_full[s], Traits::kTileBytes);
-        copy(P.tma_kv.with(ss.k_full[s]), cta.partition_S(src), dst(_, _, _, s));
+        if constexpr (C > 1)
+          copy(P.tma_kv.with(ss.k_full[s], uint16_t((1u << C) - 1u)), cta.partition_S(src), dst(_, _, _, s));
+        else
+          copy(P.tma_kv.with(ss.k_full[s]), cta.partition_S(src), dst(_, _, _, s));
       }
     }
+    // No CTA leaves while another may still write into it or arrive on its barriers.
+    if constexpr (C > 1) cute::cluster_sync();
     return;
   }
 
@@ -174,8 +187,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) mla_decode_kernel(const _
   Tensor oc_rc = make_tensor(tOcO.data(), rowcol_layout(tOcO.layout()));
   constexpr int R = decltype(size<0>(o_rc))::value;
   clear(tOrO);
+  // A stage goes back to the producers of every CTA of the cluster (they multicast into it).
   auto release = [&](int s) {
-    if (lane == 0) EmptyBarrier::arrive(&ss.k_empty[s]);
+    if constexpr (C > 1) {
+#pragma unroll
+      for (int c = 0; c < C; ++c) EmptyBarrier::arrive(&ss.k_empty[s], uint32_t(c), uint32_t(lane == 0));
+    } else {
+      if (lane == 0) EmptyBarrier::arrive(&ss.k_empty[s]);
+    }
   };
 
   float m_final[R], l_final[R];  // warpgroup 0 only: the rows' running max (raw) and sum
@@ -461,6 +480,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) mla_decode_kernel(const _
       }
     }
   }
+  if constexpr (C > 1) cute::cluster_sync();
 #endif
 }
 

@@ -22,9 +22,15 @@ namespace blasst::cuda::sm90::mla {
 
 using namespace cute;
 
-template <class Element_>
+// kCluster: CTAs of one thread-block cluster, the decision groups (64-pair chunks) of one entry
+// and split, which share every latent tile: each loads 1 / kCluster of it and the TMA multicasts
+// it into all of them, so a tile leaves HBM (or L2) once for 128-256 heads instead of once per
+// 64 of them.
+template <class Element_, int kCluster_ = 1>
 struct MlaTraits {
   using Element = Element_;  // cutlass::bfloat16_t or cutlass::half_t
+  static constexpr int kCluster = kCluster_;
+  static_assert(kCluster == 1 || kCluster == 2 || kCluster == 4, "clusters of 1, 2 or 4 CTAs");
   static constexpr int Dqk = 576;
   static constexpr int Dv = 512;
   static constexpr int kHalf = Dv / 2;  // V columns per consumer warpgroup
@@ -32,7 +38,7 @@ struct MlaTraits {
   static constexpr int kBlockN = 64;    // keys of a tile
   static constexpr int kStages = 2;
   static constexpr int kThreads = 384;
-  static constexpr int kProducerRegs = 24;
+  static constexpr int kProducerRegs = 32;  // (the multicast loads need more than 24)
   static constexpr int kConsumerRegs = 240;
   static_assert(128 * (kProducerRegs + 2 * kConsumerRegs) <= 65536, "register file");
   // Named barriers (0 is __syncthreads).
@@ -68,9 +74,10 @@ struct MlaTraits {
   using GmemShape = Shape<int32_t, int32_t, int32_t, int32_t>;
   using GmemStride = Stride<int64_t, _1, int64_t, int64_t>;
   using GmemLayout = Layout<GmemShape, GmemStride>;
-  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{},
+  using TmaLoadOp = std::conditional_t<kCluster == 1, SM90_TMA_LOAD, SM90_TMA_LOAD_MULTICAST>;
+  using TmaKV = decltype(make_tma_copy(TmaLoadOp{},
                                        make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
-                                       SmemLayoutKStage{}, Shape<Int<kBlockN>, Int<Dqk>>{}, _1{}));
+                                       SmemLayoutKStage{}, Shape<Int<kBlockN>, Int<Dqk>>{}, Int<kCluster>{}));
   static constexpr uint32_t kTileBytes = uint32_t(kBlockN * Dqk * sizeof(Element));
 
   struct SharedStorage {
