@@ -151,8 +151,8 @@ def main():
     mla = Mla(opts.lib)
     order = 1 if opts.order == "anchored" else 0
     skip_kernel = "blasst-skip-anchored" if order else "blasst-skip"
-    # BLASST_CUDA_MLA_CLUSTER=0 (no multicast clusters) names its rows apart, for same-lend A/B runs
-    tag = "-nocluster" if os.environ.get("BLASST_CUDA_MLA_CLUSTER", "") == "0" else ""
+    # BLASST_CUDA_MLA_CLUSTER=1 (multicast clusters, opt-in) names its rows apart, for same-lend A/B runs
+    tag = "-cluster" if os.environ.get("BLASST_CUDA_MLA_CLUSTER", "") == "1" else ""
     copy_gbs = copy_bandwidth_gbs()
     print(f"{gpu}: device copy {copy_gbs:.0f} GB/s (bytes read + written)")
     base = dict(gpu=gpu, date=date, commit=commit, phase="mla-decode")

@@ -27,12 +27,13 @@ bool device_is_sm90() {
 
 // Clusters share each latent tile among the chunks of one entry and split (mla_traits.cuh): for
 // 2 or 4 chunks, bfloat16, every chunk holding 64 pairs of every entry (no ragged Lq), so that
-// all CTAs of a cluster stream the same tiles. BLASST_CUDA_MLA_CLUSTER=0 turns them off.
+// all CTAs of a cluster stream the same tiles. Not yet measured on a GPU: only with
+// BLASST_CUDA_MLA_CLUSTER=1 in the environment (read per call, so that an A/B may flip it).
 int cluster_for(const blasst_args& a) {
-  const char* env = std::getenv("BLASST_CUDA_MLA_CLUSTER");  // read per call: an A/B may flip it
-  const bool off = env && env[0] == '0';
+  const char* env = std::getenv("BLASST_CUDA_MLA_CLUSTER");
+  const bool on = env && env[0] == '1';
   const int n = chunks(a);
-  if (off || (n != 2 && n != 4) || a.q.dtype != BLASST_DTYPE_BFLOAT16) return 1;
+  if (!on || (n != 2 && n != 4) || a.q.dtype != BLASST_DTYPE_BFLOAT16) return 1;
   if (a.cu_seqlens_q || a.seqlens_q) return 1;
   if ((int64_t(a.num_q_heads / a.num_kv_heads) * a.max_seqlen_q) % kRows != 0) return 1;
   return n;

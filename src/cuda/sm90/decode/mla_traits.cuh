@@ -25,7 +25,8 @@ using namespace cute;
 // kCluster: CTAs of one thread-block cluster, the decision groups (64-pair chunks) of one entry
 // and split, which share every latent tile: each loads 1 / kCluster of it and the TMA multicasts
 // it into all of them, so a tile leaves HBM (or L2) once for 128-256 heads instead of once per
-// 64 of them.
+// 64 of them (at Hq = 128 the unshared loads read twice the cache and ran at the copy rate).
+// Opt-in (BLASST_CUDA_MLA_CLUSTER=1) until measured.
 template <class Element_, int kCluster_ = 1>
 struct MlaTraits {
   using Element = Element_;  // cutlass::bfloat16_t or cutlass::half_t
@@ -38,9 +39,13 @@ struct MlaTraits {
   static constexpr int kBlockN = 64;    // keys of a tile
   static constexpr int kStages = 2;
   static constexpr int kThreads = 384;
-  static constexpr int kProducerRegs = 32;  // (the multicast loads need more than 24)
-  static constexpr int kConsumerRegs = 240;
-  static_assert(128 * (kProducerRegs + 2 * kConsumerRegs) <= 65536, "register file");
+  // setmaxnreg moves registers between warpgroups within the launch's allocation (168 x 384):
+  // the consumers' increase must be covered by what the producer gives back, or it waits forever.
+  // The multicast loads need more than 24 producer registers.
+  static constexpr int kProducerRegs = kCluster == 1 ? 24 : 40;
+  static constexpr int kConsumerRegs = kCluster == 1 ? 240 : 232;
+  static constexpr int kLaunchRegs = 168;  // __launch_bounds__(384, 1): 65536 / 384 rounded down to 8
+  static_assert(128 * (kProducerRegs + 2 * kConsumerRegs) <= kLaunchRegs * kThreads, "setmaxnreg stays within the launch allocation");
   // Named barriers (0 is __syncthreads).
   static constexpr int kBarVote = 1;      // warpgroup 1's vote
   static constexpr int kBarPFull = 2;     // warpgroup 1 -> 2: P (or the skip flag) of a tile is ready
