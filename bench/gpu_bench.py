@@ -9,8 +9,7 @@ FlashAttention-2 backends) on the same structured inputs, side by side in one pr
     python3 bench/gpu_bench.py --fp8 [--d 128] ...              # FP8 (e4m3) inputs, per-tensor scales
 
 `--mla` times MLA's non-absorbed prefill: Q and K with head dim 192, V and O with 128, one KV head
-per query head (B = 1, H = --mla-heads), through the sm_90a kernel (BLASST_CUDA_SM90_MLA_PREFILL=1
-is set for the library), against FlashAttention-3's flash_attn_func (PyPI fa3-fwd) and the SDPA
+per query head (B = 1, H = --mla-heads), through the sm_90a kernel, against FlashAttention-3's flash_attn_func (PyPI fa3-fwd) and the SDPA
 backends that take 192/128 ("n/a" for those that do not). Its rows carry a dv column and go to
 bench/results/gpu_prefill_mla.csv unless --csv says otherwise.
 
@@ -410,8 +409,7 @@ def main():
     ap.add_argument("--fa3", action="store_true",
                     help="also time FlashAttention-3's flash_attn_func (PyPI fa3-fwd) as a peer (on with --mla)")
     ap.add_argument("--mla", action="store_true",
-                    help="MLA's non-absorbed prefill shape: Dqk 192, Dv 128, Hkv = Hq for each of --mla-heads; "
-                         "sets BLASST_CUDA_SM90_MLA_PREFILL=1 for the library")
+                    help="MLA's non-absorbed prefill shape: Dqk 192, Dv 128, Hkv = Hq for each of --mla-heads")
     ap.add_argument("--mla-heads", default="32,128", help="query (= KV) head counts of the --mla runs")
     ap.add_argument("--fp8", action="store_true",
                     help="time our FP8 (e4m3, per-tensor scales) dense and skip modes beside FlashAttention-3's FP8 "
@@ -442,8 +440,6 @@ def main():
     if args.mla:
         if sample is not None:
             ap.error("--mla times the structured inputs; leave out --sample")
-        # the 192/128 path of the CUDA engine is off unless this is set (read at each call)
-        os.environ.setdefault("BLASST_CUDA_SM90_MLA_PREFILL", "1")
         args.d, args.fa3 = 192, True
     if args.fp8:
         if args.mla or sample is not None or args.page or args.baseline_lib or args.profile_once:

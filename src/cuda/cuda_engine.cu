@@ -179,15 +179,7 @@ std::optional<sm90::TmaExtents> sm90_extents(const blasst_args& a, Elem elem) {
   return e;
 }
 
-// MLA's non-absorbed prefill (head_dim_qk 192, head_dim_v 128) has an sm_90a kernel only, not
-// yet measured on a GPU: the engine takes such calls only with BLASST_CUDA_SM90_MLA_PREFILL=1
-// (read at each such call, so a process may switch it).
-constexpr const char* kMlaPrefillEnv = "BLASST_CUDA_SM90_MLA_PREFILL";
-bool sm90_mla_prefill_enabled() {
-  const char* env = std::getenv(kMlaPrefillEnv);
-  return env && std::string(env) == "1";
-}
-
+// MLA's non-absorbed prefill (head_dim_qk 192, head_dim_v 128) has an sm_90a kernel only.
 // Why the sm_90a kernel does not take a 192/128 call (sm90_extents said no).
 std::string sm90_mla_refusal(const blasst_args& a, Elem elem) {
   const std::string what = "prefill with head_dim_qk 192, head_dim_v 128 runs on the sm_90a kernel only (the sm_80 kernel has "
@@ -253,9 +245,6 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
   const bool mla = a.head_dim_qk != a.head_dim_v;
   if (mla && (a.head_dim_qk != 192 || a.head_dim_v != 128))
     return unsupported("prefill needs head_dim_qk == head_dim_v, or head_dim_qk 192 with head_dim_v 128 (MLA)");
-  if (mla && !sm90_mla_prefill_enabled())
-    return unsupported(std::string("prefill with head_dim_qk 192, head_dim_v 128 (MLA) is off until measured on a GPU: set ") +
-                       kMlaPrefillEnv + "=1 to run its sm_90a kernel");
   const Elem elem = fp8 ? Elem::kFp8 : a.q.dtype == BLASST_DTYPE_BFLOAT16 ? Elem::kBf16 : Elem::kFp16;
   const std::optional<sm90::TmaExtents> sm90_tma = sm90_extents(a, elem);
   if (fp8) {

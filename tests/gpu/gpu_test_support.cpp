@@ -537,7 +537,10 @@ void check_against_cpu(const Case& c) {
           ref2 += cv * cv;
         }
         const double gl = g.lse[row], cl = cpu.lse[row];
-        const bool lse_ok = (std::isinf(cl) && gl == cl) || std::fabs(gl - cl) <= 1e-3 * std::max(1.0, std::fabs(cl));
+        // FP8: Hopper's e4m3 products accumulate with fewer bits than fp32 (on the H100 the LSE of
+        // d = 128 rows differed from the CPU engine's by up to 1.4e-3 relative)
+        const double lse_rel = c.fp8() ? 3e-3 : 1e-3;
+        const bool lse_ok = (std::isinf(cl) && gl == cl) || std::fabs(gl - cl) <= lse_rel * std::max(1.0, std::fabs(cl));
         if ((row_err > 0.04 * row_max || !lse_ok) && ++bad <= 10)
           ADD_FAILURE() << "row " << i << " head " << h << " entry " << b << ": max err " << row_err << " of "
                         << row_max << ", lse gpu " << gl << " cpu " << cl;
