@@ -150,9 +150,17 @@ int64_t packed_rows(const blasst_tensor& t, int heads, int head_dim) {
 // The TMA extents for the sm_90a kernel, or nothing when the call does not fit it: a paged
 // cache needs pages of a power of two of at least 16 tokens laid out as consecutive token rows;
 // every extent must fit 32 bits and every stride the TMA limit of 2^40 bytes.
+// Head dim 256 has an sm_90a instantiation that is not yet measured on a GPU: until it is, such
+// calls run on the sm_80 kernel unless BLASST_CUDA_SM90_D256=1 (read at each call).
+bool sm90_d256_enabled() {
+  const char* env = std::getenv("BLASST_CUDA_SM90_D256");
+  return env && env[0] == '1';
+}
+
 std::optional<sm90::TmaExtents> sm90_extents(const blasst_args& a, Elem elem) {
   if (!sm90_allowed_by_env() || !sm90::built(elem, a.head_dim_qk, a.head_dim_v) || !device_is_sm90())
     return std::nullopt;
+  if (a.head_dim_qk == 256 && !sm90_d256_enabled()) return std::nullopt;
   sm90::TmaExtents e;
   int64_t q_rows = a.cu_seqlens_q ? packed_rows(a.q, a.num_q_heads, a.head_dim_qk) : a.max_seqlen_q;
   int64_t kv_rows = 0;
@@ -251,7 +259,8 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
     if (const std::string why = fp8_prefill_refusal(a, sm90_tma); !why.empty()) return unsupported(why);
   }
   if (mla && !sm90_tma) return unsupported(sm90_mla_refusal(a, elem));
-  const PrefillTiles tiles = sm90_tma ? PrefillTiles{sm90::kGroupRows, sm90::kBlockN} : prefill_tiles(a.head_dim_qk);
+  const PrefillTiles tiles =
+      sm90_tma ? PrefillTiles{sm90::kGroupRows, sm90::block_n(a.head_dim_qk)} : prefill_tiles(a.head_dim_qk);
   if (tiles.block_m == 0)
     return unsupported("prefill head dim " + std::to_string(a.head_dim_qk) + " is not built (64, 128, 256)");
 #if !BLASST_CUDA_BUILD_FP16
@@ -392,6 +401,9 @@ bool built(Elem elem, int head_dim_qk, int head_dim_v) {
 #if BLASST_CUDA_BUILD_SM90_D128
     case 128: return true;
 #endif
+#if BLASST_CUDA_BUILD_SM90_D256
+    case 256: return true;
+#endif
     default: return false;
   }
 }
@@ -423,6 +435,9 @@ cudaError_t launch(Elem elem, int head_dim_qk, int head_dim_v, bool skip, const 
 #endif
 #if BLASST_CUDA_BUILD_SM90_D128
     case 128: return launch_d128(elem, skip, p, e, stream);
+#endif
+#if BLASST_CUDA_BUILD_SM90_D256
+    case 256: return launch_d256(elem, skip, p, e, stream);
 #endif
     default: return cudaErrorInvalidValue;
   }

@@ -204,6 +204,60 @@ TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
   }
 }
 
+// Head dim 256 on the sm_90a kernel (tiles of 64 keys, Q in shared memory), which runs only with
+// BLASST_CUDA_SM90_D256=1 until measured: decisions and outputs against the CPU engine at the
+// reported geometry over odd shapes, both orders, causal and not, paged and ragged, fp16.
+TEST_F(PrefillGpu, Sm90HeadDim256) {
+  int device = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (major != 9 || minor != 0) GTEST_SKIP() << "not a compute capability 9.0 device";
+#if !defined(BLASST_TEST_HAVE_SM90)
+  GTEST_SKIP() << "this build has no sm_90a prefill kernel";
+#endif
+  setenv("BLASST_CUDA_SM90_D256", "1", 1);
+  struct Shape256 {
+    int64_t lq, lk;
+    Layout layout;
+    int page_size;
+  };
+  int index = 0;
+  for (const Shape256 sc : {Shape256{1, 1, Layout::Contiguous, 16}, Shape256{113, 203, Layout::Contiguous, 16},
+                            Shape256{239, 4096, Layout::Paged, 32}, Shape256{1000, 1000, Layout::Paged, 128},
+                            Shape256{333, 1000, Layout::Ragged, 16}}) {
+    for (int causal = 0; causal < 2; ++causal) {
+      Case c;
+      c.lq = {sc.lq};
+      c.lk = {sc.lk};
+      if (sc.layout == Layout::Ragged) {
+        c.lq = {sc.lq, 70};
+        c.lk = {sc.lk, 129};
+      }
+      c.hq = 4;
+      c.hkv = 2;
+      c.d = 256;
+      c.layout = sc.layout;
+      c.page_size = sc.page_size;
+      c.causal = causal;
+      c.order = (index++ % 2) ? BLASST_ORDER_ANCHORED : BLASST_ORDER_ASCENDING;
+      c.factor = float(sc.lk) * 0.4f;
+      c.seed = 900 + uint64_t(index);
+      if (index % 3 == 0) c.dtype = BLASST_DTYPE_FLOAT16;
+      SCOPED_TRACE(c.name());
+      const GpuRun g = run_gpu(c, make_inputs(c));
+      ASSERT_EQ(g.status, BLASST_OK) << g.message;
+      if (g.info.geometry.block_m != 64) {
+        unsetenv("BLASST_CUDA_SM90_D256");
+        GTEST_SKIP() << "this build has no sm_90a kernel for head dim 256";
+      }
+      EXPECT_EQ(g.info.geometry.block_n, 64);
+      check_against_cpu(c);
+    }
+  }
+  unsetenv("BLASST_CUDA_SM90_D256");
+}
+
 TEST_F(PrefillGpu, PerKvHeadFactors) {
   Case c;
   c.lq = {600};

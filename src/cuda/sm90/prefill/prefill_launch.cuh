@@ -28,7 +28,7 @@ template <class E, int Dqk, int Dv, bool kSkip>
 cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
   using Traits = PrefillTraits<E, Dqk, Dv>;
   // The engine reports and checks calls with the host-side copies of these (prefill_sm90.hpp).
-  static_assert(Traits::kGroupRows == kGroupRows && Traits::kBlockN == kBlockN && Traits::kBoxRows == kBoxRows,
+  static_assert(Traits::kGroupRows == kGroupRows && Traits::kBlockN == block_n(Traits::Dqk) && Traits::kBoxRows == kBoxRows,
                 "host and kernel tile constants");
   KernelParams<Traits> kp{};
   kp.p = p;

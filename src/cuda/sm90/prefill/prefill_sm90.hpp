@@ -13,7 +13,8 @@
 namespace blasst::cuda::sm90 {
 
 constexpr int kGroupRows = 64;  // block_m: rows of one decision group (a consumer warpgroup)
-constexpr int kBlockN = 128;    // block_n: keys of a tile
+// block_n: keys of a tile (64 at head dim 256, whose O leaves no registers for wider tiles)
+constexpr int block_n(int head_dim_qk) { return head_dim_qk == 256 ? 64 : 128; }
 constexpr int kBoxRows = 16;    // smallest page: pages below a tile are loaded as boxes of these rows
 
 // Extents of the row and batch modes of the TMA views of Q and of K/V (see KernelParams).
@@ -23,7 +24,7 @@ struct TmaExtents {
 };
 
 // Whether the sm_90a kernel for (elem, head_dim_qk, head_dim_v) is in this build: 64/64,
-// 128/128, and 192/128 (MLA's non-absorbed prefill) where built; FP8 64/64 and 128/128 where
+// 128/128, 256/256, and 192/128 (MLA's non-absorbed prefill) where built; FP8 64/64 and 128/128 where
 // built (BLASST_CUDA_SM90_FP8_PREFILL).
 bool built(Elem elem, int head_dim_qk, int head_dim_v);
 
@@ -36,6 +37,7 @@ cudaError_t launch(Elem elem, int head_dim_qk, int head_dim_v, bool skip, const 
 BLASST_DECLARE_SM90_PREFILL(d64)
 BLASST_DECLARE_SM90_PREFILL(d128)
 BLASST_DECLARE_SM90_PREFILL(d192_128)
+BLASST_DECLARE_SM90_PREFILL(d256)
 #undef BLASST_DECLARE_SM90_PREFILL
 cudaError_t launch_fp8_d64(bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);
 cudaError_t launch_fp8_d128(bool skip, const PrefillParams& p, const TmaExtents& e, cudaStream_t stream);

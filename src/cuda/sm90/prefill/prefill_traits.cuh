@@ -9,6 +9,8 @@
 // consumer thread).
 // Dqk != Dv (MLA's non-absorbed prefill: Dqk = 192, Dv = 128) takes G = 2 and two K stages, so
 // that Q [128, 192], K 2 x [128, 192] and V 2 x [128, 128] fit the 227 KB of an SM (208 KB).
+// D = 256 takes G = 2, tiles of 64 keys and Q in shared memory: Q [128, 256], K 3 x [64, 256] and
+// V 2 x [64, 256] take 224 KB.
 //   smem  Q [64 G, Dqk] (reused for O [64 G, Dv] in the epilogue: Dv <= Dqk), K [kStagesK][128, Dqk],
 //         V [kStagesV][128, Dv], all K-major with the 128-byte swizzle that wgmma and TMA share.
 //   S = Q K^T : wgmma 64 x 128 x Dqk per consumer warpgroup, Q from registers (loaded once per
@@ -60,15 +62,17 @@ struct PrefillTraits {
   static constexpr int kBarGroup = kBarVote + kConsumerGroups;
   static constexpr int kBarTurn = kBarGroup + kConsumerGroups;
   static_assert(kBarTurn + kConsumerGroups <= 16, "named barriers");
-  static constexpr int kBlockN = 128;     // keys of a tile
+  // keys of a tile; 64 at D = 256, where O [64, 256] alone takes 128 registers per thread and
+  // S [64, 128] with its P would not fit beside it
+  static constexpr int kBlockN = Dqk == 256 ? 64 : 128;
   // K runs ahead of V: a run of skipped tiles goes at the pace of QK^T alone, so K needs more
   // tiles in flight than V (whose stage is held until the deferred P V is done). At Dqk = 192 a
   // third K stage (48 KB) does not fit next to Q and V.
   static constexpr int kStagesK = kMla ? 2 : 3;
   static constexpr int kStagesV = 2;
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
-  static_assert((Dqk == Dv && (Dqk == 64 || Dqk == 128)) || (Dqk == 192 && Dv == 128),
-                "the sm_90a prefill kernel is built for head dims 64, 128 and 192/128");
+  static_assert((Dqk == Dv && (Dqk == 64 || Dqk == 128 || Dqk == 256)) || (Dqk == 192 && Dv == 128),
+                "the sm_90a prefill kernel is built for head dims 64, 128, 256 and 192/128");
   static_assert(Dv <= Dqk, "O reuses Q's shared memory");
 
   using TileS = Shape<Int<kBlockM>, Int<kBlockN>, Int<Dqk>>;  // (M, N, K) of S = Q K^T
@@ -80,7 +84,8 @@ struct PrefillTraits {
   // would take 48 registers per thread on top of S (64), P (32) and O (64), so QK^T reads Q from
   // shared memory there.
   // (FP8: Q from shared memory too, as the 8-bit A fragment is not what ldmatrix gives.)
-  static constexpr bool kQInRegisters = kConsumerGroups == 2 && !kMla && !kFp8;
+  // (D = 256: Q [64, 256] would take 128 registers per thread, as many as O.)
+  static constexpr bool kQInRegisters = kConsumerGroups == 2 && !kMla && !kFp8 && Dqk <= 128;
   using MmaSAtom = std::conditional_t<
       kQInRegisters, decltype(GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<Dqk>>>()),
       decltype(GMMA::ss_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<Dqk>>>())>;
