@@ -82,13 +82,18 @@ class Decoder:
         a.geometry.order = order
         a.geometry.splits = splits
         a.engine = ENGINE_CUDA
+        return a, self.attach_workspace(a)
+
+    def attach_workspace(self, a):
+        """Runs `a` on the current stream with a workspace of the size the library asks for (returned:
+        keep it alive while `a` is used)."""
         a.stream = torch.cuda.current_stream().cuda_stream
         size = ctypes.c_size_t(0)
         if self.lib.blasst_workspace_size(ctypes.byref(a), 1, ctypes.byref(size)) != 0:
             sys.exit("blasst_workspace_size: " + self.lib.blasst_last_error().decode())
         ws = torch.empty(max(size.value, 1), dtype=torch.uint8, device="cuda")
         a.workspace, a.workspace_bytes = ws.data_ptr(), size.value
-        return a, ws
+        return ws
 
     def run(self, a, info=None):
         rc = self.lib.blasst_decode(ctypes.byref(a), ctypes.byref(info) if info is not None else None)

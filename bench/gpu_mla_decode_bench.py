@@ -30,26 +30,16 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import Args, RunInfo, Tensor, append_rows, to_pages  # noqa: E402  (C ABI structs, shared)
-from gpu_decode_bench import copy_bandwidth_gbs, fa3_module, time_ms  # noqa: E402
+from gpu_bench import Args, Tensor, append_rows, to_pages  # noqa: E402  (C ABI structs, shared)
+from gpu_decode_bench import Decoder, copy_bandwidth_gbs, fa3_module, time_ms  # noqa: E402
 
 BF16 = 2
 ENGINE_CPU, ENGINE_CUDA = 1, 2
 DQK, DV = 576, 512
 
 
-class Mla:
+class Mla(Decoder):
     """blasst_decode through the C ABI for the MLA layout (V = the latent's first 512 values)."""
-
-    def __init__(self, path):
-        self.lib = ctypes.CDLL(path)
-        self.lib.blasst_decode.argtypes = [ctypes.POINTER(Args), ctypes.POINTER(RunInfo)]
-        self.lib.blasst_decode.restype = ctypes.c_int
-        self.lib.blasst_last_error.restype = ctypes.c_char_p
-        self.lib.blasst_args_init.argtypes = [ctypes.POINTER(Args)]
-        self.lib.blasst_run_info_init.argtypes = [ctypes.POINTER(RunInfo)]
-        self.lib.blasst_workspace_size.argtypes = [ctypes.POINTER(Args), ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
-        self.lib.blasst_workspace_size.restype = ctypes.c_int
 
     def args(self, q, latent, out, lk, sf, order, table=None, page=0, engine=ENGINE_CUDA, block_m=0):
         """q [B, Lq, Hq, 576], out [B, Lq, Hq, 512], latent [B, Lk, 1, 576] or pages [P, page, 1, 576]."""
@@ -73,26 +63,7 @@ class Mla:
         a.geometry.order = order
         a.geometry.block_m = block_m
         a.engine = engine
-        ws = None
-        if engine == ENGINE_CUDA:
-            a.stream = torch.cuda.current_stream().cuda_stream
-            size = ctypes.c_size_t(0)
-            if self.lib.blasst_workspace_size(ctypes.byref(a), 1, ctypes.byref(size)) != 0:
-                sys.exit("blasst_workspace_size: " + self.lib.blasst_last_error().decode())
-            ws = torch.empty(max(size.value, 1), dtype=torch.uint8, device="cuda")
-            a.workspace, a.workspace_bytes = ws.data_ptr(), size.value
-        return a, ws
-
-    def run(self, a, info=None):
-        rc = self.lib.blasst_decode(ctypes.byref(a), ctypes.byref(info) if info is not None else None)
-        if rc != 0:
-            sys.exit("blasst_decode: " + self.lib.blasst_last_error().decode())
-
-    def reported(self, a):
-        info = RunInfo()
-        self.lib.blasst_run_info_init(ctypes.byref(info))
-        self.run(a, info)
-        return info
+        return a, (self.attach_workspace(a) if engine == ENGINE_CUDA else None)
 
 
 def latent_inputs(b, lq, hq, lk, gen):
@@ -124,7 +95,7 @@ def group_sparsity(mla, q, latent, lk, sf, order):
         out = torch.empty(qc.shape[:-1] + (DV,), dtype=torch.bfloat16)
         a, _ = mla.args(qc, kc, out, lk, sf, order, engine=ENGINE_CPU, block_m=block_m)
         a.geometry.block_n = 64
-        info = mla.reported(a)
+        info = mla.run_reported(a)
         res.append(info.skipped / max(info.visited, 1))
     return res
 
@@ -197,7 +168,7 @@ def main():
             for layout in ("paged", "contig"):
                 a, ws = mla.args(q, lp if layout == "paged" else latent, out, lk, 0.0, order,
                                  table if layout == "paged" else None, opts.page)
-                info = mla.reported(a)
+                info = mla.run_reported(a)
                 torch.cuda.synchronize()
                 err = (out[0].double() - exact).abs().max().item()
                 print(f"  {layout}: max |ours - fp64| on entry 0 = {err:.2e}"
@@ -226,7 +197,7 @@ def main():
             for lam in lambdas:
                 sf = lam * lk
                 a, ws = mla.args(q, lp, out, lk, sf, order, table, opts.page)
-                info = mla.reported(a)
+                info = mla.run_reported(a)
                 s = info.skipped / max(info.visited, 1)
                 line(skip_kernel, sf, s, time_ms(lambda a=a: mla.run(a), opts.reps))
                 if not opts.no_cpu_groups and point == opts.points.split(",")[0]:
