@@ -14,31 +14,17 @@
 #include <vector>
 
 #include "core/dtype.hpp"
+#include "device_buffers.hpp"
 
 namespace {
 
 using blasst::detail::bf16_to_float;
 using blasst::detail::float_to_bf16;
+using blasst::test::DeviceBuffer;
+constexpr auto tensor = blasst::test::bf16_tensor;
 
 #define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
 
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t count = 0;
-  explicit DeviceBuffer(size_t n) : count(n) {
-    if (cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)) != cudaSuccess) ptr = nullptr;
-  }
-  DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-    if (ptr) cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  std::vector<T> to_host() const {
-    std::vector<T> h(count);
-    cudaMemcpy(h.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost);
-    return h;
-  }
-};
 
 bool gpu_present() { return blasst_cuda_available() == 1; }
 
@@ -96,16 +82,6 @@ struct Result {
   blasst_run_info info;
 };
 
-blasst_tensor tensor(void* data, int64_t bs, int64_t ts, int64_t hs, int64_t numel) {
-  blasst_tensor t{};
-  t.data = data;
-  t.dtype = BLASST_DTYPE_BFLOAT16;
-  t.batch_stride = bs;
-  t.token_stride = ts;
-  t.head_stride = hs;
-  t.numel = numel;
-  return t;
-}
 
 // Runs the problem on the GPU (paged when page_size > 0), then on the CPU at the reported geometry.
 void run_both(const Problem& pr, const Inputs& in, Result* gpu, Result* cpu) {

@@ -16,31 +16,17 @@
 #include <vector>
 
 #include "core/dtype.hpp"
+#include "device_buffers.hpp"
 
 namespace {
 
 using blasst::detail::bf16_to_float;
 using blasst::detail::float_to_bf16;
+using blasst::test::DeviceBuffer;
+constexpr auto tensor = blasst::test::bf16_tensor;
 
 constexpr int kDqk = 576, kDv = 512;
 
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t count = 0;
-  explicit DeviceBuffer(size_t n) : count(n) {
-    if (cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)) != cudaSuccess) ptr = nullptr;
-  }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-    if (ptr) cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  std::vector<T> to_host() const {
-    std::vector<T> h(count);
-    cudaMemcpy(h.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost);
-    return h;
-  }
-};
 
 bool hopper_present() {
   if (blasst_cuda_available() != 1) return false;
@@ -99,16 +85,6 @@ struct Result {
   blasst_run_info info{};
 };
 
-blasst_tensor tensor(void* data, int64_t bs, int64_t ts, int64_t hs, int64_t numel) {
-  blasst_tensor t{};
-  t.data = data;
-  t.dtype = BLASST_DTYPE_BFLOAT16;
-  t.batch_stride = bs;
-  t.token_stride = ts;
-  t.head_stride = hs;
-  t.numel = numel;
-  return t;
-}
 
 // Trace bytes for groups of 64 pairs over tiles of 64 keys (the MLA kernel's geometry).
 size_t trace_size(const Problem& pr, int lk_max) {
