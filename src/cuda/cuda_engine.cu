@@ -62,6 +62,21 @@ AttentionOperands attention_operands(const blasst_args& a) {
   return o;
 }
 
+bool aligned16(const blasst_tensor& t) {
+  return (reinterpret_cast<uintptr_t>(t.data) % 16) == 0 && t.batch_stride % 8 == 0 && t.token_stride % 8 == 0 &&
+         t.head_stride % 8 == 0;
+}
+
+bool device_is_sm90() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+}
+
 namespace {
 
 Status cuda_error(const char* what, cudaError_t err) {
@@ -90,11 +105,6 @@ int64_t* internal_stats(size_t heads) {
 
 // 16-byte cp.async needs 16-byte aligned rows: the base pointer and every stride a multiple
 // of 8 elements.
-bool aligned16(const blasst_tensor& t) {
-  return (reinterpret_cast<uintptr_t>(t.data) % 16) == 0 && t.batch_stride % 8 == 0 && t.token_stride % 8 == 0 &&
-         t.head_stride % 8 == 0;
-}
-
 Status check_device_pointer(const char* name, const void* p) {
   if (p && !is_device_pointer(p)) return invalid(std::string(name) + " is not device memory");
   return Status::ok();
@@ -130,15 +140,6 @@ bool sm90_allowed_by_env() {
 }
 
 // sm_90a code runs on compute capability 9.0 only.
-bool device_is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return major == 9 && minor == 0;
-}
 
 // Rows a TMA view (rows, D, heads) of a packed tensor may span within its numel.
 int64_t packed_rows(const blasst_tensor& t, int heads, int head_dim) {

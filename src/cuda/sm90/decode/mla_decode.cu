@@ -7,23 +7,11 @@
 #include <cstdlib>
 #include <string>
 
+#include "cuda/cuda_engine.hpp"
 #include "cuda/sm90/decode/mla_launch.cuh"
 
 namespace blasst::cuda::sm90::mla {
 namespace {
-
-bool aligned16(const blasst_tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.batch_stride % 8 == 0 && t.token_stride % 8 == 0 &&
-         t.head_stride % 8 == 0;
-}
-
-bool device_is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  return major == 9 && minor == 0;
-}
 
 // Clusters share each latent tile among the chunks of one entry and split (mla_traits.cuh): for
 // 2 or 4 chunks, bfloat16, every chunk holding 64 pairs of every entry (no ragged Lq), so that
