@@ -32,11 +32,13 @@ speedup to the bound 2/(2-s). With BLASST_CUDA_PREFILL_KERNEL=sm80 (the Ampere k
 our rows are named blasst-dense-sm80 and blasst-skip-sm80.
 """
 import argparse
+import contextlib
 import csv
 import ctypes
 import datetime
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -121,6 +123,20 @@ class Blasst:
         self.lib.blasst_run_info_init(ctypes.byref(info))
         self._prefill(a, info)
         return info
+
+
+@contextlib.contextmanager
+def env_set(name, value):
+    """NAME=VALUE in this process's environment (which the library's getenv sees) for a block."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def append_rows(path, rows, fieldnames=None):
@@ -417,6 +433,10 @@ def main():
     ap.add_argument("--baseline-lib", default=None,
                     help="another libblasst.so (e.g. an earlier commit) whose dense and skip modes are timed in "
                          "the same interleaved rotation; printed as base-dense/base-skip, not written to the CSV")
+    ap.add_argument("--twin", default=None, metavar="NAME=VALUE:TAG",
+                    help="time every blasst variant a second time in the same rotation with the environment "
+                         "variable NAME set to VALUE during its calls (a switch the engine reads per call, e.g. "
+                         "BLASST_CUDA_SM90_D256=0:sm80); its rows are named blasst-*-TAG")
     ap.add_argument("--page", type=int, default=0,
                     help="our K/V from a paged cache of this page size (shuffled pages, a block table); the "
                          "peers read the contiguous tensors; rows named blasst-*-p<N>. 0: contiguous")
@@ -449,6 +469,14 @@ def main():
             ap.error("--fp8 quantizes bf16 inputs (our FP8 kernel writes bf16)")
         # the FP8 path of the CUDA engine is off unless this is set (read at each call)
         os.environ.setdefault("BLASST_CUDA_SM90_FP8_PREFILL", "1")
+    twin = None
+    if args.twin:
+        m = re.fullmatch(r"([A-Z0-9_]+)=([^:]*):([a-z0-9]+)", args.twin)
+        if not m:
+            ap.error(f"--twin {args.twin!r}: expected NAME=VALUE:TAG (e.g. BLASST_CUDA_SM90_D256=0:sm80)")
+        if args.fp8 or args.baseline_lib or args.profile_once:
+            ap.error("--twin times the bf16/fp16 variants; leave out --fp8, --baseline-lib and --profile-once")
+        twin = m.groups()
     if args.csv is None:
         args.csv = "bench/results/gpu_prefill_mla.csv" if args.mla else "bench/results/gpu_prefill.csv"
     Dv = 128 if args.mla else args.d
@@ -561,6 +589,22 @@ def main():
                 s = info.skipped / info.visited if info.visited > 0 else 0.0
                 timed_args = lib.make_call(q, k, v, out, lse, causal, sf, order, paged=pg)
                 variants.append(("blasst-skip", sf, s, lambda a=timed_args: lib.launch(a), ""))
+            if twin is not None:
+                # The same calls with the twin's switch set while they are made (the engine reads it per
+                # call), each with its own sparsity: the switch may change the kernel and so the geometry.
+                name, value, tag = twin
+                for kernel, sf, _, _, _ in [vt for vt in variants if vt[0].startswith("blasst-")]:
+                    with env_set(name, value):
+                        info = lib.run(lib.make_call(q, k, v, out, lse, causal, sf, order, stats if sf else None,
+                                                     paged=pg))
+                        torch.cuda.synchronize()
+                    s = info.skipped / info.visited if sf and info.visited > 0 else 0.0
+                    timed_args = lib.make_call(q, k, v, out, lse, causal, sf, order, paged=pg)
+
+                    def call(a=timed_args):
+                        with env_set(name, value):
+                            lib.launch(a)
+                    variants.append((f"{kernel}-{tag}", sf, s, call, ""))
             if base is not None:
                 # The baseline's variants, with its own sparsity (it may decide differently).
                 for sf in [0.0] + ([round(float(x) * L, 3) for x in args.lambdas.split(",")] if args.lambdas else sfs):
@@ -573,7 +617,8 @@ def main():
             times = time_interleaved([vt[3] for vt in variants], args.warmup, args.reps)
             dense_ms = times[0]
             peers = {vt[0]: ms for vt, ms in zip(variants, times) if vt[0] in ("cudnn", "fa2", "fa3")}
-            ours = {(vt[0].split("-")[1], vt[1]): ms for vt, ms in zip(variants, times) if vt[0].startswith("blasst-")}
+            ours = {(vt[0].split("-")[1], vt[1]): ms for vt, ms in zip(variants, times) if vt[0] in ("blasst-dense", "blasst-skip")}
+            twin_dense = next((ms for vt, ms in zip(variants, times) if twin and vt[0] == f"blasst-dense-{twin[2]}"), None)
             base_dense = next((ms for vt, ms in zip(variants, times) if vt[0] == "base-dense"), None)
             for (kernel, sf, s, _, note), ms in zip(variants, times):
                 if kernel.startswith("base-"):
@@ -586,11 +631,12 @@ def main():
                 record(kernel, sf, s, ms)
                 if kernel in peers:
                     table.append((Hq, L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, dense_ms / ms, None, "", note))
-                elif kernel == "blasst-dense":
-                    table.append((Hq, L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, 1.0, None, "",
+                elif kernel.startswith("blasst-dense"):
+                    table.append((Hq, L, causal, kernel, "-", 0.0, ms, flops / ms * 1e-9, dense_ms / ms, None, "",
                                   " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
                 else:
-                    speedup = dense_ms / ms
+                    # a skip mode's speedup is over the dense mode of the same kernel (the twin's over its own)
+                    speedup = (twin_dense if twin and kernel.endswith("-" + twin[2]) else dense_ms) / ms
                     bound = 2.0 / (2.0 - s)
                     table.append((Hq, L, causal, kernel, sf, s, ms, flops / ms * 1e-9, speedup, speedup / bound, "",
                                   " ".join(f"vs {n} {pms / ms:.3f}x" for n, pms in peers.items())))
