@@ -18,7 +18,7 @@ for the base model (no --state-dict), the control and the sparsity-tuned model, 
 perplexity and pass key accuracy against sparsity.
 
     python3 eval/finetune_sparsity.py --out runs/ft [--arms sparse,dense] [--steps 300] [--length 1024]
-        [--lr 2e-5] [--factor F | --target 0.8] [--device cpu|cuda] [--seed 0]
+        [--lr 2e-5] [--factor F | --lambda L | --target 0.8] [--device cpu|cuda] [--seed 0] [--amp auto|on|off]
 """
 from __future__ import annotations
 
@@ -82,7 +82,10 @@ def train_arm(arm: str, factor: float, batches: list[torch.Tensor], args) -> dic
     for step, ids in enumerate(tqdm(batches, desc=arm, disable=args.no_progress)):
         ids = ids.to(args.device)
         blasst.hf.reset_stats(model)
-        loss = model(input_ids=ids, labels=ids).loss
+        # bf16 compute with float32 weights and optimizer state: an update of lr x grad is far below
+        # a bf16 weight's resolution, so the weights themselves must stay float32
+        with torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.amp):
+            loss = model(input_ids=ids, labels=ids).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -110,6 +113,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-5)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--factor", type=float, help="prefill threshold_scale_factor of the sparse arm")
+    g.add_argument("--lambda", dest="lam", type=float,
+                   help="the sparse arm's lambda at the training length: factor = lambda x --length")
     g.add_argument("--target", type=float, default=0.8,
                    help="target prefill sparsity of the sparse arm, through the shipped calibration")
     ap.add_argument("--calibration", default=DEFAULT_CALIBRATION)
@@ -117,6 +122,9 @@ def main() -> int:
     ap.add_argument("--order", default="ascending", choices=["ascending", "anchored"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                    help="bf16 autocast over float32 weights (auto: on for cuda, where the library's kernels "
+                         "take bf16; off on cpu, where the CPU engine computes in float32)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     arms = [a for a in args.arms.split(",") if a]
@@ -124,8 +132,13 @@ def main() -> int:
         ap.error(f"--arms {args.arms!r}: expected a comma list of sparse, dense")
     if args.steps < 1 or args.length < 2 or args.batch < 1 or not args.lr > 0:
         ap.error("--steps, --batch >= 1, --length >= 2 and --lr > 0 are needed")
+    args.amp = args.amp == "on" or (args.amp == "auto" and torch.device(args.device).type == "cuda")
     os.makedirs(args.out, exist_ok=True)
-    if args.factor is not None:
+    if args.lam is not None:
+        if not 0 <= args.lam:
+            ap.error(f"--lambda {args.lam}: expected >= 0")
+        factor = args.lam * args.length
+    elif args.factor is not None:
         factor = args.factor
     else:
         formulas = load_formulas(args.calibration)  # the evaluation's reader of the calibration

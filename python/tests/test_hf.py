@@ -257,6 +257,32 @@ def test_training_step_gradients_match_eager_at_threshold_zero(llama):
         assert torch.allclose(got[name], ref[name], atol=2e-5, rtol=1e-3), name
 
 
+def test_autocast_training_step_matches_sdpa_under_the_same_autocast(llama):
+    # bf16 autocast over float32 weights (how a model is fine-tuned): q and k leave the rotary
+    # embedding in float32 beside a bf16 v; attention runs in bf16 as SDPA's does, and the step's
+    # loss and gradients follow SDPA's under the same autocast to bf16 accuracy
+    ids = torch.randint(0, 96, (2, 64), generator=torch.Generator().manual_seed(11))
+    llama.train()
+
+    def step(impl):
+        llama.set_attn_implementation(impl)
+        llama.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = llama(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in llama.named_parameters() if p.grad is not None}
+
+    ref_loss, ref = step("sdpa")
+    blasst.hf.enable(llama, blasst.BlasstConfig(threshold_scale_factor=0.0, **GEOM))
+    loss, got = step("blasst")
+    assert all(p.dtype == torch.float32 for p in llama.parameters())
+    assert abs(loss.item() - ref_loss.item()) < 2e-2
+    assert got.keys() == ref.keys()
+    for name in ref:
+        scale = ref[name].abs().max().item()
+        assert (got[name] - ref[name]).abs().max().item() <= 0.05 * scale + 1e-6, name
+
+
 def test_training_step_with_skipping_trains_through_the_kept_tiles(sharp_llama):
     ids = torch.randint(0, 96, (1, 128), generator=torch.Generator().manual_seed(9))
     sharp_llama.train()

@@ -210,6 +210,19 @@ def make_runner(q, k, v, *, causal: bool, scale: float, mask: Optional[BlasstMas
     return run
 
 
+def _autocast_operands(q, k, v):
+    """Under autocast, attention runs in the autocast dtype, as torch's SDPA does there: Llama's rotary
+    embedding hands over float32 q and k (its cos/sin follow the float32 residual stream) beside the
+    bf16 v of an autocast projection, and the engines take one dtype for the three. FP8 operands (a
+    quantized KV cache) are left as they are."""
+    device_type = q.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(device_type)
+    wide = (torch.float32, torch.float16, torch.bfloat16)
+    return tuple(t.to(dtype) if t.dtype in wide else t for t in (q, k, v))
+
+
 def blasst_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -230,6 +243,7 @@ def blasst_attention_forward(
     q = query.transpose(1, 2)
     k = key.transpose(1, 2)
     v = value.transpose(1, 2)
+    q, k, v = _autocast_operands(q, k, v)
     lq, lk = q.shape[1], k.shape[1]
     mask = _as_mask(attention_mask, bool(causal), lq, lk)
     if mask is not None:
