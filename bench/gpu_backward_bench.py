@@ -8,8 +8,11 @@ tiles, against the dense backward of PyTorch SDPA (cuDNN and FlashAttention-2), 
 
 Inputs: bf16, B = 1, Hq = 32, Hkv = 8, d = 128, causal, the structured inputs of gpu_bench.py.
 Each row times one backward (median of CUDA-event times): for blasst, the gradients given the
-forward's decisions (the forward is not timed); for SDPA, autograd.grad of its forward's output.
-Also printed: the largest difference between the FlexAttention and the torch gradients.
+forward's decisions (the forward is not timed; FlexAttention's includes the forward it re-runs to
+differentiate); for SDPA, autograd.grad of its forward's output.
+Accuracy (--check-len, default the first length): each backward's error against fp64 autograd of
+the same attention (dense for SDPA, over the kept tiles for blasst), as max |g - g64| / max |g64|
+per gradient, so that blasst's error reads against a bf16 kernel's own.
 """
 import argparse
 import datetime
@@ -28,6 +31,21 @@ from gpu_bench import append_rows, make_inputs, time_ms  # noqa: E402
 from blasst import _core, _lib, autograd  # noqa: E402
 
 
+def fp64_grads(q, k, v, dout, keep):
+    """fp64 autograd of attention of q [B, L, Hq, D] over keep [B, Hq, Lq, Lk] (bool)."""
+    g = q.shape[2] // k.shape[2]
+    qd, kd, vd = (t.detach().double().transpose(1, 2).requires_grad_() for t in (q, k, v))
+    s = qd @ kd.repeat_interleave(g, dim=1).transpose(-1, -2) * q.shape[3] ** -0.5
+    p = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1)
+    out = p @ vd.repeat_interleave(g, dim=1)
+    return [t.transpose(1, 2) for t in torch.autograd.grad(out, (qd, kd, vd), dout.double().transpose(1, 2))]
+
+
+def rel_errors(got, want):
+    """'dq/dk/dv' max |g - g64| / max |g64| of each gradient."""
+    return "/".join(f"{float((a.double() - b).abs().max() / b.abs().max()):.2e}" for a, b in zip(got, want))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqlens", default="4096,8192")
@@ -35,7 +53,10 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--csv", default="bench/results/gpu_backward.csv")
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--check-len", type=int, default=None,
+                    help="length of the fp64 accuracy check (default the first of --seqlens; 0: none)")
     opts = ap.parse_args()
+    check_len = int(opts.seqlens.split(",")[0]) if opts.check_len is None else opts.check_len
     gpu = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -67,6 +88,18 @@ def main():
 
         for name, ms in times.items():
             record(name, 0, 0.0, ms)
+        causal_keep = None
+        if lk == check_len:
+            rows_, keys_ = torch.arange(lk, device="cuda"), torch.arange(lk, device="cuda")
+            causal_keep = (keys_[None, :] <= rows_[:, None]).expand(1, hq, lk, lk)
+            want = fp64_grads(q, k, v, dout, causal_keep)
+            for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+                if name in times:
+                    with sdpa_kernel(backend):
+                        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
+                    got = torch.autograd.grad(out, (qt, kt, vt), dout.transpose(1, 2))
+                    print(f"       {name} vs fp64 (dense): dq/dk/dv {rel_errors([t.transpose(1, 2) for t in got], want)}")
+            del want
         for sf in (float(x) for x in opts.sf.split(",")):
             out, _, stats, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, causal=True,
                                                        threshold_scale_factor=sf, return_stats=True,
@@ -80,6 +113,14 @@ def main():
             diff = max(float((a.float() - b.float()).abs().max() / (1 + a.float().abs().max()))
                        for a, b in zip(g_ours, g_flex))
             print(f"       flex vs torch gradients: largest relative difference {diff:.2e}")
+            if causal_keep is not None:
+                kept = autograd.kept_tiles(_lib.PHASE_PREFILL, decisions, info, 1, hq, hkv, lk, lk)
+                idx = torch.arange(lk, device="cuda")
+                keep = causal_keep & kept[:, :, idx // info.block_m][..., idx // info.block_n]
+                want = fp64_grads(q, k, v, dout, keep)
+                print(f"       sf {sf:g} vs fp64 (kept tiles): torch {rel_errors(g_ours, want)}, "
+                      f"flex {rel_errors(g_flex, want)}")
+                del want, keep
             record("blasst-torch", sf, s, time_ms(ours, 2, opts.reps))
             record("blasst-flex", sf, s, time_ms(flex, 2, opts.reps))
         torch.cuda.empty_cache()

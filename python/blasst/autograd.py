@@ -12,6 +12,7 @@ same formulas in torch, one batch entry at a time (fp32; not a fused kernel).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -175,29 +176,87 @@ def kept_tiles(phase, decisions, info, batch, hq, hkv, max_q, max_k, lqs=None):
 
 
 _flex = {}
+_FLEX_BLOCK = 128  # FlexAttention's block of rows and keys
 
 
-def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=True):
-    """The backward through PyTorch's FlexAttention (a fused Triton kernel) with a BlockMask of
-    the kept tiles: dense [B, L, H, D] layouts without an LSE gradient. Compiled once per process."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def flex_block_lists(kept: torch.Tensor, bm: int, bn: int, lq: int, lk: int, causal: bool):
+    """The kept tiles as FlexAttention's 128 x 128 block lists, built at block level (never an
+    [Lq, Lk] mask). kept [B, H, RB, KT] bool: decision tiles of bm rows and bn keys (any sizes).
+    Returns (partial, full), each [B, H, QB, KB] bool: a block is *full* when every decision tile it
+    overlaps is kept and all its (row, key) pairs exist and are causally visible, so that the kernel
+    computes it without the mask; *partial* when it overlaps some kept tile but is not full (the
+    mask_mod decides per element there); neither otherwise, and then it is never loaded."""
+    batch, heads, rb, kt = kept.shape
+    f = _FLEX_BLOCK
+    qb, kb = -(-lq // f), -(-lk // f)
+    # kept at a resolution that both grids share: units of gcd(bm, 128) rows and gcd(bn, 128) keys
+    gm, gn = math.gcd(bm, f), math.gcd(bn, f)
+    units = kept.repeat_interleave(bm // gm, dim=2).repeat_interleave(bn // gn, dim=3)
+    rows, cols = qb * (f // gm), kb * (f // gn)
+    units = units[:, :, :rows, :cols]
+    units = torch.nn.functional.pad(units, (0, cols - units.shape[3], 0, rows - units.shape[2]), value=False)
+    # which (row, key) pairs of each unit exist and are visible: some of them, or all of them
+    u = torch.arange(rows, device=kept.device)[:, None]
+    w = torch.arange(cols, device=kept.device)[None, :]
+    some = (u * gm < lq) & (w * gn < lk)
+    every = ((u + 1) * gm <= lq) & ((w + 1) * gn <= lk)
+    if causal:  # bottom-right aligned: row r sees keys <= r + lk - lq
+        shift = lk - lq
+        some = some & (w * gn <= torch.clamp((u + 1) * gm - 1, max=lq - 1) + shift)
+        every = every & ((w + 1) * gn - 1 <= u * gm + shift)
+    listed = (units & some).view(batch, heads, qb, f // gm, kb, f // gn).any(dim=5).any(dim=3)
+    full = (units & every).view(batch, heads, qb, f // gm, kb, f // gn).all(dim=5).all(dim=3)
+    partial = listed & ~full
+    return partial, full
 
-    if "fn" not in _flex:
-        _flex["fn"] = torch.compile(flex_attention, dynamic=False)
-    batch, lq, hq, dqk = q.shape
-    lk, hkv = k.shape[1], k.shape[2]
+
+def _block_indices(blocks: torch.Tensor):
+    """[B, H, QB, KB] bool -> (counts [B, H, QB] int32, indices [B, H, QB, KB] int32, the listed blocks
+    first in ascending order)."""
+    counts = blocks.sum(dim=-1, dtype=torch.int32)
+    order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts, order
+
+
+def flex_block_mask(phase, decisions, info, batch, hq, hkv, lq, lk, causal):
+    """FlexAttention's BlockMask of the forward's kept tiles (flex_block_lists), for [B, Hq] heads."""
+    from torch.nn.attention.flex_attention import BlockMask
+
     bm, bn = (info.block_m, info.block_n) if phase == _lib.PHASE_PREFILL else (1, info.block_n)  # decode: per row
     kept = kept_tiles(phase, decisions, info, batch, hq, hkv, lq, lk)
     shift = lk - lq
+    last_row, last_tile = kept.shape[2] - 1, kept.shape[3] - 1
 
     def mask_mod(b, h, q_idx, kv_idx):
-        keep = kept[b, h, q_idx // bm, kv_idx // bn]
+        # indices past the lengths may reach here in the last blocks: clamp them into the grid
+        keep = kept[b, h, torch.clamp(q_idx // bm, max=last_row), torch.clamp(kv_idx // bn, max=last_tile)]
         return keep & (kv_idx <= q_idx + shift) if causal else keep
 
-    block_mask = create_block_mask(mask_mod, batch, hq, lq, lk, device=q.device, BLOCK_SIZE=(128, 128))
+    partial, full = flex_block_lists(kept, bm, bn, lq, lk, causal)
+    return BlockMask.from_kv_blocks(*_block_indices(partial), *_block_indices(full), BLOCK_SIZE=_FLEX_BLOCK,
+                                    mask_mod=mask_mod, seq_lengths=(lq, lk))
+
+
+def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=True):
+    """The backward through PyTorch's FlexAttention (a fused Triton kernel on GPUs) with a BlockMask of
+    the kept tiles: dense [B, L, H, D] layouts without an LSE gradient. Compiled once per process on
+    a GPU. The BlockMask is built from the decision tiles (flex_block_lists): blocks that no kept
+    tile overlaps are never loaded, whole kept blocks run without a mask, and the rest (the causal
+    diagonal, tile edges that do not fall on 128) through a mask_mod over the kept tiles."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.device.type == "cuda":
+        if "fn" not in _flex:
+            _flex["fn"] = torch.compile(flex_attention, dynamic=False)
+        attend = _flex["fn"]
+    else:
+        attend = flex_attention
+    batch, lq, hq, dqk = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    block_mask = flex_block_mask(phase, decisions, info, batch, hq, hkv, lq, lk, causal)
     qf, kf, vf = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
     with torch.enable_grad():
-        out = _flex["fn"](qf, kf, vf, block_mask=block_mask, scale=scale or dqk ** -0.5, enable_gqa=hq != hkv)
+        out = attend(qf, kf, vf, block_mask=block_mask, scale=scale or dqk ** -0.5, enable_gqa=hq != hkv)
         dq, dk, dv = torch.autograd.grad(out, (qf, kf, vf), dout.transpose(1, 2).to(out.dtype))
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 

@@ -80,6 +80,11 @@ inline GpuRun run_gpu(const Case& c, const Inputs& in, blasst_phase phase = BLAS
 }
 
 // GPU run, CPU run at the GPU's geometry, and every comparison (gtest failures on mismatch).
+// A call refused because this build lacks its kernel (a head dim, dtype or FP8 path left out of
+// BLASST_CUDA_HEAD_DIMS / BLASST_CUDA_FP16 / ...): such a case is reported and not checked, so that a
+// pruned build runs the cases it has. Any other refusal is a failure.
+bool not_built_here(const GpuRun& g);
+
 void check_against_cpu(const Case& c);
 
 }  // namespace blasst::gpu_test

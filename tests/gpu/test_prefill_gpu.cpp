@@ -246,6 +246,7 @@ TEST_F(PrefillGpu, Sm90HeadDim256) {
       if (index % 3 == 0) c.dtype = BLASST_DTYPE_FLOAT16;
       SCOPED_TRACE(c.name());
       const GpuRun g = run_gpu(c, make_inputs(c));
+      if (not_built_here(g)) continue;
       ASSERT_EQ(g.status, BLASST_OK) << g.message;
       if (g.info.geometry.block_m != 64) {
         unsetenv("BLASST_CUDA_SM90_D256");
