@@ -36,6 +36,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "python"))
 
+import texts  # noqa: E402
 from evaluate import DEFAULT_CALIBRATION, load_formulas  # noqa: E402
 
 # License texts of base-files that eval/texts.py does not use (it reads GPL-3 and GFDL-1.3; their
@@ -47,7 +48,7 @@ LICENSES = "/usr/share/common-licenses"
 def training_tokens(tokenizer) -> torch.Tensor:
     parts = []
     for name in TRAIN_FILES:
-        path = os.path.join(LICENSES, name)
+        path = texts.located(os.path.join(LICENSES, name))  # under $BLASST_TEXT_ROOT when set
         if not os.path.isfile(path):
             raise SystemExit(f"training text {path} is missing (Debian package base-files)")
         with open(path, encoding="utf-8", errors="replace") as f:

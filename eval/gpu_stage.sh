@@ -74,6 +74,14 @@ for name in texts.available():
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(p, target)
         print(f"text: {name}: {p}")
+# the fine-tuning texts of eval/finetune_sparsity.py, disjoint from the evaluation's
+from finetune_sparsity import LICENSES, TRAIN_FILES
+for name in TRAIN_FILES:
+    p = os.path.join(LICENSES, name)
+    target = os.path.join(root, p.lstrip("/"))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(p, target)
+    print(f"training text: {p}")
 EOF
 echo
 # Each command carries the working tree (tracked and untracked-not-ignored files) plus one of the two.
