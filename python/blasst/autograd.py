@@ -46,7 +46,7 @@ class _BlasstAttention(torch.autograd.Function):
         if q.device.type == "cpu":
             dq, dk, dv = _core.backward(ctx.phase, q, k, v, out, dout.to(out.dtype), dlse, decisions, ctx.info,
                                         num_threads=o.get("num_threads", 0), **common)
-        elif _use_flex(q, dlse, lengths):
+        elif _use_flex(q, k, v, dlse, lengths):
             dq, dk, dv = flex_backward(ctx.phase, q, k, v, dout, decisions, ctx.info, scale=common["scale"],
                                        causal=common["causal"])
         else:
@@ -54,20 +54,34 @@ class _BlasstAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def _use_flex(q, dlse, lengths) -> bool:
-    """Device backward through FlexAttention only with BLASST_GPU_BACKWARD=flex (dense layouts whose
-    LSE carries no gradient); the default, torch, is the fp32 formulas. On an H100
-    (bench/gpu_backward_bench.py) FlexAttention's took half their time, but it keeps P and dS in
-    bf16, and its dk was 0.046 off the fp64 backward where the torch path stayed within 0.03
-    (python/tests/test_cuda.py): faster, not as exact, so not the default."""
-    choice = os.environ.get("BLASST_GPU_BACKWARD", "torch")
-    if choice not in ("flex", "torch"):
-        raise ValueError(f"blasst: BLASST_GPU_BACKWARD is {choice!r}, expected torch or flex")
+# The device backward when BLASST_GPU_BACKWARD is not set: "torch" (the fp32 formulas) or "auto"
+# (FlexAttention wherever it applies, the formulas elsewhere).
+GPU_BACKWARD_DEFAULT = "torch"
+
+
+def _flex_applies(q, k, v, dlse, lengths) -> bool:
+    """FlexAttention's backward takes dense [B, L, H, D] layouts (no per-entry lengths), an LSE that
+    carries no gradient, 16-bit inputs and the head dims it was measured at (Dqk = Dv = 64 or 128)."""
+    return (q.dim() == 4 and not any(t is not None for t in lengths.values())
+            and (dlse is None or not bool(dlse.any())) and q.dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-1] == v.shape[-1] and q.shape[-1] in (64, 128))
+
+
+def _use_flex(q, k, v, dlse, lengths) -> bool:
+    """Which device backward runs, from BLASST_GPU_BACKWARD: torch (the fp32 formulas), flex (PyTorch's
+    FlexAttention with a BlockMask of the kept tiles; an error where it does not apply) or auto (flex
+    where it applies, else torch). FlexAttention keeps P and dS in bf16, as every fused bf16 backward
+    does (bench/gpu_backward_bench.py prints its error beside cuDNN's, both against fp64)."""
+    choice = os.environ.get("BLASST_GPU_BACKWARD", GPU_BACKWARD_DEFAULT)
+    if choice not in ("auto", "flex", "torch"):
+        raise ValueError(f"blasst: BLASST_GPU_BACKWARD is {choice!r}, expected auto, torch or flex")
     if choice == "torch":
         return False
-    if q.dim() != 4 or any(t is not None for t in lengths.values()) or (dlse is not None and bool(dlse.any())):
-        raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=flex takes dense layouts without an LSE gradient")
-    return True
+    applies = _flex_applies(q, k, v, dlse, lengths)
+    if choice == "flex" and not applies:
+        raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=flex takes dense layouts of 16-bit q, k, v with "
+                                  "Dqk = Dv = 64 or 128, without an LSE gradient")
+    return applies
 
 
 def attention_with_grad(phase: int, q, k, v, options: dict):

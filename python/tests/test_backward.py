@@ -227,3 +227,28 @@ def test_the_flex_block_mask_attends_the_kept_tiles(phase, causal):
     mask = kept_mask(decisions, info, phase, batch, lq, lk, hq, hkv, causal)
     want, _ = reference_attention(q.double(), k.double(), v.double(), mask, d ** -0.5)
     assert (got.transpose(1, 2).double() - want).abs().max() <= 1e-5
+
+
+def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
+    # auto: FlexAttention where it applies (dense layout, 16-bit, Dqk = Dv in 64/128, no LSE
+    # gradient), the torch formulas elsewhere; flex: an error where it does not apply
+    from blasst import autograd
+
+    q = torch.zeros(1, 8, 4, 64, dtype=torch.bfloat16)
+    none = dict(cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None)
+    ragged = {**none, "seqlens_k": torch.tensor([8], dtype=torch.int32)}
+    monkeypatch.setenv("BLASST_GPU_BACKWARD", "auto")
+    assert autograd._use_flex(q, q, q, None, none)
+    assert not autograd._use_flex(q, q, q, None, ragged)
+    assert not autograd._use_flex(q, q, q, torch.ones(1, 8, 4), none)
+    assert not autograd._use_flex(q.float(), q.float(), q.float(), None, none)
+    assert not autograd._use_flex(q[..., :48], q[..., :48], q[..., :48], None, none)
+    monkeypatch.setenv("BLASST_GPU_BACKWARD", "torch")
+    assert not autograd._use_flex(q, q, q, None, none)
+    monkeypatch.setenv("BLASST_GPU_BACKWARD", "flex")
+    assert autograd._use_flex(q, q, q, torch.zeros(1, 8, 4), none)
+    with pytest.raises(NotImplementedError, match="dense layouts"):
+        autograd._use_flex(q, q, q, None, ragged)
+    monkeypatch.setenv("BLASST_GPU_BACKWARD", "fast")
+    with pytest.raises(ValueError, match="expected auto, torch or flex"):
+        autograd._use_flex(q, q, q, None, none)
