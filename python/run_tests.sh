@@ -27,4 +27,5 @@ fi
 # Run from outside the source tree so that the installed package (with its native library) is tested.
 cd python/tests
 unset BLASST_LIBRARY
-exec "$PYTHON" -m pytest -q -p no:cacheprovider "$@" .
+# with the evaluation's report of the fine-tuning experiment (pure Python, synthetic inputs)
+exec "$PYTHON" -m pytest -q -p no:cacheprovider "$@" . ../../eval/tests/test_report_finetune.py
