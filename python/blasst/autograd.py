@@ -63,9 +63,9 @@ GPU_BACKWARD_DEFAULT = "auto"
 
 
 def _flex_applies(q, k, v, dlse, lengths) -> bool:
-    """FlexAttention's backward takes dense [B, L, H, D] layouts (no per-entry lengths), an LSE that
+    """FlexAttention's backward takes dense [B, L, H, D] layouts (no per-entry lengths, none empty), an LSE that
     carries no gradient, 16-bit inputs and the head dims it was measured at (Dqk = Dv = 64 or 128)."""
-    return (q.dim() == 4 and not any(t is not None for t in lengths.values())
+    return (q.dim() == 4 and q.shape[1] > 0 and k.shape[1] > 0 and not any(t is not None for t in lengths.values())
             and (dlse is None or not bool(dlse.any())) and q.dtype in (torch.bfloat16, torch.float16)
             and q.shape[-1] == v.shape[-1] and q.shape[-1] in (64, 128))
 
