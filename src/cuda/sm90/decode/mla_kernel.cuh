@@ -27,6 +27,7 @@
 #include "cuda/sm80/decode/decode_kernel.cuh"
 #include "cuda/sm90/decode/mla_traits.cuh"
 #include "cuda/sm90/prefill/softmax_vote.cuh"
+#include "cuda/sm90/warpgroup_gemm.cuh"
 
 namespace blasst::cuda::sm90::mla {
 
@@ -236,17 +237,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) mla_decode_kernel(const _
             ? p.decisions + ((int64_t(b) * p.num_kv_heads + hk) * P.chunks + chunk) * int64_t(p.tiles_max)
             : nullptr;
 
-    auto issue_s = [&](int stage) {
-      warpgroup_fence_operand(tSrS);
-      warpgroup_arrive();
-      mma_s.accumulate_ = GMMA::ScaleOut::Zero;
-#pragma unroll
-      for (int kb = 0; kb < size<2>(tSrQ); ++kb) {
-        cute::gemm(mma_s, tSrQ(_, _, kb), tSrK(_, _, kb, stage), tSrS);
-        mma_s.accumulate_ = GMMA::ScaleOut::One;
-      }
-      warpgroup_commit_batch();
-    };
+    auto issue_s = [&](int stage) { issue_overwriting_gemm(mma_s, tSrQ, tSrK, stage, tSrS); };
     bool pv_pending = false;
     int pv_stage = 0;
     auto issue_pv = [&]() {

@@ -31,6 +31,7 @@
 #include "cuda/sm90/prefill/prefill_traits.cuh"
 #include "cuda/sm90/prefill/softmax_vote.cuh"
 #include "cuda/sm90/prefill/visit_plan.cuh"
+#include "cuda/sm90/warpgroup_gemm.cuh"
 
 namespace blasst::cuda::sm90 {
 
@@ -325,15 +326,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   uint32_t v_held_phase = 0;
   auto issue_s = [&](int stage) {
     if constexpr (Traits::kQInRegisters) warpgroup_fence_operand(tSrQ);
-    warpgroup_fence_operand(tSrS);
-    warpgroup_arrive();
-    mma_s.accumulate_ = GMMA::ScaleOut::Zero;
-#pragma unroll
-    for (int kb = 0; kb < size<2>(tSrQ); ++kb) {
-      cute::gemm(mma_s, tSrQ(_, _, kb), tSrK(_, _, kb, stage), tSrS);
-      mma_s.accumulate_ = GMMA::ScaleOut::One;
-    }
-    warpgroup_commit_batch();
+    issue_overwriting_gemm(mma_s, tSrQ, tSrK, stage, tSrS);
   };
   auto issue_pv = [&]() {
     warpgroup_fence_operand(tOrO);
