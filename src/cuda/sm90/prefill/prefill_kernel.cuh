@@ -529,6 +529,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   }
   Tensor rO = convert_fragment<TO>(tOrO);
   const bool ragged_q = p.cu_seqlens_q != nullptr;
+  // The group's rows of O, from rows first_row + r of shared memory sO to output rows out_row0 +
+  // first_row + r (out_row0: the output row of sO's row 0), each thread writing whole 16-byte chunks.
+  auto store_rows = [&](const auto& sO, int first_row, int out_row0) {
+    TO* o_base = static_cast<TO*>(p.out) +
+                 (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +
+                 int64_t(h) * p.o_head_stride;
+    for (int idx = wt; idx < group_rows * (Dv / 8); idx += 128) {
+      const int r = idx / (Dv / 8);
+      const int c = (idx % (Dv / 8)) * 8;
+      const int row = first_row + r;
+      *reinterpret_cast<uint4*>(o_base + int64_t(out_row0 + row) * p.o_token_stride + c) =
+          *reinterpret_cast<const uint4*>(&sO(row, c));
+    }
+  };
   if constexpr (kFp8) {
     // O goes through the group's own fp16 V copy (Q's FP8 buffer is too small for 16-bit O),
     // once every warp of the group is past its last P V.
@@ -541,16 +555,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
 #pragma unroll
     for (int e = 0; e < size(rO); ++e) tOsO(e) = rO(e);
     ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
-
-    TO* o_base = static_cast<TO*>(p.out) +
-                 (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +
-                 int64_t(h) * p.o_head_stride;
-    for (int idx = wt; idx < group_rows * (Dv / 8); idx += 128) {
-      const int r = idx / (Dv / 8);
-      const int c = (idx % (Dv / 8)) * 8;
-      *reinterpret_cast<uint4*>(o_base + int64_t(group_row0 + r) * p.o_token_stride + c) =
-          *reinterpret_cast<const uint4*>(&sO(r, c));
-    }
+    store_rows(sO, 0, group_row0);
   } else {
     // O goes through this group's rows of the Q buffer (no other warpgroup reads those rows;
     // SmemLayoutO) so that each thread then writes whole 16-byte row chunks.
@@ -559,17 +564,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
 #pragma unroll
     for (int e = 0; e < size(rO); ++e) tOsO(e) = rO(e);
     ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
-
-    TO* o_base = static_cast<TO*>(p.out) +
-                 (ragged_q ? int64_t(q_start) * p.o_token_stride : int64_t(b) * p.o_batch_stride) +
-                 int64_t(h) * p.o_head_stride;
-    for (int idx = wt; idx < group_rows * (Dv / 8); idx += 128) {
-      const int r = idx / (Dv / 8);
-      const int c = (idx % (Dv / 8)) * 8;
-      const int row = grp * GR + r;
-      *reinterpret_cast<uint4*>(o_base + int64_t(row0 + row) * p.o_token_stride + c) =
-          *reinterpret_cast<const uint4*>(&sO(row, c));
-    }
+    store_rows(sO, grp * GR, row0);
   }
   if (p.lse && (lane & 3) == 0) {
     float* lse_base = p.lse + (ragged_q ? int64_t(q_start) * p.lse_token_stride : int64_t(b) * p.lse_batch_stride) +
