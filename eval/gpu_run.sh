@@ -29,7 +29,7 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
 fi
 a="$stage/eval-model-a"
 r="$stage/eval-run"
-for f in "$a/model.xz.part-a" "$r/model.xz.part-b" "$r/model.sha256" "$r/libblasst_py.so"; do
+for f in "$a/model.xz.part-a" "$a/libblasst_py.so" "$r/model.xz.part-b" "$r/model.sha256"; do
   [ -f "$f" ] || { echo "gpu_run.sh: $f is missing: stage with eval/gpu_stage.sh and send $a in the" \
                         "command before this one, on the same machine" >&2; exit 1; }
 done
@@ -46,7 +46,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="/tmp/blasst-site:$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 export BLASST_SMOLLM2_GGUF="$model_file"
 export BLASST_TEXT_ROOT="$PWD/$r/texts"
-export BLASST_LIBRARY="$PWD/$r/libblasst_py.so"
+export BLASST_LIBRARY="$PWD/$a/libblasst_py.so"
 export PYTHONUNBUFFERED=1
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
 

@@ -4,7 +4,8 @@
 # in two parts, one per command), the library built with CUDA, the `gguf` wheel and the Debian texts.
 #
 #   eval/gpu_stage.sh --lib build-py/python/libblasst_py.so      # here, once
-#   command 1 carries .carry/eval-model-a      and runs: ls .carry/eval-model-a
+#   command 1 carries .carry/eval-model-a      and runs: ls .carry/eval-model-a (or any GPU work
+#                                                that needs only the library there)
 #   command 2 carries .carry/eval-run          and runs: eval/gpu_run.sh [run_all.sh options]
 #
 # Command 2 must reach the same machine while it is still held (the first part stays there as an ignored
@@ -23,7 +24,8 @@ usage: eval/gpu_stage.sh --lib PATH [--dest DIR] [--part-bytes N]
                         -DBLASST_BUILD_CLI=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON
                       ninja -C build-py blasst_py
   --dest DIR        where to write eval-model-a/ and eval-run/ (default .carry, git-ignored)
-  --part-bytes N    size of the first compressed part (default 50000000: with a ~13 MB working tree
+  --part-bytes N    size of the first compressed part, which travels with the library (default
+                    43500000: with a ~16 MB working tree
                     each command stays under 64 MiB)
   -h, --help        this text
 
@@ -34,7 +36,7 @@ EOF
 
 lib=""
 dest=".carry"
-part_bytes=50000000
+part_bytes=43500000
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) lib="${2:?--lib needs a value}"; shift 2 ;;
@@ -60,7 +62,7 @@ echo "compressing (xz -9, about a minute) ..."
 xz -9 -T0 -c "$gguf" | split -b "$part_bytes" -a 1 - "$r/model.xz.part-"
 mv "$r/model.xz.part-a" "$a/"
 
-cp "$lib" "$r/libblasst_py.so"
+cp "$lib" "$a/libblasst_py.so"  # the first command can use it already
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 -d "$r/wheels" gguf==0.19.0
 python3 - "$r/texts" <<'EOF'
