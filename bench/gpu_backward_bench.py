@@ -10,7 +10,9 @@ tiles, against the dense backward of PyTorch SDPA (cuDNN and FlashAttention-2), 
 Inputs: bf16, B = 1, Hq = 32, Hkv = 8, d = --d (128), causal, the structured inputs of gpu_bench.py.
 Each row times one backward (median of CUDA-event times): for blasst, the gradients given the
 forward's decisions (the forward is not timed; FlexAttention's includes the forward it re-runs to
-differentiate); for SDPA, autograd.grad of its forward's output.
+differentiate) through the torch formulas (blasst-torch), FlexAttention in blocks of 128 rows
+(blasst-flex) and of 64 rows (blasst-flex-q64, as BLASST_FLEX_Q_BLOCK=64: one sm_90a decision group
+per block); for SDPA, autograd.grad of its forward's output.
 Accuracy (--check-len, default the first length): each backward's error against fp64 autograd of
 the same attention (dense for SDPA, over the kept tiles for blasst), as max |g - g64| / max |g64|
 per gradient, so that blasst's error reads against a bf16 kernel's own.
@@ -135,6 +137,19 @@ def main():
             if with_torch:
                 record("blasst-torch", sf, s, time_ms(ours, 2, opts.reps))
             record("blasst-flex", sf, s, time_ms(flex, 2, opts.reps))
+            # the same with FlexAttention blocks of 64 rows, one sm_90a decision group each
+            flex64 = lambda: autograd.flex_backward(_lib.PHASE_PREFILL, q, k, v, dout, decisions, info,  # noqa: E731
+                                                    causal=True, q_block=64)
+            try:
+                g_64 = flex64()
+            except Exception as err:  # a torch whose FlexAttention refuses 64-row blocks
+                print(f"       flex with 64-row blocks: not available ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:100]})")
+            else:
+                diff = max(float((a.float() - b.float()).abs().max() / (1 + b.float().abs().max()))
+                           for a, b in zip(g_64, g_flex))
+                print(f"       flex 64-row blocks vs 128: largest relative difference {diff:.2e}")
+                record("blasst-flex-q64", sf, s, time_ms(flex64, 2, opts.reps))
         torch.cuda.empty_cache()
     append_rows(opts.csv, rows)
     print(f"{len(rows)} rows appended to {opts.csv}")

@@ -193,23 +193,33 @@ def kept_tiles(phase, decisions, info, batch, hq, hkv, max_q, max_k, lqs=None):
 
 
 _flex = {}
-_FLEX_BLOCK = 128  # FlexAttention's block of rows and keys
+_FLEX_BLOCK = 128  # FlexAttention's block of keys, and of rows unless BLASST_FLEX_Q_BLOCK says 64
 
 
-def flex_block_lists(kept: torch.Tensor, bm: int, bn: int, lq: int, lk: int, causal: bool):
-    """The kept tiles as FlexAttention's 128 x 128 block lists, built at block level (never an
-    [Lq, Lk] mask). kept [B, H, RB, KT] bool: decision tiles of bm rows and bn keys (any sizes).
+def flex_q_block() -> int:
+    """Rows per FlexAttention block: 128, or 64 with BLASST_FLEX_Q_BLOCK=64 (not yet measured on a GPU).
+    64 matches the sm_90a kernel's decision groups, so that a block is whole wherever its one group
+    kept the tile; with 128 a block is whole only where both groups under it kept it."""
+    value = os.environ.get("BLASST_FLEX_Q_BLOCK", str(_FLEX_BLOCK))
+    if value not in ("64", "128"):
+        raise ValueError(f"blasst: BLASST_FLEX_Q_BLOCK is {value!r}, expected 64 or 128")
+    return int(value)
+
+
+def flex_block_lists(kept: torch.Tensor, bm: int, bn: int, lq: int, lk: int, causal: bool, fq: int = _FLEX_BLOCK,
+                     fk: int = _FLEX_BLOCK):
+    """The kept tiles as FlexAttention's block lists of fq rows x fk keys, built at block level (never
+    an [Lq, Lk] mask). kept [B, H, RB, KT] bool: decision tiles of bm rows and bn keys (any sizes).
     Returns (partial, full), each [B, H, QB, KB] bool: a block is *full* when every decision tile it
     overlaps is kept and all its (row, key) pairs exist and are causally visible, so that the kernel
     computes it without the mask; *partial* when it overlaps some kept tile but is not full (the
     mask_mod decides per element there); neither otherwise, and then it is never loaded."""
     batch, heads, rb, kt = kept.shape
-    f = _FLEX_BLOCK
-    qb, kb = -(-lq // f), -(-lk // f)
-    # kept at a resolution that both grids share: units of gcd(bm, 128) rows and gcd(bn, 128) keys
-    gm, gn = math.gcd(bm, f), math.gcd(bn, f)
+    qb, kb = -(-lq // fq), -(-lk // fk)
+    # kept at a resolution that both grids share: units of gcd(bm, fq) rows and gcd(bn, fk) keys
+    gm, gn = math.gcd(bm, fq), math.gcd(bn, fk)
     units = kept.repeat_interleave(bm // gm, dim=2).repeat_interleave(bn // gn, dim=3)
-    rows, cols = qb * (f // gm), kb * (f // gn)
+    rows, cols = qb * (fq // gm), kb * (fk // gn)
     units = units[:, :, :rows, :cols]
     units = torch.nn.functional.pad(units, (0, cols - units.shape[3], 0, rows - units.shape[2]), value=False)
     # which (row, key) pairs of each unit exist and are visible: some of them, or all of them
@@ -221,8 +231,8 @@ def flex_block_lists(kept: torch.Tensor, bm: int, bn: int, lq: int, lk: int, cau
         shift = lk - lq
         some = some & (w * gn <= torch.clamp((u + 1) * gm - 1, max=lq - 1) + shift)
         every = every & ((w + 1) * gn - 1 <= u * gm + shift)
-    listed = (units & some).view(batch, heads, qb, f // gm, kb, f // gn).any(dim=5).any(dim=3)
-    full = (units & every).view(batch, heads, qb, f // gm, kb, f // gn).all(dim=5).all(dim=3)
+    listed = (units & some).view(batch, heads, qb, fq // gm, kb, fk // gn).any(dim=5).any(dim=3)
+    full = (units & every).view(batch, heads, qb, fq // gm, kb, fk // gn).all(dim=5).all(dim=3)
     partial = listed & ~full
     return partial, full
 
@@ -235,8 +245,9 @@ def _block_indices(blocks: torch.Tensor):
     return counts, order
 
 
-def flex_block_mask(phase, decisions, info, batch, hq, hkv, lq, lk, causal):
-    """FlexAttention's BlockMask of the forward's kept tiles (flex_block_lists), for [B, Hq] heads."""
+def flex_block_mask(phase, decisions, info, batch, hq, hkv, lq, lk, causal, q_block=None):
+    """FlexAttention's BlockMask of the forward's kept tiles (flex_block_lists), for [B, Hq] heads, in
+    blocks of q_block (default flex_q_block()) rows and 128 keys."""
     from torch.nn.attention.flex_attention import BlockMask
 
     bm, bn = (info.block_m, info.block_n) if phase == _lib.PHASE_PREFILL else (1, info.block_n)  # decode: per row
@@ -249,12 +260,13 @@ def flex_block_mask(phase, decisions, info, batch, hq, hkv, lq, lk, causal):
         keep = kept[b, h, torch.clamp(q_idx // bm, max=last_row), torch.clamp(kv_idx // bn, max=last_tile)]
         return keep & (kv_idx <= q_idx + shift) if causal else keep
 
-    partial, full = flex_block_lists(kept, bm, bn, lq, lk, causal)
-    return BlockMask.from_kv_blocks(*_block_indices(partial), *_block_indices(full), BLOCK_SIZE=_FLEX_BLOCK,
-                                    mask_mod=mask_mod, seq_lengths=(lq, lk))
+    fq = q_block or flex_q_block()
+    partial, full = flex_block_lists(kept, bm, bn, lq, lk, causal, fq, _FLEX_BLOCK)
+    return BlockMask.from_kv_blocks(*_block_indices(partial), *_block_indices(full),
+                                    BLOCK_SIZE=(fq, _FLEX_BLOCK), mask_mod=mask_mod, seq_lengths=(lq, lk))
 
 
-def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=True):
+def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=True, q_block=None):
     """The backward through PyTorch's FlexAttention (a fused Triton kernel on GPUs) with a BlockMask of
     the kept tiles: dense [B, L, H, D] layouts without an LSE gradient. Compiled once per process on
     a GPU. The BlockMask is built from the decision tiles (flex_block_lists): blocks that no kept
@@ -270,7 +282,7 @@ def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=Tr
         attend = flex_attention
     batch, lq, hq, dqk = q.shape
     lk, hkv = k.shape[1], k.shape[2]
-    block_mask = flex_block_mask(phase, decisions, info, batch, hq, hkv, lq, lk, causal)
+    block_mask = flex_block_mask(phase, decisions, info, batch, hq, hkv, lq, lk, causal, q_block)
     qf, kf, vf = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
     with torch.enable_grad():
         out = attend(qf, kf, vf, block_mask=block_mask, scale=scale or dqk ** -0.5, enable_gqa=hq != hkv)

@@ -175,10 +175,11 @@ def test_the_torch_backward_of_device_tensors_equals_the_engine_backward(phase):
         assert (a - b).abs().max() <= 1e-4 * (1 + a.abs().max()), name
 
 
+@pytest.mark.parametrize("fq", [128, 64])
 @pytest.mark.parametrize("bm,bn,lq,lk,causal", [(128, 128, 256, 384, True), (64, 48, 300, 421, True),
                                                 (16, 176, 130, 500, False), (1, 64, 3, 700, True),
-                                                (256, 64, 200, 100, True)])
-def test_flex_block_lists_cover_exactly_the_kept_elements(bm, bn, lq, lk, causal):
+                                                (256, 64, 200, 100, True), (64, 128, 333, 517, True)])
+def test_flex_block_lists_cover_exactly_the_kept_elements(bm, bn, lq, lk, causal, fq):
     # the 128 x 128 block lists of the FlexAttention backward, built at block level, against the
     # element mask they stand for: a block is listed iff it holds a kept, visible (row, key), and
     # listed as full iff every one of its 128 x 128 pairs exists, is visible and is kept
@@ -187,25 +188,25 @@ def test_flex_block_lists_cover_exactly_the_kept_elements(bm, bn, lq, lk, causal
     gen = torch.Generator().manual_seed(bm + bn + lq)
     kept = torch.rand(2, 3, -(-lq // bm), -(-lk // bn), generator=gen) < 0.6
     kept[0, 0] = True  # whole rows of kept tiles give full blocks
-    partial, full = autograd.flex_block_lists(kept, bm, bn, lq, lk, causal)
+    partial, full = autograd.flex_block_lists(kept, bm, bn, lq, lk, causal, fq, 128)
     rows, keys = torch.arange(lq), torch.arange(lk)
     element = kept[:, :, rows // bm][..., keys // bn]                            # [B, H, Lq, Lk]
     if causal:
         element &= keys[None, :] <= rows[:, None] + lk - lq
-    f = 128
-    qb, kb = -(-lq // f), -(-lk // f)
-    padded = torch.zeros(2, 3, qb * f, kb * f, dtype=torch.bool)
+    qb, kb = -(-lq // fq), -(-lk // 128)
+    padded = torch.zeros(2, 3, qb * fq, kb * 128, dtype=torch.bool)
     padded[:, :, :lq, :lk] = element
-    blocks = padded.view(2, 3, qb, f, kb, f)
+    blocks = padded.view(2, 3, qb, fq, kb, 128)
     assert torch.equal(partial | full, blocks.any(dim=5).any(dim=3))
     assert not (partial & full).any()
     assert torch.equal(full, blocks.all(dim=5).all(dim=3))
-    assert full.any() or lq < f or lk < f
+    assert full.any() or lq < fq or lk < 128
 
 
+@pytest.mark.parametrize("q_block", [128, 64])
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_the_flex_block_mask_attends_the_kept_tiles(phase, causal):
+def test_the_flex_block_mask_attends_the_kept_tiles(phase, causal, q_block):
     # the BlockMask the FlexAttention backward differentiates through, checked by FlexAttention's
     # forward on the CPU (its backward runs on GPUs only) against fp64 attention over the kept tiles:
     # tile edges off the 128 grid, odd lengths, GQA and decode's chunked groups
@@ -222,7 +223,7 @@ def test_the_flex_block_mask_attends_the_kept_tiles(phase, causal):
                                              block_m=48 if phase == "prefill" else 3, block_n=80,
                                              return_stats=True, return_decisions=True)
     assert stats[:, 1].sum() > 0
-    block_mask = autograd.flex_block_mask(code, decisions, info, batch, hq, hkv, lq, lk, causal)
+    block_mask = autograd.flex_block_mask(code, decisions, info, batch, hq, hkv, lq, lk, causal, q_block)
     got = flex_attention(*(t.transpose(1, 2) for t in (q, k, v)), block_mask=block_mask, enable_gqa=True)
     mask = kept_mask(decisions, info, phase, batch, lq, lk, hq, hkv, causal)
     want, _ = reference_attention(q.double(), k.double(), v.double(), mask, d ** -0.5)
@@ -253,3 +254,6 @@ def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
     monkeypatch.setenv("BLASST_GPU_BACKWARD", "fast")
     with pytest.raises(ValueError, match="expected auto, torch or flex"):
         autograd._use_flex(q, q, q, None, none)
+    monkeypatch.setenv("BLASST_FLEX_Q_BLOCK", "32")
+    with pytest.raises(ValueError, match="expected 64 or 128"):
+        autograd.flex_q_block()
