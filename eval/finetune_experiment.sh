@@ -30,7 +30,8 @@ usage: eval/finetune_experiment.sh [options]
   --seed S             training seed (default 0)
   --work DIR           where the tuned weights and the evaluation files go (default a temporary folder)
   --results PATH       the report's path without extension (default bench/results/smollm2_finetune;
-                       with $OUT set, $OUT/smollm2_finetune); the training logs go beside it
+                       with $OUT set, $OUT/smollm2_finetune): <PATH>.{csv,md,png}, and <PATH>_runs.tar.gz
+                       with the training logs and the three evaluation files
   --quick              a check of the pipeline: 2 steps of 256 tokens, 512-token evaluation, one lambda
   -h, --help           this text
 USAGE
@@ -67,7 +68,6 @@ dtype=float32
 echo "== fine-tuning: $steps steps x $batch x $length tokens, sparse arm at lambda $train_lambda ($device)"
 python3 eval/finetune_sparsity.py --out "$work" --device "$device" --steps "$steps" --length "$length" \
   --batch "$batch" --lr "$lr" --lambda "$train_lambda" --seed "$seed"
-for f in sparse dense; do cp "$work/$f.json" "${results}_train_$f.json"; done
 
 for model in base dense sparse; do
   echo "== evaluating the $model model"
@@ -82,5 +82,8 @@ done
 
 python3 eval/report_finetune.py --base "$work/eval_base.json" --dense-tuned "$work/eval_dense.json" \
   --sparse-tuned "$work/eval_sparse.json" --train-summary "$work/summary.json" --out "$results"
-for model in base dense sparse; do cp "$work/eval_$model.json" "${results}_eval_$model.json"; done
-echo "report: $results.md"
+# the runs behind the report in one file (a GPU machine returns few files): the per-step training logs
+# of both arms and the three evaluation files, from which report_finetune.py redraws the report
+tar -czf "${results}_runs.tar.gz" -C "$work" summary.json sparse.json dense.json eval_base.json eval_dense.json \
+  eval_sparse.json
+echo "report: $results.md (runs: ${results}_runs.tar.gz)"

@@ -65,6 +65,9 @@ mv "$r/model.xz.part-a" "$a/"
 cp "$lib" "$a/libblasst_py.so"  # the first command can use it already
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 -d "$r/wheels" gguf==0.19.0
+# pytest for the package's GPU tests in the same environment (tests/gpu/device_run_backward.sh)
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$r/wheels" pytest==9.2.0 pluggy==1.7.0 \
+  iniconfig==2.3.1 packaging==26.4
 python3 - "$r/texts" <<'EOF'
 import os, shutil, sys
 sys.path.insert(0, "eval")
