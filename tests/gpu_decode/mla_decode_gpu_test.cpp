@@ -293,6 +293,22 @@ TEST_F(MlaDecodeGpu, LongContext) {
   }
 }
 
+// Small problems for compute-sanitizer (memcheck, racecheck): dense and skip, one and two query
+// tokens, both orders, one split and several (the combine), contiguous and paged.
+TEST_F(MlaDecodeGpu, SanitizerSubset) {
+  Problem dense{1, 16, {65, 200}};
+  check(dense, 50);
+  Problem skip{2, 128, {130, 257}};
+  skip.factor = 30.0f;
+  skip.order = BLASST_ORDER_ANCHORED;
+  skip.splits = 3;
+  check(skip, 51);
+  skip.order = BLASST_ORDER_ASCENDING;
+  skip.splits = 1;
+  skip.page_size = 64;
+  check(skip, 52);
+}
+
 TEST_F(MlaDecodeGpu, CallsItCannotRunAreRefusedWithAMessage) {
   Problem pr{1, 16, {100}};
   const Inputs in = make_inputs(pr, 3);
