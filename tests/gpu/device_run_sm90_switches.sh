@@ -7,9 +7,7 @@
 # with the three files copied into DIR. In order of priority, each under its own time limit:
 #   - head dim 256 in fp16 on the sm_90a kernel (BLASST_CUDA_SM90_D256=1; bf16 passed and is on);
 #   - FP8 prefill at d = 64 (BLASST_CUDA_SM90_FP8_PREFILL=1; d = 128 passed);
-#   - compute-sanitizer (memcheck, racecheck) over the MLA decode, MLA prefill and FP8 subsets;
-#   - the MLA decode benchmark with multicast clusters against the cluster-free kernel (as measured
-#     at 3d5b9da), after any change to the MLA kernel.
+#   - compute-sanitizer (memcheck, racecheck) over the MLA decode, MLA prefill and FP8 subsets.
 # Logs land in $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
