@@ -13,6 +13,8 @@ through the same formulas in torch, one batch entry at a time (fp32; BLASST_GPU_
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from typing import Optional
@@ -62,10 +64,21 @@ class _BlasstAttention(torch.autograd.Function):
 GPU_BACKWARD_DEFAULT = "auto"
 
 
+@functools.lru_cache(maxsize=None)
+def _flex_available() -> bool:
+    """Whether this torch has FlexAttention with BlockMask.from_kv_blocks(seq_lengths=...) (2.6 on)."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return "seq_lengths" in inspect.signature(BlockMask.from_kv_blocks).parameters
+
+
 def _flex_applies(q, k, v, dlse, lengths) -> bool:
     """FlexAttention's backward takes dense [B, L, H, D] layouts (no per-entry lengths, none empty), an LSE that
-    carries no gradient, 16-bit inputs and the head dims it was measured at (Dqk = Dv = 64 or 128)."""
-    return (q.dim() == 4 and q.shape[1] > 0 and k.shape[1] > 0 and not any(t is not None for t in lengths.values())
+    carries no gradient, 16-bit inputs and the head dims it was measured at (Dqk = Dv = 64 or 128),
+    from a torch that has it."""
+    return (_flex_available() and q.dim() == 4 and q.shape[1] > 0 and k.shape[1] > 0 and not any(t is not None for t in lengths.values())
             and (dlse is None or not bool(dlse.any())) and q.dtype in (torch.bfloat16, torch.float16)
             and q.shape[-1] == v.shape[-1] and q.shape[-1] in (64, 128))
 
@@ -83,7 +96,7 @@ def _use_flex(q, k, v, dlse, lengths) -> bool:
     applies = _flex_applies(q, k, v, dlse, lengths)
     if choice == "flex" and not applies:
         raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=flex takes dense layouts of 16-bit q, k, v with "
-                                  "Dqk = Dv = 64 or 128, without an LSE gradient")
+                                  "Dqk = Dv = 64 or 128, without an LSE gradient, and torch 2.6 or later")
     return applies
 
 

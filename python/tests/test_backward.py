@@ -245,6 +245,9 @@ def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
     assert not autograd._use_flex(q.float(), q.float(), q.float(), None, none)
     assert not autograd._use_flex(q[..., :48], q[..., :48], q[..., :48], None, none)
     assert not autograd._use_flex(q, q[:, :0], q[:, :0], None, none)
+    monkeypatch.setattr(autograd, "_flex_available", lambda: False)  # a torch without FlexAttention
+    assert not autograd._use_flex(q, q, q, None, none)
+    monkeypatch.undo()
     monkeypatch.setenv("BLASST_GPU_BACKWARD", "torch")
     assert not autograd._use_flex(q, q, q, None, none)
     monkeypatch.setenv("BLASST_GPU_BACKWARD", "flex")
