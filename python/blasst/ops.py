@@ -87,7 +87,8 @@ def decode(
     q_scale: Optional[Tensor] = None, k_scale: Optional[Tensor] = None, v_scale: Optional[Tensor] = None,
     out_dtype: Optional[torch.dtype] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Decode attention (decision group: all G query heads of one KV head x all query rows)."""
+    """Decode attention (decision group: block_m (query head, row) pairs of one KV head, head-major;
+    block_m 0: all G heads x all query rows of the KV head)."""
     return _impl(_lib.PHASE_DECODE, q, k, v, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k, block_table,
                  max_seqlen_q, max_seqlen_k, scale, causal, threshold_scale_factor, per_kv_head_factor, block_m,
                  block_n, order, splits, engine, num_threads, return_stats, per_request_factor, q_scale, k_scale,
