@@ -160,18 +160,26 @@ TEST_F(PrefillGpu, PagedKv) {
   }
 }
 
-// On compute capability 9.0 the engine runs the sm_90a kernel where it fits (decision groups of
-// 64 rows, tiles of 128 keys) and the sm_80 kernel where it does not (d = 256; pages that are not
-// a power of two of at least 16 tokens).
-TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
+// Why the sm_90a prefill kernel cannot run here (the reason to skip a test that needs it), or
+// nullptr: not a compute capability 9.0 device, or a build without the kernel.
+const char* no_sm90_prefill_here() {
   int device = 0, major = 0, minor = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  EXPECT_EQ(cudaGetDevice(&device), cudaSuccess);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (major != 9 || minor != 0) GTEST_SKIP() << "not a compute capability 9.0 device";
+  if (major != 9 || minor != 0) return "not a compute capability 9.0 device";
 #if !defined(BLASST_TEST_HAVE_SM90)
-  GTEST_SKIP() << "this build has no sm_90a prefill kernel (no CUTLASS headers at configure time)";
+  return "this build has no sm_90a prefill kernel (no CUTLASS headers at configure time)";
+#else
+  return nullptr;
 #endif
+}
+
+// On compute capability 9.0 the engine runs the sm_90a kernel where it fits (decision groups of
+// 64 rows, tiles of 128 keys; bf16 d = 256: 64 x 64) and the sm_80 kernel where it does not (pages
+// that are not a power of two of at least 16 tokens).
+TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
+  if (const char* why = no_sm90_prefill_here()) GTEST_SKIP() << why;
   if (const char* forced = std::getenv("BLASST_CUDA_PREFILL_KERNEL"); forced && std::string(forced) == "sm80")
     GTEST_SKIP() << "BLASST_CUDA_PREFILL_KERNEL=sm80 forces the sm_80 kernel";
   struct Expect {
@@ -210,14 +218,7 @@ TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
 // with BLASST_CUDA_SM90_D256=1, which this test sets): decisions and outputs against the CPU engine
 // at the reported geometry over odd shapes, both orders, causal and not, paged and ragged, fp16.
 TEST_F(PrefillGpu, Sm90HeadDim256) {
-  int device = 0, major = 0, minor = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (major != 9 || minor != 0) GTEST_SKIP() << "not a compute capability 9.0 device";
-#if !defined(BLASST_TEST_HAVE_SM90)
-  GTEST_SKIP() << "this build has no sm_90a prefill kernel";
-#endif
+  if (const char* why = no_sm90_prefill_here()) GTEST_SKIP() << why;
   setenv("BLASST_CUDA_SM90_D256", "1", 1);
   struct Shape256 {
     int64_t lq, lk;
@@ -499,8 +500,7 @@ class MlaPrefillGpu : public PrefillGpu {
     c.dtype = dtype;
     const GpuRun r = run_gpu(c, make_inputs(c));
     if (r.status == BLASST_OK) return true;
-    EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
-    EXPECT_NE(r.message.find("sm_90a"), std::string::npos) << r.message;
+    expect_sm90_or_refused(r);
     [&] { GTEST_SKIP() << "no sm_90a 192/128 kernel here: " << r.message; }();
     return false;
   }
@@ -686,8 +686,7 @@ class Fp8PrefillGpu : public PrefillGpu {
     Case c = fp8_case({64}, {64}, 1, 1, d, 0);
     const GpuRun r = run_gpu(c, make_inputs(c));
     if (r.status == BLASST_OK) return true;
-    EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
-    EXPECT_NE(r.message.find("sm_90a"), std::string::npos) << r.message;
+    expect_sm90_or_refused(r);
     [&] { GTEST_SKIP() << "no sm_90a FP8 prefill kernel here: " << r.message; }();
     return false;
   }
