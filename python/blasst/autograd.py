@@ -75,12 +75,13 @@ def _flex_available() -> bool:
 
 
 def _flex_applies(q, k, v, dlse, lengths) -> bool:
-    """FlexAttention's backward takes dense [B, L, H, D] layouts (no per-entry lengths, none empty), an LSE that
-    carries no gradient, 16-bit inputs and the head dims it was measured at (Dqk = Dv = 64 or 128),
-    from a torch that has it."""
-    return (_flex_available() and q.dim() == 4 and q.shape[1] > 0 and k.shape[1] > 0 and not any(t is not None for t in lengths.values())
-            and (dlse is None or not bool(dlse.any())) and q.dtype in (torch.bfloat16, torch.float16)
-            and q.shape[-1] == v.shape[-1] and q.shape[-1] in (64, 128))
+    """FlexAttention's backward takes dense [B, L, H, D] layouts (no per-entry lengths, none empty), an
+    LSE that carries no gradient, 16-bit inputs and the head dims it was measured at (Dqk = Dv = 64 or
+    128), from a torch that has it."""
+    # the LSE gradient last: reading it waits for the device
+    return (_flex_available() and q.dim() == 4 and q.shape[1] > 0 and k.shape[1] > 0
+            and not any(t is not None for t in lengths.values()) and q.dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-1] == v.shape[-1] and q.shape[-1] in (64, 128) and (dlse is None or not bool(dlse.any())))
 
 
 def _use_flex(q, k, v, dlse, lengths) -> bool:
@@ -227,7 +228,7 @@ def flex_block_lists(kept: torch.Tensor, bm: int, bn: int, lq: int, lk: int, cau
     overlaps is kept and all its (row, key) pairs exist and are causally visible, so that the kernel
     computes it without the mask; *partial* when it overlaps some kept tile but is not full (the
     mask_mod decides per element there); neither otherwise, and then it is never loaded."""
-    batch, heads, rb, kt = kept.shape
+    batch, heads = kept.shape[:2]
     qb, kb = -(-lq // fq), -(-lk // fk)
     # kept at a resolution that both grids share: units of gcd(bm, fq) rows and gcd(bn, fk) keys
     gm, gn = math.gcd(bm, fq), math.gcd(bn, fk)
