@@ -73,12 +73,11 @@ int pick_splits(const blasst_args& a, int sms) {
   // One CTA per SM (its shared memory): the fewest splits that fill the SMs once, each split
   // keeping at least 8 tiles.
   const int64_t ctas = int64_t(a.batch) * a.num_kv_heads * chunks(a);
-  int splits = ctas >= sms ? 1 : std::max(1, std::min(int(sms / ctas), tiles / 8));
   // Skipping takes the same splits as dense mode in both orders. More, shorter splits in anchored
   // order (up to four waves, to even out CTAs of unequal sparsity) measured slower than dense on
   // an H100 (0.86x at s = 0.96, 64 x 8K, 128 heads): each split re-reads the two anchor tiles and
   // the combine moves B x Hq x splits x 512 partial outputs through memory.
-  return std::max(1, splits);
+  return ctas >= sms ? 1 : std::max(1, std::min(int(sms / ctas), tiles / 8));
 }
 
 cudaError_t launch(const blasst_args& a, bool skip, const decode::DecodeParams& p, cudaStream_t stream) {
