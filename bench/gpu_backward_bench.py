@@ -12,7 +12,9 @@ Each row times one backward (median of CUDA-event times): for blasst, the gradie
 forward's decisions (the forward is not timed; FlexAttention's includes the forward it re-runs to
 differentiate) through the torch formulas (blasst-torch), FlexAttention in blocks of 128 rows
 (blasst-flex) and of 64 rows (blasst-flex-q64, as BLASST_FLEX_Q_BLOCK=64: one sm_90a decision group
-per block); for SDPA, autograd.grad of its forward's output.
+per block), and blasst's Triton kernels (blasst-triton; --triton-configs times other block
+configurations beside it, named blasst-triton-M1-N1-M2-N2-warps-stages), which read the forward's
+LSE and re-run nothing; for SDPA, autograd.grad of its forward's output.
 Accuracy (--check-len, default the first length): each backward's error against fp64 autograd of
 the same attention (dense for SDPA, over the kept tiles for blasst), as max |g - g64| / max |g64|
 per gradient, so that blasst's error reads against a bf16 kernel's own.
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gpu_bench import append_rows, make_inputs, time_ms  # noqa: E402
 
 from blasst import _core, _lib, autograd  # noqa: E402
+from blasst._triton_backward import DEFAULT_BLOCKS as TRITON_DEFAULT  # noqa: E402
 
 
 def fp64_grads(q, k, v, dout, keep):
@@ -61,6 +64,9 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--csv", default="bench/results/gpu_backward.csv")
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--triton-configs", default=TRITON_DEFAULT,
+                    help="';'-separated BLASST_TRITON_BWD_BLOCKS values to time blasst's Triton kernels at "
+                         "(BLOCK_M1,BLOCK_N1,BLOCK_M2,BLOCK_N2,warps,stages; '' for none)")
     ap.add_argument("--check-len", type=int, default=None,
                     help="length of the fp64 accuracy check (default the first of --seqlens; 0: none)")
     opts = ap.parse_args()
@@ -111,7 +117,7 @@ def main():
         factors = ([round(float(x) * lk, 3) for x in opts.lambdas.split(",")] if opts.lambdas
                    else [float(x) for x in opts.sf.split(",")])
         for sf in factors:
-            out, _, stats, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, causal=True,
+            out, lse, stats, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, causal=True,
                                                        threshold_scale_factor=sf, return_stats=True,
                                                        return_decisions=True)
             s = float(stats[:, 1].sum()) / max(1.0, float(stats[:, 0].sum()))
@@ -119,6 +125,8 @@ def main():
                                                    info, causal=True)
             flex = lambda: autograd.flex_backward(_lib.PHASE_PREFILL, q, k, v, dout, decisions, info,  # noqa: E731
                                                   causal=True)
+            triton_run = lambda: autograd.triton_backward(_lib.PHASE_PREFILL, q, k, v, out, dout, lse,  # noqa: E731
+                                                          None, decisions, info, causal=True)
             # the torch formulas hold [Hq, L, L] fp32 scores and probabilities: not past --torch-max-len
             with_torch = lk <= opts.torch_max_len
             g_ours, g_flex = (ours() if with_torch else None), flex()
@@ -133,6 +141,10 @@ def main():
                 want = fp64_grads(q, k, v, dout, keep)
                 print(f"       sf {sf:g} vs fp64 (kept tiles): torch "
                       f"{rel_errors(g_ours, want) if with_torch else '-'}, flex {rel_errors(g_flex, want)}")
+                try:
+                    print(f"       sf {sf:g} vs fp64 (kept tiles): triton {rel_errors(triton_run(), want)}")
+                except Exception as err:  # report and go on: the rows of the other kernels still count
+                    print(f"       triton: failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
                 del want, keep
             if with_torch:
                 record("blasst-torch", sf, s, time_ms(ours, 2, opts.reps))
@@ -150,6 +162,20 @@ def main():
                            for a, b in zip(g_64, g_flex))
                 print(f"       flex 64-row blocks vs 128: largest relative difference {diff:.2e}")
                 record("blasst-flex-q64", sf, s, time_ms(flex64, 2, opts.reps))
+            # blasst's Triton kernels, in each block configuration asked for (BLASST_TRITON_BWD_BLOCKS)
+            for config in opts.triton_configs.split(";") if opts.triton_configs else []:
+                os.environ["BLASST_TRITON_BWD_BLOCKS"] = config
+                name = "blasst-triton" if config == TRITON_DEFAULT else "blasst-triton-" + config.replace(",", "-")
+                try:
+                    g_tri = triton_run()
+                except Exception as err:
+                    print(f"       {name}: failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+                    continue
+                diff = max(float((a.float() - b.float()).abs().max() / (1 + b.float().abs().max()))
+                           for a, b in zip(g_tri, g_flex))
+                print(f"       {name} vs flex: largest relative difference {diff:.2e}")
+                record(name, sf, s, time_ms(triton_run, 2, opts.reps))
+            os.environ.pop("BLASST_TRITON_BWD_BLOCKS", None)
         torch.cuda.empty_cache()
     append_rows(opts.csv, rows)
     print(f"{len(rows)} rows appended to {opts.csv}")

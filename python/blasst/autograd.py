@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from . import _core, _lib
+from . import _core, _lib, _triton_backward
 
 _TILE_KEPT = _lib.TILE_KEPT
 
@@ -32,14 +32,14 @@ class _BlasstAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, phase: int, options: dict):
         out, lse, stats, decisions, info = _core.run(phase, q, k, v, return_decisions=True, **options)
-        ctx.save_for_backward(q, k, v, out, decisions)
+        ctx.save_for_backward(q, k, v, out, lse, decisions)
         ctx.phase, ctx.info, ctx.options = phase, info, options
         ctx.mark_non_differentiable(stats)
         return out, lse, stats
 
     @staticmethod
     def backward(ctx, dout, dlse, _dstats):
-        q, k, v, out, decisions = ctx.saved_tensors
+        q, k, v, out, lse, decisions = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
         o = ctx.options
@@ -49,7 +49,10 @@ class _BlasstAttention(torch.autograd.Function):
         if q.device.type == "cpu":
             dq, dk, dv = _core.backward(ctx.phase, q, k, v, out, dout.to(out.dtype), dlse, decisions, ctx.info,
                                         num_threads=o.get("num_threads", 0), **common)
-        elif _use_flex(q, k, v, dlse, lengths):
+        elif (choice := device_backward(ctx.phase, q, k, v, dlse, lengths, ctx.info)) == "triton":
+            dq, dk, dv = triton_backward(ctx.phase, q, k, v, out, dout, lse, dlse, decisions, ctx.info,
+                                         scale=common["scale"], causal=common["causal"])
+        elif choice == "flex":
             dq, dk, dv = flex_backward(ctx.phase, q, k, v, dout, decisions, ctx.info, scale=common["scale"],
                                        causal=common["causal"])
         else:
@@ -84,21 +87,35 @@ def _flex_applies(q, k, v, dlse, lengths) -> bool:
             and q.shape[-1] == v.shape[-1] and q.shape[-1] in (64, 128) and (dlse is None or not bool(dlse.any())))
 
 
-def _use_flex(q, k, v, dlse, lengths) -> bool:
+def _triton_applies(phase, q, k, v, lengths, info) -> bool:
+    """The Triton kernels (blasst._triton_backward) take prefill decisions over dense [B, L, H, D]
+    layouts of 16-bit q, k, v, with tiles that blocks of 16 divide."""
+    return (phase == _lib.PHASE_PREFILL and not any(t is not None for t in lengths.values())
+            and _triton_backward.applies(q, k, v, info.block_m, info.block_n))
+
+
+def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
     """Which device backward runs, from BLASST_GPU_BACKWARD: torch (the fp32 formulas), flex (PyTorch's
-    FlexAttention with a BlockMask of the kept tiles; an error where it does not apply) or auto (flex
-    where it applies, else torch). FlexAttention keeps P and dS in bf16, as every fused bf16 backward
-    does (bench/gpu_backward_bench.py prints its error beside cuDNN's, both against fp64)."""
+    FlexAttention with a BlockMask of the kept tiles), triton (blasst's own Triton kernels over the
+    kept tiles, not yet measured on a GPU) or auto (flex where it applies, else torch). flex and
+    triton are errors where they do not apply. The fused kernels keep P and dS in 16 bits, as every
+    fused bf16 backward does (bench/gpu_backward_bench.py prints their errors beside cuDNN's, all
+    against fp64)."""
     choice = os.environ.get("BLASST_GPU_BACKWARD", GPU_BACKWARD_DEFAULT)
-    if choice not in ("auto", "flex", "torch"):
-        raise ValueError(f"blasst: BLASST_GPU_BACKWARD is {choice!r}, expected auto, torch or flex")
+    if choice not in ("auto", "flex", "torch", "triton"):
+        raise ValueError(f"blasst: BLASST_GPU_BACKWARD is {choice!r}, expected auto, torch, flex or triton")
     if choice == "torch":
-        return False
+        return "torch"
+    if choice == "triton":
+        if not _triton_applies(phase, q, k, v, lengths, info):
+            raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=triton takes prefill over dense layouts of "
+                                      "16-bit q, k, v (head dims powers of two, 16 to 256) with Triton installed")
+        return "triton"
     applies = _flex_applies(q, k, v, dlse, lengths)
     if choice == "flex" and not applies:
         raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=flex takes dense layouts of 16-bit q, k, v with "
                                   "Dqk = Dv = 64 or 128, without an LSE gradient, and torch 2.6 or later")
-    return applies
+    return "flex" if applies else "torch"
 
 
 def attention_with_grad(phase: int, q, k, v, options: dict):
@@ -302,6 +319,16 @@ def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=Tr
         out = attend(qf, kf, vf, block_mask=block_mask, scale=scale or dqk ** -0.5, enable_gqa=hq != hkv)
         dq, dk, dv = torch.autograd.grad(out, (qf, kf, vf), dout.transpose(1, 2).to(out.dtype))
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+
+
+def triton_backward(phase, q, k, v, out, dout, lse, dlse, decisions, info, *, scale=0.0, causal=True):
+    """The backward through blasst's Triton kernels (blasst._triton_backward): prefill decisions over
+    dense [B, L, H, D] layouts; the forward's out and lse [B, Lq, Hq] are read, nothing is re-run."""
+    batch, lq, hq = q.shape[:3]
+    lk, hkv = k.shape[1], k.shape[2]
+    kept = kept_tiles(phase, decisions, info, batch, hq, hkv, lq, lk)
+    return _triton_backward.backward(q, k, v, out, dout, lse, dlse, kept, info.block_m, info.block_n, scale=scale,
+                                     causal=causal)
 
 
 def requires_grad(*tensors: Optional[torch.Tensor]) -> bool:

@@ -232,31 +232,50 @@ def test_the_flex_block_mask_attends_the_kept_tiles(phase, causal, q_block):
 
 def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
     # auto: FlexAttention where it applies (dense layout, 16-bit, Dqk = Dv in 64/128, no LSE
-    # gradient), the torch formulas elsewhere; flex: an error where it does not apply
-    from blasst import autograd
+    # gradient), the torch formulas elsewhere; flex and triton: an error where they do not apply
+    from types import SimpleNamespace
 
+    from blasst import _triton_backward, autograd
+
+    prefill, decode = blasst._lib.PHASE_PREFILL, blasst._lib.PHASE_DECODE
+    info = SimpleNamespace(block_m=64, block_n=128)
     q = torch.zeros(1, 8, 4, 64, dtype=torch.bfloat16)
     none = dict(cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None)
     ragged = {**none, "seqlens_k": torch.tensor([8], dtype=torch.int32)}
+
+    def choose(q=q, k=q, v=q, dlse=None, lengths=none, phase=prefill, info=info):
+        return autograd.device_backward(phase, q, k, v, dlse, lengths, info)
+
     monkeypatch.setenv("BLASST_GPU_BACKWARD", "auto")
-    assert autograd._use_flex(q, q, q, None, none)
-    assert not autograd._use_flex(q, q, q, None, ragged)
-    assert not autograd._use_flex(q, q, q, torch.ones(1, 8, 4), none)
-    assert not autograd._use_flex(q.float(), q.float(), q.float(), None, none)
-    assert not autograd._use_flex(q[..., :48], q[..., :48], q[..., :48], None, none)
-    assert not autograd._use_flex(q, q[:, :0], q[:, :0], None, none)
+    assert choose() == "flex"
+    assert choose(lengths=ragged) == "torch"
+    assert choose(dlse=torch.ones(1, 8, 4)) == "torch"
+    assert choose(q.float(), q.float(), q.float()) == "torch"
+    assert choose(q[..., :48], q[..., :48], q[..., :48]) == "torch"
+    assert choose(q, q[:, :0], q[:, :0]) == "torch"
     monkeypatch.setattr(autograd, "_flex_available", lambda: False)  # a torch without FlexAttention
-    assert not autograd._use_flex(q, q, q, None, none)
+    assert choose() == "torch"
     monkeypatch.undo()
     monkeypatch.setenv("BLASST_GPU_BACKWARD", "torch")
-    assert not autograd._use_flex(q, q, q, None, none)
+    assert choose() == "torch"
     monkeypatch.setenv("BLASST_GPU_BACKWARD", "flex")
-    assert autograd._use_flex(q, q, q, torch.zeros(1, 8, 4), none)
+    assert choose(dlse=torch.zeros(1, 8, 4)) == "flex"
     with pytest.raises(NotImplementedError, match="dense layouts"):
-        autograd._use_flex(q, q, q, None, ragged)
+        choose(lengths=ragged)
+    monkeypatch.setenv("BLASST_GPU_BACKWARD", "triton")
+    if _triton_backward.available():
+        assert choose(dlse=torch.ones(1, 8, 4)) == "triton"  # the LSE gradient enters D
+        assert choose(q[..., :32], q[..., :32], q) == "triton"  # Dqk != Dv
+    for bad in (dict(lengths=ragged), dict(phase=decode), dict(q=q.float(), k=q.float(), v=q.float()),
+                dict(q=q[..., :48], k=q[..., :48], v=q[..., :48]), dict(info=SimpleNamespace(block_m=8, block_n=64))):
+        with pytest.raises(NotImplementedError, match="BLASST_GPU_BACKWARD=triton takes prefill"):
+            choose(**bad)
     monkeypatch.setenv("BLASST_GPU_BACKWARD", "fast")
-    with pytest.raises(ValueError, match="expected auto, torch or flex"):
-        autograd._use_flex(q, q, q, None, none)
+    with pytest.raises(ValueError, match="expected auto, torch, flex or triton"):
+        choose()
     monkeypatch.setenv("BLASST_FLEX_Q_BLOCK", "32")
     with pytest.raises(ValueError, match="expected 64 or 128"):
         autograd.flex_q_block()
+    monkeypatch.setenv("BLASST_TRITON_BWD_BLOCKS", "32,128,64")
+    with pytest.raises(ValueError, match="expected six positive ints"):
+        _triton_backward.block_sizes(64, 128)

@@ -1,0 +1,251 @@
+"""The device backward of BLASST prefill attention as two Triton kernels that read the forward's
+decisions (BLASST_GPU_BACKWARD=triton; not yet measured on a GPU, so `auto` does not pick it).
+
+Given the forward's output O and LSE, per row i and key j of a kept tile that the row sees:
+  P = exp(s - lse),  dP = dO . v,  D = rowsum(O * dO) - dlse,  dS = P (dP - D)
+  dq = scale dS k,   dk = scale dS^T q,   dv = P^T dO   (dk, dv summed over a KV head's G query heads)
+Nothing is recomputed for a skipped tile: the host turns the decisions into lists of the kernel blocks
+that some kept tile covers, and each program walks only its list (no branch inside the loop, so that
+Triton pipelines the loads). Every listed block lies inside one decision tile (the kernel's blocks
+divide the decision tile), so a listed block is kept whole; the per-element mask is the layout's
+(lengths, causality) alone. The forward's LSE is used as is (no forward is re-run).
+
+Kernel 1 (dk, dv): one program per (block of BLOCK_N1 keys, entry, KV head) walks the listed
+(query head, block of BLOCK_M1 rows) pairs. Kernel 2 (dq): one program per (block of BLOCK_M2 rows,
+entry, query head) walks the listed blocks of BLOCK_N2 keys. Both accumulate in fp32 and store once
+(deterministic: no atomics).
+
+Layouts: q, dO [B, Lq, Hq, D]; k, v [B, Lk, Hkv, D]; LSE (in log2 units), D [B, Lq, Hq] fp32; the last dim of each
+contiguous. Causal masks are bottom-right aligned: row r sees keys j <= r + Lk - Lq.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+
+try:  # Triton ships with torch's CUDA wheels
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - then applies() says no
+    triton = tl = None
+
+LOG2E = 1.4426950408889634
+# BLOCK_M1,BLOCK_N1,BLOCK_M2,BLOCK_N2,warps,stages when BLASST_TRITON_BWD_BLOCKS is not set
+DEFAULT_BLOCKS = "32,128,64,32,4,3"
+
+
+def available() -> bool:
+    """Whether Triton imports."""
+    return triton is not None
+
+
+def _dkdv_body(Q, K, V, DO, LSE, DELTA, COUNT, INDEX, DK, DV,
+               sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
+               scb, sch, sib, sih, sin, sdkb, sdkl, sdkh, sdvb, sdvl, sdvh,
+               lq, lk, hkv, group, row_blocks, scale, scale_log2,
+               CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+               DV_DIM: tl.constexpr):
+    kb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // hkv
+    hk = bh % hkv
+    offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    offs_e = tl.arange(0, DV_DIM)
+    key_ok = offs_n < lk
+    k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svl + offs_e[None, :], mask=key_ok[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_DIM], dtype=tl.float32)
+    shift = lk - lq
+    count = tl.load(COUNT + b * scb + hk * sch + kb)
+    index = INDEX + b * sib + hk * sih + kb * sin
+    for i in range(0, count):
+        pair = tl.load(index + i)           # (query head within the KV head) * row_blocks + row block
+        h = hk * group + pair // row_blocks
+        offs_m = (pair % row_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < lq
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sol + offs_e[None, :], mask=row_ok[:, None],
+                     other=0.0)
+        lse = tl.load(LSE + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
+        s_t = tl.dot(k, tl.trans(q))                                       # [BLOCK_N, BLOCK_M] fp32
+        seen = key_ok[:, None] & row_ok[None, :]
+        if CAUSAL:
+            seen = seen & (offs_n[:, None] <= offs_m[None, :] + shift)
+        p_t = tl.where(seen, tl.math.exp2(s_t * scale_log2 - lse[None, :]), 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do)
+        dp_t = tl.dot(v, tl.trans(do))                                     # [BLOCK_N, BLOCK_M]
+        ds_t = tl.where(seen, p_t * (dp_t - delta[None, :]), 0.0)
+        dk += tl.dot(ds_t.to(q.dtype), q)
+    tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=key_ok[:, None])
+    tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvl + offs_e[None, :], dv.to(DV.dtype.element_ty),
+             mask=key_ok[:, None])
+
+
+def _dq_body(Q, K, V, DO, LSE, DELTA, COUNT, INDEX, DQ,
+             sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
+             scb, sch, sib, sih, sim, sdqb, sdql, sdqh,
+             lq, lk, hq, group, scale, scale_log2,
+             CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+             DV_DIM: tl.constexpr):
+    qb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // hq
+    h = bh % hq
+    hk = h // group
+    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    offs_e = tl.arange(0, DV_DIM)
+    row_ok = offs_m < lq
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sol + offs_e[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    shift = lk - lq
+    count = tl.load(COUNT + b * scb + h * sch + qb)
+    index = INDEX + b * sib + h * sih + qb * sim
+    for i in range(0, count):
+        offs_n = tl.load(index + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_ok = offs_n < lk
+        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svl + offs_e[None, :], mask=key_ok[:, None],
+                    other=0.0)
+        s = tl.dot(q, tl.trans(k))                                         # [BLOCK_M, BLOCK_N] fp32
+        seen = row_ok[:, None] & key_ok[None, :]
+        if CAUSAL:
+            seen = seen & (offs_n[None, :] <= offs_m[:, None] + shift)
+        p = tl.where(seen, tl.math.exp2(s * scale_log2 - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = tl.where(seen, p * (dp - delta[:, None]), 0.0)
+        dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdql + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(interpret: bool):
+    """The jitted kernels; TRITON_INTERPRET=1 (read when they are built) runs them on the CPU."""
+    return triton.jit(_dkdv_body), triton.jit(_dq_body)
+
+
+def _env_blocks() -> tuple:
+    """(BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, warps, stages) from BLASST_TRITON_BWD_BLOCKS, a comma
+    list of six ints, for tuning on a device; default 32,128,64,32,4,3 (kernel 1 walks 32 rows at a
+    time under 128 keys, kernel 2 walks 32 keys at a time under 64 rows)."""
+    text = os.environ.get("BLASST_TRITON_BWD_BLOCKS", DEFAULT_BLOCKS)
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 6 or any(x <= 0 for x in values):
+        raise ValueError(f"blasst: BLASST_TRITON_BWD_BLOCKS is {text!r}, expected six positive ints "
+                         "(BLOCK_M1,BLOCK_N1,BLOCK_M2,BLOCK_N2,warps,stages)")
+    return values
+
+
+def _fit(preferred: int, tile: int) -> int:
+    """The largest power of two <= preferred that divides the decision tile's extent (0 if < 16)."""
+    block = 1 << (max(preferred, 1).bit_length() - 1)
+    while block >= 16 and tile % block:
+        block //= 2
+    return block if block >= 16 else 0
+
+
+def block_sizes(dec_m: int, dec_n: int):
+    """The kernels' (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, warps, stages) for decision tiles of dec_m
+    rows and dec_n keys, or None where a block of 16 does not divide them (then the kernels cannot
+    keep a block inside one tile)."""
+    m1, n1, m2, n2, warps, stages = _env_blocks()
+    sizes = (_fit(m1, dec_m), _fit(n1, dec_n), _fit(m2, dec_m), _fit(n2, dec_n))
+    return None if 0 in sizes else sizes + (warps, stages)
+
+
+def applies(q, k, v, dec_m: int, dec_n: int) -> bool:
+    """Dense [B, L, H, D] layouts of 16-bit q, k, v (head dims powers of two, 16 to 256) and decision
+    tiles that blocks of 16 divide."""
+    def pow2(d):
+        return 16 <= d <= 256 and d & (d - 1) == 0
+    return (available() and q.dim() == 4 and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
+            and v.dtype == q.dtype and pow2(q.shape[-1]) and pow2(v.shape[-1])
+            and block_sizes(dec_m, dec_n) is not None)
+
+
+def block_lists(kept: torch.Tensor, dec_m: int, dec_n: int, bm: int, bn: int, lq: int, lk: int, causal: bool):
+    """kept [B, H, RB, KT] bool (decision tiles of dec_m rows x dec_n keys; bm | dec_m, bn | dec_n) ->
+    [B, H, QB, KB] bool: the kernel blocks of bm rows x bn keys that lie in a kept tile and hold some
+    (row, key) pair that exists and is visible."""
+    qb, kb = -(-lq // bm), -(-lk // bn)
+    blocks = kept.repeat_interleave(dec_m // bm, dim=2).repeat_interleave(dec_n // bn, dim=3)[:, :, :qb, :kb]
+    if causal:  # the block's last row sees its first key
+        last_row = torch.clamp((torch.arange(qb, device=kept.device) + 1) * bm - 1, max=lq - 1)
+        first_key = torch.arange(kb, device=kept.device) * bn
+        blocks = blocks & (first_key[None, :] <= last_row[:, None] + lk - lq)
+    return blocks
+
+
+def _listed(blocks: torch.Tensor):
+    """[..., N] bool -> (counts [...] int32, indices [..., N] int32: the listed positions first, ascending)."""
+    counts = blocks.sum(dim=-1, dtype=torch.int32)
+    order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts, order.contiguous()
+
+
+def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_n: int, *, scale: float = 0.0,
+             causal: bool = True):
+    """dq, dk, dv of BLASST prefill attention given the forward's out, lse [B, Lq, Hq] and its kept
+    decision tiles kept [B, Hq, RB, KT] bool (dec_m x dec_n). Layouts as applies() requires."""
+    batch, lq, hq, dqk = q.shape
+    lk, hkv, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
+    group = hq // hkv
+    scale = scale or dqk ** -0.5
+    m1, n1, m2, n2, warps, stages = block_sizes(dec_m, dec_n)
+    q, k, v, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, dout.to(q.dtype)))
+    dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
+    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
+    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    if lq == 0 or lk == 0 or batch == 0:
+        return dq, dk, dv
+    lse2 = (lse.float() * LOG2E).contiguous()  # the kernels take exp2: P = 2^(s scale log2(e) - lse log2(e))
+    delta = (out.float() * dout.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.float()
+    delta = delta.contiguous()  # [B, Lq, Hq] like lse
+    dkdv_kernel, dq_kernel = _kernels(os.environ.get("TRITON_INTERPRET", "0") == "1")
+    scale_log2 = scale * LOG2E
+
+    # kernel 1: per (entry, KV head, block of n1 keys) the listed (query head, block of m1 rows) pairs
+    blocks1 = block_lists(kept, dec_m, dec_n, m1, n1, lq, lk, causal)                  # [B, Hq, QB1, KB1]
+    qb1, kb1 = blocks1.shape[2], blocks1.shape[3]
+    per_kv = blocks1.view(batch, hkv, group, qb1, kb1).permute(0, 1, 4, 2, 3).reshape(batch, hkv, kb1, group * qb1)
+    count1, index1 = _listed(per_kv)
+    dkdv_kernel[(kb1, batch * hkv)](
+        q, k, v, dout, lse2, delta, count1, index1, dk, dv,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
+        lse2.stride(0), lse2.stride(1), lse2.stride(2),
+        count1.stride(0), count1.stride(1), index1.stride(0), index1.stride(1), index1.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        lq, lk, hkv, group, qb1, scale, scale_log2,
+        CAUSAL=causal, BLOCK_M=m1, BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, num_warps=warps, num_stages=stages)
+
+    # kernel 2: per (entry, query head, block of m2 rows) the listed blocks of n2 keys
+    blocks2 = block_lists(kept, dec_m, dec_n, m2, n2, lq, lk, causal)                  # [B, Hq, QB2, KB2]
+    count2, index2 = _listed(blocks2)
+    dq_kernel[(blocks2.shape[2], batch * hq)](
+        q, k, v, dout, lse2, delta, count2, index2, dq,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
+        lse2.stride(0), lse2.stride(1), lse2.stride(2),
+        count2.stride(0), count2.stride(1), index2.stride(0), index2.stride(1), index2.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        lq, lk, hq, group, scale, scale_log2,
+        CAUSAL=causal, BLOCK_M=m2, BLOCK_N=n2, D=dqk, DV_DIM=dv_dim, num_warps=warps, num_stages=stages)
+    return dq, dk, dv

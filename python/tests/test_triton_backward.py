@@ -1,0 +1,139 @@
+"""blasst's Triton backward kernels (BLASST_GPU_BACKWARD=triton), compiled on a GPU or run on the
+CPU by Triton's interpreter (TRITON_INTERPRET=1, which conftest.py sets where there is no GPU; fp16:
+the interpreter has no bf16), against the CPU engine's fp64 backward over the same decisions:
+gradients to the error of fp16 rounding, NaN at the same places, nothing for skipped tiles."""
+
+import pytest
+import torch
+
+from blasst import _core, _lib, autograd
+from conftest import structured_qkv
+
+_triton_backward = pytest.importorskip("blasst._triton_backward")
+if not _triton_backward.available():
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+PREFILL = _lib.PHASE_PREFILL
+if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU, and Triton's interpreter was not chosen (conftest.py does)", allow_module_level=True)
+
+
+def run_both(q, k, v, *, causal, factor, block_m=16, block_n=32, dlse=False, seed=1):
+    """(triton dq, dk, dv), (CPU engine dq, dk, dv) and the forward's stats for one prefill call."""
+    out, lse, stats, decisions, info = _core.run(PREFILL, q, k, v, causal=causal, threshold_scale_factor=factor,
+                                                 block_m=block_m, block_n=block_n, return_stats=True,
+                                                 return_decisions=True)
+    gen = torch.Generator().manual_seed(seed)
+    dout = torch.randn(out.shape, generator=gen).to(out.dtype)
+    dl = torch.randn(lse.shape, generator=gen) if dlse else None
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, else the interpreter
+    moved = [None if t is None else t.to(dev) for t in (q, k, v, out, dout, lse, dl, decisions)]
+    got = [g.cpu() for g in autograd.triton_backward(PREFILL, *moved, info, causal=causal)]
+    want = _core.backward(PREFILL, q, k, v, out, dout, dl, decisions, info, causal=causal, scale=0.0,
+                          max_seqlen_q=0, max_seqlen_k=0)
+    kept = autograd.kept_tiles(PREFILL, decisions, info, q.shape[0], q.shape[2], k.shape[2], q.shape[1], k.shape[1])
+    rounded = rounding_floor(q, k, v, out, dout, lse, dl, kept, info.block_m, info.block_n, causal)
+    # the kernels' own error may exceed the rounding of P and dS alone by their fp32 sums and fp16 scores
+    tolerance = [1.5 * rel_error(r, w[:1]) + 1e-3 for r, w in zip(rounded, want)]
+    return got, want, stats, tolerance
+
+
+def rel_error(got, want):
+    finite = torch.isfinite(want) & torch.isfinite(got.double())
+    if not finite.any():
+        return 0.0
+    return float((got.double() - want.double())[finite].abs().max() / want.double()[finite].abs().max().clamp(min=1e-9))
+
+
+def rounding_floor(q, k, v, out, dout, lse, dlse, kept, bm, bn, causal):
+    """The error (rel_error against exact) that rounding P and dS to fp16 before their products alone
+    gives, as any fused 16-bit backward does: the tolerance's scale. Returns [dq, dk, dv] of fp64
+    gradients computed with that rounding, for entry 0 (NaN inputs read as 0: only the scale matters)."""
+    q, k, v, out, lse = (torch.nan_to_num(t) for t in (q, k, v, out, lse))
+    g = q.shape[2] // k.shape[2]
+    qd, dod = (t[0].double().transpose(0, 1) for t in (q, dout))                  # [Hq, Lq, D]
+    kd, vd = (t[0].double().transpose(0, 1).repeat_interleave(g, 0) for t in (k, v))
+    lq, lk = q.shape[1], k.shape[1]
+    mask = kept[0][:, torch.arange(lq) // bm][:, :, torch.arange(lk) // bn]
+    if causal:
+        mask = mask & (torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + lk - lq)
+    s = qd @ kd.transpose(-1, -2) * q.shape[-1] ** -0.5
+    p = torch.where(mask, torch.exp(s - lse[0].double().transpose(0, 1)[..., None]), 0.0)
+    big_d = (out[0].double().transpose(0, 1) * dod).sum(-1, keepdim=True)
+    if dlse is not None:
+        big_d = big_d - dlse[0].double().transpose(0, 1)[..., None]
+    ds = (p * (dod @ vd.transpose(-1, -2) - big_d)).half().double()
+    p = p.half().double()
+    scale = q.shape[-1] ** -0.5
+    dq = ds @ kd * scale
+    dk = (ds.transpose(-1, -2) @ qd * scale).unflatten(0, (-1, g)).sum(1)
+    dv = (p.transpose(-1, -2) @ dod).unflatten(0, (-1, g)).sum(1)
+    return [t.transpose(0, 1)[None] for t in (dq, dk, dv)]
+
+
+def qkv(batch, lq, lk, hq, hkv, dqk, dv, seed=0, sink=8.0):
+    """fp16 inputs with an attention sink at key 0, so that later tiles fall under the threshold."""
+    return structured_qkv(batch, lq, lk, hq, hkv, dqk, dv, dtype=torch.float16, sink=sink, seed=seed)
+
+
+@pytest.mark.parametrize("shape,causal,factor,dlse", [
+    ((1, 40, 70, 2, 1, 16, 16), True, 0.0, False),      # dense, Lq < Lk (bottom-right causal)
+    ((2, 100, 77, 4, 2, 32, 16), False, 3.0, True),     # GQA, Dqk != Dv, odd lengths, an LSE gradient
+    ((1, 90, 130, 4, 1, 32, 32), True, 3.0, False),     # MQA, skipping
+    ((1, 130, 50, 2, 2, 16, 32), True, 2.0, False),     # Lq > Lk: rows that see no key
+])
+def test_triton_gradients_equal_the_cpu_engine_backward(shape, causal, factor, dlse):
+    q, k, v = qkv(*shape)
+    got, want, stats, tol = run_both(q, k, v, causal=causal, factor=factor, dlse=dlse)
+    if factor:
+        assert stats[:, 1].sum() > 0, "the case should skip some tiles"
+    for name, g, w, t in zip(("dq", "dk", "dv"), got, want, tol):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert torch.equal(torch.isnan(g), torch.isnan(w)), name
+        assert rel_error(g, w) < t, (name, rel_error(g, w), t)
+
+
+def test_triton_blocks_split_a_decision_tile_and_keep_it_whole():
+    # decision tiles of 64 x 64 under kernel blocks of 32 x 32 (BLASST_TRITON_BWD_BLOCKS): each tile
+    # is walked in four pieces, all kept or all skipped with it
+    q, k, v = qkv(1, 150, 200, 2, 1, 16, 16, seed=3, sink=16.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BLASST_TRITON_BWD_BLOCKS", "32,32,32,32,4,2")
+        got, want, stats, tol = run_both(q, k, v, causal=True, factor=3.0, block_m=64, block_n=64)
+    assert stats[:, 1].sum() > 0
+    for g, w, t in zip(got, want, tol):
+        assert rel_error(g, w) < t
+
+
+def test_triton_nan_follows_the_cpu_engine():
+    # a NaN query row poisons its own dq and the dk, dv of the keys it attended; a NaN value in a
+    # tile that every group skipped touches nothing
+    q, k, v = qkv(1, 64, 96, 2, 1, 16, 16, seed=5, sink=16.0)  # the sink's tile dominates: later ones are skipped
+    out, lse, stats, decisions, info = _core.run(PREFILL, q, k, v, causal=False, threshold_scale_factor=3.0,
+                                                 block_m=16, block_n=32, return_stats=True, return_decisions=True)
+    kept = autograd.kept_tiles(PREFILL, decisions, info, 1, 2, 1, 64, 96)
+    skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
+    assert skipped_everywhere, "the case should have a tile that no group kept"
+    v[0, skipped_everywhere[-1] * 32 + 5, 0, 2] = float("nan")
+    q[0, 40, 1, 3] = float("nan")  # after the decisions were read: a NaN row keeps every tile it reaches
+    got, want, _, tol = run_both(q, k, v, causal=False, factor=3.0)
+    for name, g, w, t in zip(("dq", "dk", "dv"), got, want, tol):
+        assert torch.isnan(w).any(), name
+        assert torch.equal(torch.isnan(g), torch.isnan(w)), name
+        assert rel_error(g, w) < t, name
+
+
+def test_block_lists_list_the_kernel_blocks_of_kept_visible_tiles():
+    # a kernel block is listed iff its decision tile is kept and it holds a visible (row, key) pair
+    gen = torch.Generator().manual_seed(0)
+    kept = torch.rand(2, 3, 4, 3, generator=gen) < 0.5               # [B, H, RB, KT], tiles of 32 x 64
+    lq, lk = 100, 150
+    for causal in (False, True):
+        blocks = _triton_backward.block_lists(kept, 32, 64, 16, 32, lq, lk, causal)
+        assert blocks.shape == (2, 3, 7, 5)
+        for i in range(7):
+            for j in range(5):
+                rows = torch.arange(i * 16, min(lq, (i + 1) * 16))
+                keys = torch.arange(j * 32, min(lk, (j + 1) * 32))
+                seen = (keys[None, :] <= rows[:, None] + lk - lq).any() if causal else True
+                assert torch.equal(blocks[:, :, i, j], kept[:, :, i // 2, j // 2] & bool(seen))
