@@ -15,6 +15,12 @@ Kernel 1 (dk, dv): one program per (block of BLOCK_N1 keys, entry, KV head) walk
 entry, query head) walks the listed blocks of BLOCK_N2 keys. Both accumulate in fp32 and store once
 (deterministic: no atomics).
 
+NaN: a gradient takes NaN from exactly the (row, key) pairs that the row sees, as the CPU engine's:
+P and dS are NaN where a seen score is, and zero (by select, not by product) elsewhere; the operand
+multiplied by them has NaN read as 0, so that a NaN row of q (dO) reaches dk (dv) of the keys it saw
+only, not of unseen keys of the same block (0 x NaN would be NaN), and a NaN key reaches dq of the
+rows that saw it only.
+
 Layouts: q, dO [B, Lq, Hq, D]; k, v [B, Lk, Hkv, D]; LSE (in log2 units), D [B, Lq, Hq] fp32; the last dim of each
 contiguous. Causal masks are bottom-right aligned: row r sees keys j <= r + Lk - Lq.
 """
@@ -79,10 +85,10 @@ def _dkdv_body(Q, K, V, DO, LSE, DELTA, COUNT, INDEX, DK, DV,
         if CAUSAL:
             seen = seen & (offs_n[:, None] <= offs_m[None, :] + shift)
         p_t = tl.where(seen, tl.math.exp2(s_t * scale_log2 - lse[None, :]), 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do)
+        dv += tl.dot(p_t.to(do.dtype), tl.where(do == do, do, 0.0))  # see the NaN note above
         dp_t = tl.dot(v, tl.trans(do))                                     # [BLOCK_N, BLOCK_M]
         ds_t = tl.where(seen, p_t * (dp_t - delta[None, :]), 0.0)
-        dk += tl.dot(ds_t.to(q.dtype), q)
+        dk += tl.dot(ds_t.to(q.dtype), tl.where(q == q, q, 0.0))  # see the NaN note above
     tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=key_ok[:, None])
     tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvl + offs_e[None, :], dv.to(DV.dtype.element_ty),
@@ -125,7 +131,7 @@ def _dq_body(Q, K, V, DO, LSE, DELTA, COUNT, INDEX, DQ,
         p = tl.where(seen, tl.math.exp2(s * scale_log2 - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = tl.where(seen, p * (dp - delta[:, None]), 0.0)
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += tl.dot(ds.to(k.dtype), tl.where(k == k, k, 0.0))  # see the NaN note above
     tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdql + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None])
 

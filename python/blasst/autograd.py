@@ -184,11 +184,15 @@ def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=
         s = s.masked_fill(~kept, float("-inf"))
         lse = torch.logsumexp(s, dim=-1, keepdim=True)
         p = torch.where(kept, torch.exp(s - lse), 0.0)  # NaN scores stay NaN, as in the forward
-        dp = dob @ vb.transpose(-1, -2)
+        # NaN reaches a gradient through the (row, key) pairs the row attends only, as in the CPU
+        # engine: P, dP and dS are zero by select where the row does not attend, and the operand
+        # multiplied by them reads NaN as 0 (0 x NaN would reach unattended pairs)
+        dp = torch.where(kept, dob @ vb.transpose(-1, -2), 0.0)
         big_d = (p * dp).sum(dim=-1, keepdim=True)
         if dlse is not None:
             big_d = big_d - dlse[sel_q].float().transpose(0, 1).unsqueeze(-1)
-        ds = p * (dp - big_d) * scale
+        ds = torch.where(kept, p * (dp - big_d) * scale, 0.0)
+        qb, kb, dob = (t.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf")) for t in (qb, kb, dob))
         dqb = ds @ kb                                                          # [Hq, Lq, D]
         dkb = (ds.transpose(-1, -2) @ qb).unflatten(0, (hkv, g)).sum(1)        # [Hkv, Lk, D]
         dvb = (p.transpose(-1, -2) @ dob).unflatten(0, (hkv, g)).sum(1)        # [Hkv, Lk, Dv]

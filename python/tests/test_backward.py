@@ -175,6 +175,37 @@ def test_the_torch_backward_of_device_tensors_equals_the_engine_backward(phase):
         assert (a - b).abs().max() <= 1e-4 * (1 + a.abs().max()), name
 
 
+@pytest.mark.parametrize("where", ["skipped value", "query row", "key"])
+def test_the_torch_backward_puts_nan_where_the_engine_backward_does(where):
+    # NaN reaches the gradients of the (row, key) pairs a row attends only (causal): a NaN value in a
+    # tile that every group skipped reaches nothing; a NaN query row not the dk, dv of the keys beside
+    # its diagonal that it does not see; a NaN key not the dq of the rows that do not see it
+    from blasst import _core, autograd
+
+    q, k, v = structured_qkv(1, 64, 96, 2, 1, 16, spread=1.0, sink=16.0, seed=5)
+    kw = dict(causal=True, threshold_scale_factor=3.0, block_m=16, block_n=32)
+    if where == "skipped value":
+        _, _, _, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, return_decisions=True, **kw)
+        kept = autograd.kept_tiles(_lib.PHASE_PREFILL, decisions, info, 1, 2, 1, 64, 96)
+        skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
+        assert skipped_everywhere, "the case should have a tile that no group kept"
+        v[0, skipped_everywhere[-1] * 32 + 5, 0, 2] = float("nan")
+    elif where == "query row":
+        q[0, 36, 1, 3] = float("nan")   # sees keys up to 68: tile 64-95 holds keys it does not see
+    else:
+        k[0, 90, 0, 1] = float("nan")   # seen by rows 58 on only
+    out, _, _, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, return_decisions=True, **kw)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    engine = _core.backward(_lib.PHASE_PREFILL, q, k, v, out, dout, None, decisions, info, causal=True)
+    formulas = autograd.torch_backward(_lib.PHASE_PREFILL, q, k, v, dout, None, decisions, info, causal=True)
+    for name, a, b in zip("qkv", engine, formulas):
+        nan = torch.isnan(a)
+        assert not nan.all(), name
+        assert torch.equal(nan, torch.isnan(b)), name
+        assert (a - b)[~nan].abs().max() <= 1e-4 * (1 + a[~nan].abs().max()), name
+    assert any(torch.isnan(a).any() for a in engine) == (where != "skipped value")
+
+
 @pytest.mark.parametrize("fq", [128, 64])
 @pytest.mark.parametrize("bm,bn,lq,lk,causal", [(128, 128, 256, 384, True), (64, 48, 300, 421, True),
                                                 (16, 176, 130, 500, False), (1, 64, 3, 700, True),

@@ -105,22 +105,30 @@ def test_triton_blocks_split_a_decision_tile_and_keep_it_whole():
         assert rel_error(g, w) < t
 
 
-def test_triton_nan_follows_the_cpu_engine():
-    # a NaN query row poisons its own dq and the dk, dv of the keys it attended; a NaN value in a
-    # tile that every group skipped touches nothing
+@pytest.mark.parametrize("where,causal", [("skipped value", True), ("skipped value", False), ("query row", True),
+                                          ("key", True)])
+def test_triton_nan_follows_the_cpu_engine(where, causal):
+    # NaN reaches the gradients of the (row, key) pairs a row attends only: a NaN value in a tile that
+    # every group skipped reaches nothing; a NaN query row (causal) not the dk, dv of the keys beside
+    # its diagonal that it does not see; a NaN key (causal) not the dq of the rows that do not see it
     q, k, v = qkv(1, 64, 96, 2, 1, 16, 16, seed=5, sink=16.0)  # the sink's tile dominates: later ones are skipped
-    out, lse, stats, decisions, info = _core.run(PREFILL, q, k, v, causal=False, threshold_scale_factor=3.0,
-                                                 block_m=16, block_n=32, return_stats=True, return_decisions=True)
-    kept = autograd.kept_tiles(PREFILL, decisions, info, 1, 2, 1, 64, 96)
-    skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
-    assert skipped_everywhere, "the case should have a tile that no group kept"
-    v[0, skipped_everywhere[-1] * 32 + 5, 0, 2] = float("nan")
-    q[0, 40, 1, 3] = float("nan")  # after the decisions were read: a NaN row keeps every tile it reaches
-    got, want, _, tol = run_both(q, k, v, causal=False, factor=3.0)
+    if where == "skipped value":
+        _, _, _, decisions, info = _core.run(PREFILL, q, k, v, causal=causal, threshold_scale_factor=3.0,
+                                             block_m=16, block_n=32, return_decisions=True)
+        kept = autograd.kept_tiles(PREFILL, decisions, info, 1, 2, 1, 64, 96)
+        skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
+        assert skipped_everywhere, "the case should have a tile that no group kept"
+        v[0, skipped_everywhere[-1] * 32 + 5, 0, 2] = float("nan")
+    elif where == "query row":
+        q[0, 36, 1, 3] = float("nan")
+    else:
+        k[0, 90, 0, 1] = float("nan")
+    got, want, _, tol = run_both(q, k, v, causal=causal, factor=3.0)
     for name, g, w, t in zip(("dq", "dk", "dv"), got, want, tol):
-        assert torch.isnan(w).any(), name
+        assert not torch.isnan(w).all(), name
         assert torch.equal(torch.isnan(g), torch.isnan(w)), name
         assert rel_error(g, w) < t, name
+    assert any(torch.isnan(w).any() for w in want) == (where != "skipped value")
 
 
 def test_block_lists_list_the_kernel_blocks_of_kept_visible_tiles():
