@@ -27,7 +27,6 @@ contiguous. Causal masks are bottom-right aligned: row r sees keys j <= r + Lk -
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -49,12 +48,62 @@ def available() -> bool:
     return triton is not None
 
 
-def _dkdv_body(Q, K, V, DO, LSE, DELTA, COUNT, INDEX, DK, DV,
-               sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
-               scb, sch, sib, sih, sin, sdkb, sdkl, sdkh, sdvb, sdvl, sdvh,
-               lq, lk, hkv, group, row_blocks, scale, scale_log2,
-               CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-               DV_DIM: tl.constexpr):
+def _identity(fn):
+    return fn
+
+
+# Decorated at import: Triton reads TRITON_INTERPRET then (tests set it before Triton is imported).
+_jit = triton.jit if triton is not None else _identity
+
+
+@_jit
+def _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, pair, b, hk, group, row_blocks, lq, lk,
+                sqb, sql, sqh, sob, sol, soh, slb, sll, slh, scale_log2, offs_d, offs_e,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One listed (query head, block of BLOCK_M rows) into dk, dv [BLOCK_N, *] of a block of keys.
+    MASKED: the block holds pairs that do not exist or that the row does not see (else all are seen)."""
+    h = hk * group + pair // row_blocks
+    offs_m = (pair % row_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    q_ptr = Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :]
+    do_ptr = DO + b * sob + h * soh + offs_m[:, None] * sol + offs_e[None, :]
+    l_off = b * slb + h * slh + offs_m * sll
+    if MASKED:
+        row_ok = offs_m < lq
+        q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_ptr, mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + l_off, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
+    else:
+        q = tl.load(q_ptr)
+        do = tl.load(do_ptr)
+        lse = tl.load(LSE + l_off)
+        delta = tl.load(DELTA + l_off)
+    s_t = tl.dot(k, tl.trans(q))                                            # [BLOCK_N, BLOCK_M] fp32
+    p_t = tl.math.exp2(s_t * scale_log2 - lse[None, :])
+    dp_t = tl.dot(v, tl.trans(do))                                          # [BLOCK_N, BLOCK_M]
+    ds_t = p_t * (dp_t - delta[None, :])
+    if MASKED:  # select, never multiply, and NaN read as 0 in the other operand: see the NaN note
+        seen = (offs_n[:, None] < lk) & (offs_m[None, :] < lq)
+        if CAUSAL:
+            seen = seen & (offs_n[:, None] <= offs_m[None, :] + lk - lq)
+        p_t = tl.where(seen, p_t, 0.0)
+        ds_t = tl.where(seen, ds_t, 0.0)
+        q = tl.where(q == q, q, 0.0)
+        do = tl.where(do == do, do, 0.0)
+    dv += tl.dot(p_t.to(do.dtype), do)
+    dk += tl.dot(ds_t.to(q.dtype), q)
+    return dk, dv
+
+
+@_jit
+def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV,
+                 sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
+                 scb, sch, sib, sih, sin, sdkb, sdkl, sdkh, sdvb, sdvl, sdvh,
+                 lq, lk, hkv, group, row_blocks, scale, scale_log2,
+                 CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                 DV_DIM: tl.constexpr):
+    """Program (block of BLOCK_N keys, entry x KV head): dk, dv of those keys over the listed pairs,
+    the whole ones (COUNT_FULL) first."""
     kb = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // hkv
@@ -67,40 +116,60 @@ def _dkdv_body(Q, K, V, DO, LSE, DELTA, COUNT, INDEX, DK, DV,
     v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svl + offs_e[None, :], mask=key_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, DV_DIM], dtype=tl.float32)
-    shift = lk - lq
+    count_full = tl.load(COUNT_FULL + b * scb + hk * sch + kb)
     count = tl.load(COUNT + b * scb + hk * sch + kb)
-    index = INDEX + b * sib + hk * sih + kb * sin
-    for i in range(0, count):
-        pair = tl.load(index + i)           # (query head within the KV head) * row_blocks + row block
-        h = hk * group + pair // row_blocks
-        offs_m = (pair % row_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < lq
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sol + offs_e[None, :], mask=row_ok[:, None],
-                     other=0.0)
-        lse = tl.load(LSE + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
-        s_t = tl.dot(k, tl.trans(q))                                       # [BLOCK_N, BLOCK_M] fp32
-        seen = key_ok[:, None] & row_ok[None, :]
-        if CAUSAL:
-            seen = seen & (offs_n[:, None] <= offs_m[None, :] + shift)
-        p_t = tl.where(seen, tl.math.exp2(s_t * scale_log2 - lse[None, :]), 0.0)
-        dv += tl.dot(p_t.to(do.dtype), tl.where(do == do, do, 0.0))  # see the NaN note above
-        dp_t = tl.dot(v, tl.trans(do))                                     # [BLOCK_N, BLOCK_M]
-        ds_t = tl.where(seen, p_t * (dp_t - delta[None, :]), 0.0)
-        dk += tl.dot(ds_t.to(q.dtype), tl.where(q == q, q, 0.0))  # see the NaN note above
+    index = INDEX + b * sib + hk * sih + kb * sin  # (query head within the KV head) * row_blocks + row block
+    for i in range(0, count_full):
+        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, tl.load(index + i), b, hk, group, row_blocks,
+                             lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, scale_log2, offs_d, offs_e,
+                             MASKED=False, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M)
+    for i in range(count_full, count):
+        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, tl.load(index + i), b, hk, group, row_blocks,
+                             lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, scale_log2, offs_d, offs_e,
+                             MASKED=True, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M)
     tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=key_ok[:, None])
     tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvl + offs_e[None, :], dv.to(DV.dtype.element_ty),
              mask=key_ok[:, None])
 
 
-def _dq_body(Q, K, V, DO, LSE, DELTA, COUNT, INDEX, DQ,
-             sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
-             scb, sch, sib, sih, sim, sdqb, sdql, sdqh,
-             lq, lk, hq, group, scale, scale_log2,
-             CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-             DV_DIM: tl.constexpr):
+@_jit
+def _dq_block(dq, q, do, lse, delta, offs_m, K, V, kb, b, hk, lq, lk, skb, skl, skh, svb, svl, svh,
+              scale_log2, offs_d, offs_e, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One listed block of BLOCK_N keys into dq [BLOCK_M, D] of a block of rows (MASKED as above)."""
+    offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ptr = K + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :]
+    v_ptr = V + b * svb + hk * svh + offs_n[:, None] * svl + offs_e[None, :]
+    if MASKED:
+        key_ok = offs_n < lk
+        k = tl.load(k_ptr, mask=key_ok[:, None], other=0.0)
+        v = tl.load(v_ptr, mask=key_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptr)
+        v = tl.load(v_ptr)
+    s = tl.dot(q, tl.trans(k))                                              # [BLOCK_M, BLOCK_N] fp32
+    p = tl.math.exp2(s * scale_log2 - lse[:, None])
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    if MASKED:  # as in _dkdv_block
+        seen = (offs_m[:, None] < lq) & (offs_n[None, :] < lk)
+        if CAUSAL:
+            seen = seen & (offs_n[None, :] <= offs_m[:, None] + lk - lq)
+        ds = tl.where(seen, ds, 0.0)
+        k = tl.where(k == k, k, 0.0)
+    dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@_jit
+def _dq_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DQ,
+               sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
+               scb, sch, sib, sih, sim, sdqb, sdql, sdqh,
+               lq, lk, hq, group, scale, scale_log2,
+               CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+               DV_DIM: tl.constexpr):
+    """Program (block of BLOCK_M rows, entry x query head): dq of those rows over the listed blocks of
+    keys, the whole ones (COUNT_FULL) first."""
     qb = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // hq
@@ -115,31 +184,17 @@ def _dq_body(Q, K, V, DO, LSE, DELTA, COUNT, INDEX, DQ,
     lse = tl.load(LSE + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    shift = lk - lq
+    count_full = tl.load(COUNT_FULL + b * scb + h * sch + qb)
     count = tl.load(COUNT + b * scb + h * sch + qb)
     index = INDEX + b * sib + h * sih + qb * sim
-    for i in range(0, count):
-        offs_n = tl.load(index + i) * BLOCK_N + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < lk
-        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svl + offs_e[None, :], mask=key_ok[:, None],
-                    other=0.0)
-        s = tl.dot(q, tl.trans(k))                                         # [BLOCK_M, BLOCK_N] fp32
-        seen = row_ok[:, None] & key_ok[None, :]
-        if CAUSAL:
-            seen = seen & (offs_n[None, :] <= offs_m[:, None] + shift)
-        p = tl.where(seen, tl.math.exp2(s * scale_log2 - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = tl.where(seen, p * (dp - delta[:, None]), 0.0)
-        dq += tl.dot(ds.to(k.dtype), tl.where(k == k, k, 0.0))  # see the NaN note above
+    for i in range(0, count_full):
+        dq = _dq_block(dq, q, do, lse, delta, offs_m, K, V, tl.load(index + i), b, hk, lq, lk, skb, skl, skh,
+                       svb, svl, svh, scale_log2, offs_d, offs_e, MASKED=False, CAUSAL=CAUSAL, BLOCK_N=BLOCK_N)
+    for i in range(count_full, count):
+        dq = _dq_block(dq, q, do, lse, delta, offs_m, K, V, tl.load(index + i), b, hk, lq, lk, skb, skl, skh,
+                       svb, svl, svh, scale_log2, offs_d, offs_e, MASKED=True, CAUSAL=CAUSAL, BLOCK_N=BLOCK_N)
     tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdql + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None])
-
-
-@functools.lru_cache(maxsize=None)
-def _kernels(interpret: bool):
-    """The jitted kernels; TRITON_INTERPRET=1 (read when they are built) runs them on the CPU."""
-    return triton.jit(_dkdv_body), triton.jit(_dq_body)
 
 
 def _env_blocks() -> tuple:
@@ -186,22 +241,27 @@ def applies(q, k, v, dec_m: int, dec_n: int) -> bool:
 
 def block_lists(kept: torch.Tensor, dec_m: int, dec_n: int, bm: int, bn: int, lq: int, lk: int, causal: bool):
     """kept [B, H, RB, KT] bool (decision tiles of dec_m rows x dec_n keys; bm | dec_m, bn | dec_n) ->
-    [B, H, QB, KB] bool: the kernel blocks of bm rows x bn keys that lie in a kept tile and hold some
-    (row, key) pair that exists and is visible."""
+    (listed, whole), each [B, H, QB, KB] bool over kernel blocks of bm rows x bn keys: *listed* when the
+    block lies in a kept tile and holds some (row, key) pair that exists and is visible; *whole* when
+    it is listed and every pair exists and is visible (the kernels then skip the mask)."""
     qb, kb = -(-lq // bm), -(-lk // bn)
     blocks = kept.repeat_interleave(dec_m // bm, dim=2).repeat_interleave(dec_n // bn, dim=3)[:, :, :qb, :kb]
-    if causal:  # the block's last row sees its first key
-        last_row = torch.clamp((torch.arange(qb, device=kept.device) + 1) * bm - 1, max=lq - 1)
-        first_key = torch.arange(kb, device=kept.device) * bn
-        blocks = blocks & (first_key[None, :] <= last_row[:, None] + lk - lq)
-    return blocks
+    first_row = torch.arange(qb, device=kept.device) * bm
+    first_key = torch.arange(kb, device=kept.device) * bn
+    last_row, last_key = first_row + bm - 1, first_key + bn - 1
+    whole = (last_row[:, None] < lq) & (last_key[None, :] < lk)
+    if causal:  # row r sees keys <= r + lk - lq: some pair when the last row sees the first key
+        blocks = blocks & (first_key[None, :] <= torch.clamp(last_row, max=lq - 1)[:, None] + lk - lq)
+        whole = whole & (last_key[None, :] <= first_row[:, None] + lk - lq)
+    return blocks, blocks & whole
 
 
-def _listed(blocks: torch.Tensor):
-    """[..., N] bool -> (counts [...] int32, indices [..., N] int32: the listed positions first, ascending)."""
-    counts = blocks.sum(dim=-1, dtype=torch.int32)
-    order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    return counts, order.contiguous()
+def _listed(blocks: torch.Tensor, whole: torch.Tensor):
+    """[..., N] bool (listed, whole) -> (whole counts [...], listed counts [...], indices [..., N]), int32:
+    the whole positions first, then the other listed ones, each ascending."""
+    rank = torch.where(whole, 0, torch.where(blocks, 1, 2)).to(torch.int8)
+    order = torch.argsort(rank, dim=-1, stable=True).to(torch.int32)
+    return whole.sum(dim=-1, dtype=torch.int32), blocks.sum(dim=-1, dtype=torch.int32), order.contiguous()
 
 
 def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_n: int, *, scale: float = 0.0,
@@ -224,16 +284,18 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     if dlse is not None:
         delta = delta - dlse.float()
     delta = delta.contiguous()  # [B, Lq, Hq] like lse
-    dkdv_kernel, dq_kernel = _kernels(os.environ.get("TRITON_INTERPRET", "0") == "1")
     scale_log2 = scale * LOG2E
 
     # kernel 1: per (entry, KV head, block of n1 keys) the listed (query head, block of m1 rows) pairs
-    blocks1 = block_lists(kept, dec_m, dec_n, m1, n1, lq, lk, causal)                  # [B, Hq, QB1, KB1]
+    blocks1, whole1 = block_lists(kept, dec_m, dec_n, m1, n1, lq, lk, causal)          # [B, Hq, QB1, KB1]
     qb1, kb1 = blocks1.shape[2], blocks1.shape[3]
-    per_kv = blocks1.view(batch, hkv, group, qb1, kb1).permute(0, 1, 4, 2, 3).reshape(batch, hkv, kb1, group * qb1)
-    count1, index1 = _listed(per_kv)
-    dkdv_kernel[(kb1, batch * hkv)](
-        q, k, v, dout, lse2, delta, count1, index1, dk, dv,
+
+    def per_kv(t):  # [B, Hq, QB1, KB1] -> [B, Hkv, KB1, G * QB1]
+        return t.view(batch, hkv, group, qb1, kb1).permute(0, 1, 4, 2, 3).reshape(batch, hkv, kb1, group * qb1)
+
+    full1, count1, index1 = _listed(per_kv(blocks1), per_kv(whole1))
+    _dkdv_kernel[(kb1, batch * hkv)](
+        q, k, v, dout, lse2, delta, full1, count1, index1, dk, dv,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
         lse2.stride(0), lse2.stride(1), lse2.stride(2),
@@ -243,10 +305,10 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
         CAUSAL=causal, BLOCK_M=m1, BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, num_warps=warps, num_stages=stages)
 
     # kernel 2: per (entry, query head, block of m2 rows) the listed blocks of n2 keys
-    blocks2 = block_lists(kept, dec_m, dec_n, m2, n2, lq, lk, causal)                  # [B, Hq, QB2, KB2]
-    count2, index2 = _listed(blocks2)
-    dq_kernel[(blocks2.shape[2], batch * hq)](
-        q, k, v, dout, lse2, delta, count2, index2, dq,
+    blocks2, whole2 = block_lists(kept, dec_m, dec_n, m2, n2, lq, lk, causal)          # [B, Hq, QB2, KB2]
+    full2, count2, index2 = _listed(blocks2, whole2)
+    _dq_kernel[(blocks2.shape[2], batch * hq)](
+        q, k, v, dout, lse2, delta, full2, count2, index2, dq,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
         lse2.stride(0), lse2.stride(1), lse2.stride(2),

@@ -132,16 +132,22 @@ def test_triton_nan_follows_the_cpu_engine(where, causal):
 
 
 def test_block_lists_list_the_kernel_blocks_of_kept_visible_tiles():
-    # a kernel block is listed iff its decision tile is kept and it holds a visible (row, key) pair
+    # a kernel block is listed iff its decision tile is kept and it holds a visible (row, key) pair,
+    # and whole iff it is listed and all its pairs exist and are visible
     gen = torch.Generator().manual_seed(0)
     kept = torch.rand(2, 3, 4, 3, generator=gen) < 0.5               # [B, H, RB, KT], tiles of 32 x 64
     lq, lk = 100, 150
     for causal in (False, True):
-        blocks = _triton_backward.block_lists(kept, 32, 64, 16, 32, lq, lk, causal)
-        assert blocks.shape == (2, 3, 7, 5)
+        blocks, whole = _triton_backward.block_lists(kept, 32, 64, 16, 32, lq, lk, causal)
+        assert blocks.shape == whole.shape == (2, 3, 7, 5)
         for i in range(7):
             for j in range(5):
-                rows = torch.arange(i * 16, min(lq, (i + 1) * 16))
-                keys = torch.arange(j * 32, min(lk, (j + 1) * 32))
-                seen = (keys[None, :] <= rows[:, None] + lk - lq).any() if causal else True
-                assert torch.equal(blocks[:, :, i, j], kept[:, :, i // 2, j // 2] & bool(seen))
+                rows = torch.arange(i * 16, (i + 1) * 16)
+                keys = torch.arange(j * 32, (j + 1) * 32)
+                pairs = (rows[:, None] < lq) & (keys[None, :] < lk)
+                if causal:
+                    pairs &= keys[None, :] <= rows[:, None] + lk - lq
+                tile = kept[:, :, i // 2, j // 2]
+                assert torch.equal(blocks[:, :, i, j], tile & bool(pairs.any()))
+                assert torch.equal(whole[:, :, i, j], tile & bool(pairs.all()))
+        assert whole.any() and (blocks & ~whole).any()
