@@ -220,3 +220,45 @@ def test_flex_backward_equals_the_torch_backward(phase):
     for name, a, b in zip("qkv", flex, ref):
         # FlexAttention keeps P and dS in bf16, the torch formulas in fp32: bf16-kernel agreement
         assert (a.float() - b.float()).abs().max() <= 6e-2 * (1 + b.float().abs().max()), name
+
+
+@pytest.mark.parametrize("where", ["skipped value", "query row", "key"])
+@pytest.mark.parametrize("backend", ["torch", "flex", "triton"])
+def test_device_backwards_put_nan_where_the_cpu_backward_does(backend, where, monkeypatch):
+    # NaN reaches the gradients of the (row, key) pairs a row attends only (causal): a NaN value in a
+    # tile that every group skipped reaches nothing; a NaN query row not the dk, dv of keys of its
+    # diagonal tile that it does not see; a NaN key not the dq of the rows before it
+    from blasst import _core, _lib, autograd
+
+    code = _lib.PHASE_PREFILL
+    q, k, v = structured_qkv(1, 256, 1024, 4, 1, 64, dtype=torch.bfloat16, spread=1.0, sink=16.0, seed=5)
+    if where == "skipped value":
+        _, _, _, decisions, info = _core.run(code, *cuda(q, k, v), threshold_scale_factor=30.0, return_decisions=True)
+        kept = autograd.kept_tiles(code, decisions, info, 1, 4, 1, 256, 1024)
+        skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
+        assert skipped_everywhere, "the case should have a tile that no group kept"
+        v[0, skipped_everywhere[-1] * info.block_n + 5, 0, 2] = float("nan")
+    elif where == "query row":
+        q[0, 100, 1, 3] = float("nan")  # row 100 of 256 sees keys up to 868
+    else:
+        k[0, 900, 0, 1] = float("nan")  # seen by rows 132 on only
+    qc, kc, vc = cuda(q, k, v)
+    out, lse, _, decisions, info = _core.run(code, qc, kc, vc, threshold_scale_factor=30.0, return_stats=True,
+                                             return_decisions=True)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    if backend == "torch":
+        got = autograd.torch_backward(code, qc, kc, vc, dout.cuda(), None, decisions, info)
+    elif backend == "flex":
+        pytest.importorskip("torch.nn.attention.flex_attention")
+        got = autograd.flex_backward(code, qc, kc, vc, dout.cuda(), decisions, info)
+    else:
+        pytest.importorskip("triton")
+        got = autograd.triton_backward(code, qc, kc, vc, out, dout.cuda(), lse, None, decisions, info)
+    want = _core.backward(code, q.float(), k.float(), v.float(), out.float().cpu(), dout.float(), None,
+                          decisions.cpu(), info)
+    for name, g, w in zip("qkv", got, want):
+        nan = torch.isnan(w)
+        assert not nan.all(), name
+        assert torch.equal(torch.isnan(g.cpu()), nan), name
+        assert (g.float().cpu() - w)[~nan].abs().max() <= 6e-2 * (1 + w[~nan].abs().max()), name
+    assert any(torch.isnan(w).any() for w in want) == (where != "skipped value")
