@@ -1,6 +1,7 @@
 #include "gpu_test_support.hpp"
 
 #include "core/dtype.hpp"
+#include "../gpu_decode/device_buffers.hpp"
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -16,6 +17,7 @@
 
 namespace blasst::gpu_test {
 namespace {
+using blasst::test::DeviceBuffer;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -54,27 +56,6 @@ uint16_t from_float(blasst_dtype dt, float f) {
 uint16_t nan16(blasst_dtype dt) { return dt == BLASST_DTYPE_BFLOAT16 ? 0x7fc0 : 0x7e00; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  void upload(const std::vector<T>& host) {
-    n = host.size();
-    if (n == 0) return;
-    ASSERT_EQ(cudaMalloc(&ptr, n * sizeof(T)), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  void download(std::vector<T>& host) const {
-    host.resize(n);
-    if (n) {
-      ASSERT_EQ(cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    }
-  }
-  ~DeviceBuffer() {
-    if (ptr) cudaFree(ptr);
-  }
-};
 
 }  // namespace
 
@@ -381,7 +362,7 @@ GpuRun run_engine(const Case& c, const Inputs& in, blasst_engine engine, blasst_
     EXPECT_EQ(r.status, BLASST_OK) << r.message;
     EXPECT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
     for (const std::vector<float>& values : *replays) {
-      EXPECT_EQ(values.size(), drequest.n);
+      EXPECT_EQ(values.size(), drequest.count);
       EXPECT_EQ(cudaMemcpy(drequest.ptr, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice),
                 cudaSuccess);
       EXPECT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);

@@ -1,8 +1,9 @@
-// What the GPU decode tests share: a device buffer that frees itself, and bf16 tensor views.
+// What the GPU tests share: a device buffer that frees itself, and bf16 tensor views.
 #pragma once
 
 #include <blasst/blasst.h>
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -15,6 +16,8 @@ template <class T>
 struct DeviceBuffer {
   T* ptr = nullptr;
   size_t count = 0;
+  DeviceBuffer() = default;
+  // n elements (one at least, so that ptr is never null); check ptr: null when cudaMalloc failed
   explicit DeviceBuffer(size_t n) : count(n) {
     if (cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)) != cudaSuccess) ptr = nullptr;
   }
@@ -24,6 +27,22 @@ struct DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   ~DeviceBuffer() { cudaFree(ptr); }
+  // A copy of `host` in place of what was here; an empty one leaves ptr null (an absent side
+  // tensor). Fails the test on a CUDA error.
+  void upload(const std::vector<T>& host) {
+    cudaFree(ptr);
+    ptr = nullptr;
+    count = host.size();
+    if (count == 0) return;
+    ASSERT_EQ(cudaMalloc(&ptr, count * sizeof(T)), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(ptr, host.data(), count * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  void download(std::vector<T>& host) const {
+    host.resize(count);
+    if (count) {
+      ASSERT_EQ(cudaMemcpy(host.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    }
+  }
   std::vector<T> to_host() const {
     std::vector<T> h(count);
     cudaMemcpy(h.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost);
