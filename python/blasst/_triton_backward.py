@@ -170,7 +170,7 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DQ,
                DV_DIM: tl.constexpr):
     """Program (block of BLOCK_M rows, entry x query head): dq of those rows over the listed blocks of
     keys, the whole ones (COUNT_FULL) first."""
-    qb = tl.program_id(0)
+    qb = tl.num_programs(0) - 1 - tl.program_id(0)  # the last rows first: under a causal mask they see the most keys
     bh = tl.program_id(1)
     b = bh // hq
     h = bh % hq
