@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device step for the GPU backward: the package's GPU gradient tests (blasst.attention's backward
-# on device tensors against the CPU engine's fp64 backward, FlexAttention against the torch formulas)
-# and the backward benchmark (torch formulas, FlexAttention in 128- and 64-row blocks, cuDNN, FA2,
-# errors against fp64). Needs BLASST_LIBRARY (a CUDA build of libblasst_py.so with head dims 64 and
+# on device tensors against the CPU engine's fp64 backward, FlexAttention against the torch formulas,
+# the Triton kernels against the CPU engine, NaN positions) and the backward benchmark (torch
+# formulas, FlexAttention in 128- and 64-row blocks, the Triton kernels, cuDNN, FA2, errors against
+# fp64). Needs BLASST_LIBRARY (a CUDA build of libblasst_py.so with head dims 64 and
 # 128) and pytest importable; eval/gpu_run.sh provides both, so that it can run beside the
 # fine-tuning experiment in one command:
 #   eval/gpu_run.sh -- bash -c 'tests/gpu/device_run_backward.sh; eval/finetune_experiment.sh --device cuda'
@@ -13,10 +14,12 @@ out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 log="$out/backward.log"
 t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s]"; }
-(cd python/tests && timeout 240 python3 -m pytest -q -p no:cacheprovider test_cuda.py test_backward.py \
-  -k "gradients or flex or device_backward or hf_tiny") > "$log" 2>&1
+(cd python/tests && timeout 240 python3 -m pytest -q -p no:cacheprovider test_triton_backward.py test_cuda.py \
+  test_backward.py -k "triton or gradients or flex or device_backward or nan or hf_tiny") > "$log" 2>&1
 echo "GPU gradient tests: rc=$? $(el)"; grep -E "passed|failed|Error" "$log" | tail -3
-B="python3 bench/gpu_backward_bench.py --lambdas 0,0.3,0.6 --reps 5 --csv $out/gpu_backward.csv"
+# the Triton kernels in their default blocks and two others (BLASST_TRITON_BWD_BLOCKS)
+configs="32,128,64,32,4,3;64,128,64,64,8,2;32,64,64,64,4,3"
+B="python3 bench/gpu_backward_bench.py --lambdas 0,0.3,0.6 --reps 5 --csv $out/gpu_backward.csv --triton-configs $configs"
 timeout 240 $B --d 128 --seqlens 4096,8192 >> "$log" 2>&1; echo "backward bench d128: rc=$? $(el)"
 timeout 150 $B --d 64 --seqlens 8192 --check-len 0 >> "$log" 2>&1; echo "backward bench d64: rc=$? $(el)"
 grep -E "^ +[0-9]+ (cudnn|fa2|blasst)|vs fp64|not available" "$log" | tail -40
