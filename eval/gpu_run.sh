@@ -37,7 +37,7 @@ done
 model_dir=/tmp/blasst-smollm2
 model_file="$model_dir/$(cut -d' ' -f3 "$r/model.sha256")"  # the name sha256sum recorded
 mkdir -p "$model_dir"
-cat "$a/model.xz.part-a" "$r/model.xz.part-b" | xz -d > "$model_file"
+cat "$a/model.xz.part-a" "$r"/model.xz.part-[b-z] | xz -d > "$model_file"  # every later part, in order
 (cd "$model_dir" && sha256sum -c --quiet "$OLDPWD/$r/model.sha256") ||
   { echo "gpu_run.sh: the joined model file does not match its SHA-256" >&2; exit 1; }
 

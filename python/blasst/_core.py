@@ -243,15 +243,18 @@ def run(
     decisions = None
     if return_decisions:
         # Size the trace from the geometry the engine will use: ask the CPU defaults when none
-        # is given; CUDA engines pick their own tiles, so size for the smallest (64 x 64).
-        # Decode groups are chunks of block_m (head, row) pairs of a KV head (0: one group).
-        bn = block_n or (64 if device.type == "cuda" else 128)
+        # is given; the CUDA prefill kernels pick their own tiles whatever the caller asked for (its
+        # block sizes are the CPU engine's), so size for the smallest (64 x 64); CUDA decode takes
+        # block_n 0 or its own. Decode groups are chunks of block_m (head, row) pairs of a KV head
+        # (0: one group).
+        cuda = device.type == "cuda"
         if phase == _lib.PHASE_DECODE:
-            bm = block_m or (64 if device.type == "cuda" else 0)
+            bn = block_n or (64 if cuda else 128)
+            bm = block_m or (64 if cuda else 0)
             pairs = (num_q_heads // num_kv_heads) * max_seqlen_q
             groups = num_kv_heads * (-(-pairs // bm) if bm else 1)
         else:
-            bm = block_m or (64 if device.type == "cuda" else 128)
+            bm, bn = (64, 64) if cuda else (block_m or 128, block_n or 128)
             groups = num_q_heads * -(-max_seqlen_q // bm)
         tiles = -(-max_seqlen_k // bn)
         decisions = torch.zeros(max(batch * groups * tiles, 1), dtype=torch.uint8, device=device)

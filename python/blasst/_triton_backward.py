@@ -1,5 +1,5 @@
 """The device backward of BLASST prefill attention as two Triton kernels that read the forward's
-decisions (BLASST_GPU_BACKWARD=triton; not yet measured on a GPU, so `auto` does not pick it).
+decisions (the default where they apply; BLASST_GPU_BACKWARD=triton forces them).
 
 Given the forward's output O and LSE, per row i and key j of a kept tile that the row sees:
   P = exp(s - lse),  dP = dO . v,  D = rowsum(O * dO) - dlse,  dS = P (dP - D)
@@ -39,8 +39,10 @@ except ImportError:  # pragma: no cover - then applies() says no
     triton = tl = None
 
 LOG2E = 1.4426950408889634
-# BLOCK_M1,BLOCK_N1,BLOCK_M2,BLOCK_N2,warps,stages when BLASST_TRITON_BWD_BLOCKS is not set
-DEFAULT_BLOCKS = "32,128,64,32,4,3"
+# BLOCK_M1,BLOCK_N1,BLOCK_M2,BLOCK_N2,warps,stages when BLASST_TRITON_BWD_BLOCKS is not set: the fastest
+# of three on an H100 (bf16, d 128, 8K causal, Hq 32, Hkv 8; bench/results/gpu_backward.csv, ee7be23):
+# 7.2 ms dense against 7.8 (64,128,64,64,8,2) and 15.1 (32,128,64,32,4,3)
+DEFAULT_BLOCKS = "32,64,64,64,4,3"
 
 
 def available() -> bool:
@@ -199,8 +201,8 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DQ,
 
 def _env_blocks() -> tuple:
     """(BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, warps, stages) from BLASST_TRITON_BWD_BLOCKS, a comma
-    list of six ints, for tuning on a device; default 32,128,64,32,4,3 (kernel 1 walks 32 rows at a
-    time under 128 keys, kernel 2 walks 32 keys at a time under 64 rows)."""
+    list of six ints, for tuning on a device; default DEFAULT_BLOCKS (kernel 1 walks 32 rows at a
+    time under 64 keys, kernel 2 walks 64 keys at a time under 64 rows)."""
     text = os.environ.get("BLASST_TRITON_BWD_BLOCKS", DEFAULT_BLOCKS)
     try:
         values = tuple(int(x) for x in text.split(","))

@@ -6,9 +6,10 @@ block-sparse attention gradient over those tiles. The forward records its decisi
 geometry; the backward recomputes each row's scores and log-sum-exp over the kept keys it sees:
   P = exp(s - lse),  dP = dO . v,  D = sum P dP - dlse,  dS = P (dP - D)
   dq = scale dS k,   dk = scale dS^T q,   dv = P^T dO   (dk, dv summed over a KV head's G heads)
-Host tensors go through the C ABI's backward (the CPU engine, fp64); device tensors through PyTorch's
-FlexAttention (a fused Triton kernel) with a BlockMask of the kept tiles where it applies, else
-through the same formulas in torch, one batch entry at a time (fp32; BLASST_GPU_BACKWARD chooses).
+Host tensors go through the C ABI's backward (the CPU engine, fp64); device tensors through blasst's
+Triton kernels (blasst._triton_backward) where they apply, else PyTorch's FlexAttention with a
+BlockMask of the kept tiles, else the same formulas in torch, one batch entry at a time (fp32;
+BLASST_GPU_BACKWARD chooses).
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ class _BlasstAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-# The device backward when BLASST_GPU_BACKWARD is not set: FlexAttention wherever it applies, the
-# fp32 formulas elsewhere. On an H100 (bench/gpu_backward_bench.py, bf16, Hq 32, Hkv 8, causal) it
-# took 8.3 ms at 8K where the formulas took 161 ms, and its error against fp64 (max |g - g64| /
-# max |g64|: 2.1e-3 to 5.3e-3) was cuDNN's own (3.7e-3 to 5.0e-3); the formulas' was 1.6e-3 to 3.0e-3.
+# The device backward when BLASST_GPU_BACKWARD is not set: blasst's Triton kernels where they apply
+# (prefill, dense layouts, 16-bit), FlexAttention where it applies, the fp32 formulas elsewhere. On an
+# H100 (bench/gpu_backward_bench.py, bf16, d 128, Hq 32, Hkv 8, 8K causal; ee7be23) the Triton kernels
+# took 7.2 ms dense and 5.2 ms at sparsity 0.40, FlexAttention 10.2 and 9.7 ms (its forward re-run
+# included), FA2's dense backward 5.0 ms and the formulas 161 ms (05876de). FlexAttention also puts
+# NaN on gradients of (row, key) pairs that a row does not attend (a GPU test shows it).
 GPU_BACKWARD_DEFAULT = "auto"
 
 
@@ -97,7 +100,7 @@ def _triton_applies(phase, q, k, v, lengths, info) -> bool:
 def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
     """Which device backward runs, from BLASST_GPU_BACKWARD: torch (the fp32 formulas), flex (PyTorch's
     FlexAttention with a BlockMask of the kept tiles), triton (blasst's own Triton kernels over the
-    kept tiles, not yet measured on a GPU) or auto (flex where it applies, else torch). flex and
+    kept tiles) or auto (triton where it applies, else flex where it applies, else torch). flex and
     triton are errors where they do not apply. The fused kernels keep P and dS in 16 bits, as every
     fused bf16 backward does (bench/gpu_backward_bench.py prints their errors beside cuDNN's, all
     against fp64)."""
@@ -106,11 +109,12 @@ def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
         raise ValueError(f"blasst: BLASST_GPU_BACKWARD is {choice!r}, expected auto, torch, flex or triton")
     if choice == "torch":
         return "torch"
-    if choice == "triton":
-        if not _triton_applies(phase, q, k, v, lengths, info):
+    if choice in ("auto", "triton"):
+        if _triton_applies(phase, q, k, v, lengths, info):
+            return "triton"
+        if choice == "triton":
             raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=triton takes prefill over dense layouts of "
                                       "16-bit q, k, v (head dims powers of two, 16 to 256) with Triton installed")
-        return "triton"
     applies = _flex_applies(q, k, v, dlse, lengths)
     if choice == "flex" and not applies:
         raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=flex takes dense layouts of 16-bit q, k, v with "

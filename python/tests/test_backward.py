@@ -262,8 +262,9 @@ def test_the_flex_block_mask_attends_the_kept_tiles(phase, causal, q_block):
 
 
 def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
-    # auto: FlexAttention where it applies (dense layout, 16-bit, Dqk = Dv in 64/128, no LSE
-    # gradient), the torch formulas elsewhere; flex and triton: an error where they do not apply
+    # auto: the Triton kernels where they apply (prefill, dense layout, 16-bit), FlexAttention where
+    # it applies (dense layout, 16-bit, Dqk = Dv in 64/128, no LSE gradient), the torch formulas
+    # elsewhere; flex and triton: an error where they do not apply
     from types import SimpleNamespace
 
     from blasst import _triton_backward, autograd
@@ -278,11 +279,17 @@ def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
         return autograd.device_backward(phase, q, k, v, dlse, lengths, info)
 
     monkeypatch.setenv("BLASST_GPU_BACKWARD", "auto")
-    assert choose() == "flex"
+    fused = "triton" if _triton_backward.available() else "flex"
+    assert choose() == fused
+    assert choose(dlse=torch.ones(1, 8, 4)) == ("triton" if fused == "triton" else "torch")
+    assert choose(phase=decode) == "flex"
+    assert choose(info=SimpleNamespace(block_m=8, block_n=64)) == "flex"
     assert choose(lengths=ragged) == "torch"
-    assert choose(dlse=torch.ones(1, 8, 4)) == "torch"
     assert choose(q.float(), q.float(), q.float()) == "torch"
     assert choose(q[..., :48], q[..., :48], q[..., :48]) == "torch"
+    monkeypatch.setattr(_triton_backward, "available", lambda: False)  # no Triton
+    assert choose() == "flex"
+    assert choose(dlse=torch.ones(1, 8, 4)) == "torch"
     assert choose(q, q[:, :0], q[:, :0]) == "torch"
     monkeypatch.setattr(autograd, "_flex_available", lambda: False)  # a torch without FlexAttention
     assert choose() == "torch"

@@ -262,3 +262,15 @@ def test_device_backwards_put_nan_where_the_cpu_backward_does(backend, where, mo
         assert torch.equal(torch.isnan(g.cpu()), nan), name
         assert (g.float().cpu() - w)[~nan].abs().max() <= 6e-2 * (1 + w[~nan].abs().max()), name
     assert any(torch.isnan(w).any() for w in want) == (where != "skipped value")
+
+
+def test_prefill_decisions_fit_whatever_block_sizes_the_caller_gave():
+    # the CUDA prefill kernels choose their own tiles: a caller's block sizes (the CPU engine's, as
+    # a Hugging Face config may carry) must not size the decision trace too small
+    from blasst import _core, _lib
+
+    q, k, v = cuda(*structured_qkv(1, 4096, 4096, 9, 3, 64, dtype=torch.bfloat16, spread=1.0, seed=1))
+    out, _, _, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, threshold_scale_factor=20.0, block_m=128,
+                                           block_n=128, return_decisions=True)
+    rows, tiles = -(-4096 // info.block_m), -(-4096 // info.block_n)
+    assert decisions.numel() >= 9 * rows * tiles
