@@ -31,6 +31,33 @@ def structured_qkv(batch, lq, lk, hq, hkv, d, dv=None, dtype=torch.float32, spre
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
+def rounded_backward(q, k, v, out, dout, lse, dlse, kept, bm, bn, causal, dtype=torch.float16, entry=0):
+    """fp64 gradients [dq, dk, dv] of one batch entry (each [1, L, H, D]) over the kept tiles, with P and
+    dS rounded to `dtype` before their products, as every fused 16-bit backward rounds them: their
+    error against the exact gradients is the floor a fused kernel's tolerance scales from (NaN inputs
+    read as 0: only the scale matters). q [B, Lq, Hq, D], kept [B, Hq, RB, KT] of bm x bn tiles."""
+    q, k, v, out, lse = (torch.nan_to_num(t) for t in (q, k, v, out, lse))
+    g = q.shape[2] // k.shape[2]
+    qd, dod = (t[entry].double().transpose(0, 1) for t in (q, dout))              # [Hq, Lq, D]
+    kd, vd = (t[entry].double().transpose(0, 1).repeat_interleave(g, 0) for t in (k, v))
+    lq, lk = q.shape[1], k.shape[1]
+    mask = kept[entry][:, torch.arange(lq) // bm][:, :, torch.arange(lk) // bn]
+    if causal:
+        mask = mask & (torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + lk - lq)
+    s = qd @ kd.transpose(-1, -2) * q.shape[-1] ** -0.5
+    p = torch.where(mask, torch.exp(s - lse[entry].double().transpose(0, 1)[..., None]), 0.0)
+    big_d = (out[entry].double().transpose(0, 1) * dod).sum(-1, keepdim=True)
+    if dlse is not None:
+        big_d = big_d - dlse[entry].double().transpose(0, 1)[..., None]
+    ds = (p * (dod @ vd.transpose(-1, -2) - big_d)).to(dtype).double()
+    p = p.to(dtype).double()
+    scale = q.shape[-1] ** -0.5
+    dq = ds @ kd * scale
+    dk = (ds.transpose(-1, -2) @ qd * scale).unflatten(0, (-1, g)).sum(1)
+    dv = (p.transpose(-1, -2) @ dod).unflatten(0, (-1, g)).sum(1)
+    return [t.transpose(0, 1)[None] for t in (dq, dk, dv)]
+
+
 def sdpa_reference(q, k, v, causal=True, scale=None, key_mask=None):
     """fp64 attention with bottom-right causal alignment; q [B, Lq, Hq, D] etc. key_mask
     [B, Hq, Lq, Lk] bool of keys to keep (on top of causality)."""

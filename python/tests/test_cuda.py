@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import blasst
-from conftest import sdpa_reference, structured_qkv
+from conftest import rounded_backward, sdpa_reference, structured_qkv
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and blasst.cuda_available()),
                                 reason="needs a GPU and blasst built with its CUDA engines")
@@ -192,13 +192,25 @@ def test_gradients_on_the_gpu_equal_the_cpu_backward_of_the_same_decisions(phase
     out.backward(dout.cuda())
     # replay: the same forward on the GPU with its trace, then the CPU backward of that trace
     code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
-    out2, _, stats, decisions, info = _core.run(code, qc.detach(), kc.detach(), vc.detach(),
-                                                threshold_scale_factor=30.0, return_stats=True, return_decisions=True)
+    out2, lse2, stats, decisions, info = _core.run(code, qc.detach(), kc.detach(), vc.detach(),
+                                                   threshold_scale_factor=30.0, return_stats=True, return_decisions=True)
     assert stats[:, 1].sum() > 0 and torch.equal(out2, out.detach())
     ref = _core.backward(code, q.float(), k.float(), v.float(), out2.float().cpu(), dout.float(), None,
                          decisions.cpu(), info)
-    for name, got, want in zip("qkv", (qc.grad, kc.grad, vc.grad), ref):
-        assert (got.float().cpu() - want).abs().max() <= 3e-2 * (1 + want.abs().max()), name
+    # a fused backward (prefill: the Triton kernels) rounds P and dS to bf16: with this input's sink,
+    # dk of the sink key is a sum that cancels, and that rounding alone moves it by some 20 %; the
+    # tolerance is that floor's, or bf16 agreement where the floor is lower
+    floor = [0.0, 0.0, 0.0]
+    if phase == "prefill":
+        from blasst import autograd
+
+        kept = autograd.kept_tiles(code, decisions.cpu(), info, 2, 8, 2, lq, 700)
+        for b in range(2):
+            rounded = rounded_backward(q, k, v, out2.float().cpu(), dout, lse2.cpu(), None, kept, info.block_m,
+                                       info.block_n, True, dtype=torch.bfloat16, entry=b)
+            floor = [max(f, float((r[0] - w[b]).abs().max())) for f, r, w in zip(floor, rounded, ref)]
+    for name, got, want, f in zip("qkv", (qc.grad, kc.grad, vc.grad), ref, floor):
+        assert (got.float().cpu() - want).abs().max() <= max(3e-2 * (1 + want.abs().max()), 1.5 * f), name
 
 
 @pytest.mark.parametrize("phase", ["prefill", "decode"])

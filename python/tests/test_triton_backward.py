@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blasst import _core, _lib, autograd
-from conftest import structured_qkv
+from conftest import rounded_backward, structured_qkv
 
 _triton_backward = pytest.importorskip("blasst._triton_backward")
 if not _triton_backward.available():
@@ -32,7 +32,7 @@ def run_both(q, k, v, *, causal, factor, block_m=16, block_n=32, dlse=False, see
     want = _core.backward(PREFILL, q, k, v, out, dout, dl, decisions, info, causal=causal, scale=0.0,
                           max_seqlen_q=0, max_seqlen_k=0)
     kept = autograd.kept_tiles(PREFILL, decisions, info, q.shape[0], q.shape[2], k.shape[2], q.shape[1], k.shape[1])
-    rounded = rounding_floor(q, k, v, out, dout, lse, dl, kept, info.block_m, info.block_n, causal)
+    rounded = rounded_backward(q, k, v, out, dout, lse, dl, kept, info.block_m, info.block_n, causal)
     # the kernels' own error may exceed the rounding of P and dS alone by their fp32 sums and fp16 scores
     tolerance = [1.5 * rel_error(r, w[:1]) + 1e-3 for r, w in zip(rounded, want)]
     return got, want, stats, tolerance
@@ -43,32 +43,6 @@ def rel_error(got, want):
     if not finite.any():
         return 0.0
     return float((got.double() - want.double())[finite].abs().max() / want.double()[finite].abs().max().clamp(min=1e-9))
-
-
-def rounding_floor(q, k, v, out, dout, lse, dlse, kept, bm, bn, causal):
-    """The error (rel_error against exact) that rounding P and dS to fp16 before their products alone
-    gives, as any fused 16-bit backward does: the tolerance's scale. Returns [dq, dk, dv] of fp64
-    gradients computed with that rounding, for entry 0 (NaN inputs read as 0: only the scale matters)."""
-    q, k, v, out, lse = (torch.nan_to_num(t) for t in (q, k, v, out, lse))
-    g = q.shape[2] // k.shape[2]
-    qd, dod = (t[0].double().transpose(0, 1) for t in (q, dout))                  # [Hq, Lq, D]
-    kd, vd = (t[0].double().transpose(0, 1).repeat_interleave(g, 0) for t in (k, v))
-    lq, lk = q.shape[1], k.shape[1]
-    mask = kept[0][:, torch.arange(lq) // bm][:, :, torch.arange(lk) // bn]
-    if causal:
-        mask = mask & (torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + lk - lq)
-    s = qd @ kd.transpose(-1, -2) * q.shape[-1] ** -0.5
-    p = torch.where(mask, torch.exp(s - lse[0].double().transpose(0, 1)[..., None]), 0.0)
-    big_d = (out[0].double().transpose(0, 1) * dod).sum(-1, keepdim=True)
-    if dlse is not None:
-        big_d = big_d - dlse[0].double().transpose(0, 1)[..., None]
-    ds = (p * (dod @ vd.transpose(-1, -2) - big_d)).half().double()
-    p = p.half().double()
-    scale = q.shape[-1] ** -0.5
-    dq = ds @ kd * scale
-    dk = (ds.transpose(-1, -2) @ qd * scale).unflatten(0, (-1, g)).sum(1)
-    dv = (p.transpose(-1, -2) @ dod).unflatten(0, (-1, g)).sum(1)
-    return [t.transpose(0, 1)[None] for t in (dq, dk, dv)]
 
 
 def qkv(batch, lq, lk, hq, hkv, dqk, dv, seed=0, sink=8.0):
