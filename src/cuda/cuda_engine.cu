@@ -151,20 +151,18 @@ int64_t packed_rows(const blasst_tensor& t, int heads, int head_dim) {
 // The TMA extents for the sm_90a kernel, or nothing when the call does not fit it: a paged
 // cache needs pages of a power of two of at least 16 tokens laid out as consecutive token rows;
 // every extent must fit 32 bits and every stride the TMA limit of 2^40 bytes.
-// Head dim 256 on the sm_90a kernel: bfloat16 by default (measured on an H100: 2.1-2.5x the sm_80
-// kernel, its GPU test passed); float16 only with BLASST_CUDA_SM90_D256=1 until its test has run,
-// and neither with BLASST_CUDA_SM90_D256=0 (read at each call, so that a benchmark may compare).
-bool sm90_d256_allowed(Elem elem) {
+// Head dim 256 on the sm_90a kernel, bfloat16 and float16 (measured on an H100: 2.1-2.5x the sm_80
+// kernel in bf16; the GPU test passed in both dtypes); BLASST_CUDA_SM90_D256=0 keeps them on the
+// sm_80 kernel (read at each call, so that a benchmark may compare).
+bool sm90_d256_allowed() {
   const char* env = std::getenv("BLASST_CUDA_SM90_D256");
-  if (env && env[0] == '0' && env[1] == 0) return false;
-  if (env && env[0] == '1' && env[1] == 0) return true;
-  return elem == Elem::kBf16;
+  return !(env && env[0] == '0' && env[1] == 0);
 }
 
 std::optional<sm90::TmaExtents> sm90_extents(const blasst_args& a, Elem elem) {
   if (!sm90_allowed_by_env() || !sm90::built(elem, a.head_dim_qk, a.head_dim_v) || !device_is_sm90())
     return std::nullopt;
-  if (a.head_dim_qk == 256 && !sm90_d256_allowed(elem)) return std::nullopt;
+  if (a.head_dim_qk == 256 && !sm90_d256_allowed()) return std::nullopt;
   sm90::TmaExtents e;
   int64_t q_rows = a.cu_seqlens_q ? packed_rows(a.q, a.num_q_heads, a.head_dim_qk) : a.max_seqlen_q;
   int64_t kv_rows = 0;

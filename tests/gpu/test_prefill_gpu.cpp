@@ -176,7 +176,7 @@ const char* no_sm90_prefill_here() {
 }
 
 // On compute capability 9.0 the engine runs the sm_90a kernel where it fits (decision groups of
-// 64 rows, tiles of 128 keys; bf16 d = 256: 64 x 64) and the sm_80 kernel where it does not (pages
+// 64 rows, tiles of 128 keys; d = 256: 64 x 64) and the sm_80 kernel where it does not (pages
 // that are not a power of two of at least 16 tokens).
 TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
   if (const char* why = no_sm90_prefill_here()) GTEST_SKIP() << why;
@@ -189,7 +189,7 @@ TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
     int block_m;
     int block_n;
   };
-  // bf16 d = 256 runs on the sm_90a kernel (64 x 64 tiles); pages of 100 tokens on the sm_80 kernel
+  // d = 256 runs on the sm_90a kernel (64 x 64 tiles); pages of 100 tokens on the sm_80 kernel
   for (const Expect& e : {Expect{128, Layout::Contiguous, 16, 64, 128}, Expect{64, Layout::Ragged, 16, 64, 128},
                           Expect{128, Layout::Paged, 128, 64, 128}, Expect{256, Layout::Contiguous, 16, 64, 64},
                           Expect{128, Layout::Paged, 64, 64, 128}, Expect{128, Layout::Paged, 16, 64, 128},
@@ -214,12 +214,12 @@ TEST_F(PrefillGpu, HopperKernelIsChosenWhereItFits) {
   }
 }
 
-// Head dim 256 on the sm_90a kernel (tiles of 64 keys, Q in shared memory; bf16 by default, fp16
-// with BLASST_CUDA_SM90_D256=1, which this test sets): decisions and outputs against the CPU engine
+// Head dim 256 on the sm_90a kernel (tiles of 64 keys, Q in shared memory; bf16 and fp16 by
+// default, the switch BLASST_CUDA_SM90_D256 unset): decisions and outputs against the CPU engine
 // at the reported geometry over odd shapes, both orders, causal and not, paged and ragged, fp16.
 TEST_F(PrefillGpu, Sm90HeadDim256) {
   if (const char* why = no_sm90_prefill_here()) GTEST_SKIP() << why;
-  setenv("BLASST_CUDA_SM90_D256", "1", 1);
+  unsetenv("BLASST_CUDA_SM90_D256");
   struct Shape256 {
     int64_t lq, lk;
     Layout layout;
@@ -251,15 +251,11 @@ TEST_F(PrefillGpu, Sm90HeadDim256) {
       const GpuRun g = run_gpu(c, make_inputs(c));
       if (not_built_here(g)) continue;
       ASSERT_EQ(g.status, BLASST_OK) << g.message;
-      if (g.info.geometry.block_m != 64) {
-        unsetenv("BLASST_CUDA_SM90_D256");
-        GTEST_SKIP() << "this build has no sm_90a kernel for head dim 256";
-      }
+      if (g.info.geometry.block_m != 64) GTEST_SKIP() << "this build has no sm_90a kernel for head dim 256";
       EXPECT_EQ(g.info.geometry.block_n, 64);
       check_against_cpu(c);
     }
   }
-  unsetenv("BLASST_CUDA_SM90_D256");
 }
 
 TEST_F(PrefillGpu, PerKvHeadFactors) {
