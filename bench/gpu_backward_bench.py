@@ -67,6 +67,9 @@ def main():
     ap.add_argument("--triton-configs", default=TRITON_DEFAULT,
                     help="';'-separated BLASST_TRITON_BWD_BLOCKS values to time blasst's Triton kernels at "
                          "(BLOCK_M1,BLOCK_N1,BLOCK_M2,BLOCK_N2,warps,stages; '' for none)")
+    ap.add_argument("--triton-dq", default="recompute",
+                    help="BLASST_TRITON_BWD_DQ values to time each Triton configuration at, comma-separated "
+                         "(recompute, atomic; atomic rows are named ...-atomic)")
     ap.add_argument("--check-len", type=int, default=None,
                     help="length of the fp64 accuracy check (default the first of --seqlens; 0: none)")
     opts = ap.parse_args()
@@ -163,9 +166,13 @@ def main():
                 print(f"       flex 64-row blocks vs 128: largest relative difference {diff:.2e}")
                 record("blasst-flex-q64", sf, s, time_ms(flex64, 2, opts.reps))
             # blasst's Triton kernels, in each block configuration asked for (BLASST_TRITON_BWD_BLOCKS)
-            for config in opts.triton_configs.split(";") if opts.triton_configs else []:
+            runs = [(c, m) for c in (opts.triton_configs.split(";") if opts.triton_configs else [])
+                    for m in opts.triton_dq.split(",")]
+            for config, dq_mode in runs:
                 os.environ["BLASST_TRITON_BWD_BLOCKS"] = config
+                os.environ["BLASST_TRITON_BWD_DQ"] = dq_mode
                 name = "blasst-triton" if config == TRITON_DEFAULT else "blasst-triton-" + config.replace(",", "-")
+                name += "-atomic" if dq_mode == "atomic" else ""
                 try:
                     g_tri = triton_run()
                 except Exception as err:
@@ -176,6 +183,7 @@ def main():
                 print(f"       {name} vs flex: largest relative difference {diff:.2e}")
                 record(name, sf, s, time_ms(triton_run, 2, opts.reps))
             os.environ.pop("BLASST_TRITON_BWD_BLOCKS", None)
+            os.environ.pop("BLASST_TRITON_BWD_DQ", None)
         torch.cuda.empty_cache()
     append_rows(opts.csv, rows)
     print(f"{len(rows)} rows appended to {opts.csv}")

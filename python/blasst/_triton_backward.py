@@ -13,7 +13,8 @@ divide the decision tile), so a listed block is kept whole; the per-element mask
 Kernel 1 (dk, dv): one program per (block of BLOCK_N1 keys, entry, KV head) walks the listed
 (query head, block of BLOCK_M1 rows) pairs. Kernel 2 (dq): one program per (block of BLOCK_M2 rows,
 entry, query head) walks the listed blocks of BLOCK_N2 keys. Both accumulate in fp32 and store once
-(deterministic: no atomics).
+(deterministic: no atomics). BLASST_TRITON_BWD_DQ=atomic (not yet measured) instead has kernel 1 add
+each block's dq into an fp32 buffer with atomics and skips kernel 2.
 
 NaN: a gradient takes NaN from exactly the (row, key) pairs that the row sees, as the CPU engine's:
 P and dS are NaN where a seen score is, and zero (by select, not by product) elsewhere; the operand
@@ -59,10 +60,11 @@ _jit = triton.jit if triton is not None else _identity
 
 
 @_jit
-def _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, pair, b, hk, group, row_blocks, lq, lk,
-                sqb, sql, sqh, sob, sol, soh, slb, sll, slh, scale_log2, offs_d, offs_e,
-                MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
-    """One listed (query head, block of BLOCK_M rows) into dk, dv [BLOCK_N, *] of a block of keys.
+def _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, pair, b, hk, group, row_blocks, lq, lk,
+                sqb, sql, sqh, sob, sol, soh, slb, sll, slh, sab, sal, sah, scale, scale_log2, offs_d, offs_e,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+    """One listed (query head, block of BLOCK_M rows) into dk, dv [BLOCK_N, *] of a block of keys, and
+    with ATOMIC_DQ the block's share of dq added into the fp32 DQA [B, Lq, Hq, D] (scaled).
     MASKED: the block holds pairs that do not exist or that the row does not see (else all are seen)."""
     h = hk * group + pair // row_blocks
     offs_m = (pair % row_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -94,16 +96,23 @@ def _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, pair, b, hk, group, row
         do = tl.where(do == do, do, 0.0)
     dv += tl.dot(p_t.to(do.dtype), do)
     dk += tl.dot(ds_t.to(q.dtype), q)
+    if ATOMIC_DQ:  # dq [BLOCK_M, D] += scale dS k, as kernel 2 would compute it
+        dq_ptr = DQA + b * sab + h * sah + offs_m[:, None] * sal + offs_d[None, :]
+        if MASKED:
+            dq_part = tl.dot(tl.trans(ds_t).to(k.dtype), tl.where(k == k, k, 0.0)) * scale
+            tl.atomic_add(dq_ptr, dq_part, mask=(offs_m < lq)[:, None])
+        else:
+            tl.atomic_add(dq_ptr, tl.dot(tl.trans(ds_t).to(k.dtype), k) * scale)
     return dk, dv
 
 
 @_jit
-def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV,
+def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV, DQA,
                  sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
-                 scb, sch, sib, sih, sin, sdkb, sdkl, sdkh, sdvb, sdvl, sdvh,
+                 scb, sch, sib, sih, sin, sdkb, sdkl, sdkh, sdvb, sdvl, sdvh, sab, sal, sah,
                  lq, lk, hkv, group, row_blocks, scale, scale_log2,
                  CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                 DV_DIM: tl.constexpr):
+                 DV_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr):
     """Program (block of BLOCK_N keys, entry x KV head): dk, dv of those keys over the listed pairs,
     the whole ones (COUNT_FULL) first."""
     kb = tl.program_id(0)
@@ -122,13 +131,15 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV,
     count = tl.load(COUNT + b * scb + hk * sch + kb)
     index = INDEX + b * sib + hk * sih + kb * sin  # (query head within the KV head) * row_blocks + row block
     for i in range(0, count_full):
-        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, tl.load(index + i), b, hk, group, row_blocks,
-                             lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, scale_log2, offs_d, offs_e,
-                             MASKED=False, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M)
+        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, tl.load(index + i), b, hk, group,
+                             row_blocks, lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, sab, sal, sah, scale,
+                             scale_log2, offs_d, offs_e, MASKED=False, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M,
+                             ATOMIC_DQ=ATOMIC_DQ)
     for i in range(count_full, count):
-        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, tl.load(index + i), b, hk, group, row_blocks,
-                             lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, scale_log2, offs_d, offs_e,
-                             MASKED=True, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M)
+        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, tl.load(index + i), b, hk, group,
+                             row_blocks, lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, sab, sal, sah, scale,
+                             scale_log2, offs_d, offs_e, MASKED=True, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M,
+                             ATOMIC_DQ=ATOMIC_DQ)
     tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=key_ok[:, None])
     tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvl + offs_e[None, :], dv.to(DV.dtype.element_ty),
@@ -214,6 +225,17 @@ def _env_blocks() -> tuple:
     return values
 
 
+def atomic_dq() -> bool:
+    """BLASST_TRITON_BWD_DQ=atomic: kernel 1 adds each block's dq into an fp32 buffer with atomics (as
+    FlashAttention-2 does) and kernel 2 does not run, which saves recomputing S and dP (7 products
+    become 5) but makes dq's rounding depend on the order of the additions. Not yet measured on a
+    GPU; the default (=recompute) keeps the deterministic two-kernel path."""
+    value = os.environ.get("BLASST_TRITON_BWD_DQ", "recompute")
+    if value not in ("recompute", "atomic"):
+        raise ValueError(f"blasst: BLASST_TRITON_BWD_DQ is {value!r}, expected recompute or atomic")
+    return value == "atomic"
+
+
 def _fit(preferred: int, tile: int) -> int:
     """The largest power of two <= preferred that divides the decision tile's extent (0 if < 16)."""
     block = 1 << (max(preferred, 1).bit_length() - 1)
@@ -296,15 +318,21 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
         return t.view(batch, hkv, group, qb1, kb1).permute(0, 1, 4, 2, 3).reshape(batch, hkv, kb1, group * qb1)
 
     full1, count1, index1 = _listed(per_kv(blocks1), per_kv(whole1))
+    atomic = atomic_dq()
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else delta  # (unread if not)
+    sa = dq_acc.stride() if atomic else (0, 0, 0)
     _dkdv_kernel[(kb1, batch * hkv)](
-        q, k, v, dout, lse2, delta, full1, count1, index1, dk, dv,
+        q, k, v, dout, lse2, delta, full1, count1, index1, dk, dv, dq_acc,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
         lse2.stride(0), lse2.stride(1), lse2.stride(2),
         count1.stride(0), count1.stride(1), index1.stride(0), index1.stride(1), index1.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), sa[0], sa[1], sa[2],
         lq, lk, hkv, group, qb1, scale, scale_log2,
-        CAUSAL=causal, BLOCK_M=m1, BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, num_warps=warps, num_stages=stages)
+        CAUSAL=causal, BLOCK_M=m1, BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, ATOMIC_DQ=atomic, num_warps=warps,
+        num_stages=stages)
+    if atomic:
+        return dq_acc.to(q.dtype), dk, dv
 
     # kernel 2: per (entry, query head, block of m2 rows) the listed blocks of n2 keys
     blocks2, whole2 = block_lists(kept, dec_m, dec_n, m2, n2, lq, lk, causal)          # [B, Hq, QB2, KB2]

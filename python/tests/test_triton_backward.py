@@ -14,6 +14,13 @@ if not _triton_backward.available():
     pytest.skip("Triton is not installed", allow_module_level=True)
 
 PREFILL = _lib.PHASE_PREFILL
+
+
+@pytest.fixture(autouse=True, params=["recompute", "atomic"])
+def dq_path(request, monkeypatch):
+    """Every test on both dq paths: kernel 2 (recompute) and atomics from kernel 1."""
+    monkeypatch.setenv("BLASST_TRITON_BWD_DQ", request.param)
+    return request.param
 if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU, and Triton's interpreter was not chosen (conftest.py does)", allow_module_level=True)
 
@@ -125,3 +132,9 @@ def test_block_lists_list_the_kernel_blocks_of_kept_visible_tiles():
                 assert torch.equal(blocks[:, :, i, j], tile & bool(pairs.any()))
                 assert torch.equal(whole[:, :, i, j], tile & bool(pairs.all()))
         assert whole.any() and (blocks & ~whole).any()
+
+
+def test_the_dq_path_switch_refuses_other_values(monkeypatch):
+    monkeypatch.setenv("BLASST_TRITON_BWD_DQ", "fast")
+    with pytest.raises(ValueError, match="expected recompute or atomic"):
+        _triton_backward.atomic_dq()
