@@ -110,39 +110,53 @@ def _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, pair, b, hk, group
 def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV, DQA,
                  sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
                  scb, sch, sib, sih, sin, sdkb, sdkl, sdkh, sdvb, sdvl, sdvh, sab, sal, sah,
-                 lq, lk, hkv, group, row_blocks, scale, scale_log2,
+                 LQ, LK, QS, KS, hkv, group, row_blocks, scale, scale_log2,
                  CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                  DV_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr):
     """Program (block of BLOCK_N keys, entry x KV head): dk, dv of those keys over the listed pairs,
-    the whole ones (COUNT_FULL) first."""
+    the whole ones (COUNT_FULL) first. Entry b: LQ[b] rows from row QS[b], LK[b] keys from key KS[b]."""
     kb = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // hkv
     hk = bh % hkv
+    lq = tl.load(LQ + b)
+    lk = tl.load(LK + b)
+    # the entry's first row and key (ragged layouts pack entries along the token axis)
+    qs = tl.load(QS + b)
+    ks = tl.load(KS + b)
+    Q += b * sqb + qs * sql
+    DO += b * sob + qs * sol
+    LSE += b * slb + qs * sll
+    DELTA += b * slb + qs * sll
+    DQA += b * sab + qs * sal
+    K += b * skb + ks * skl
+    V += b * svb + ks * svl
+    DK += b * sdkb + ks * sdkl
+    DV += b * sdvb + ks * sdvl
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     offs_e = tl.arange(0, DV_DIM)
     key_ok = offs_n < lk
-    k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-    v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svl + offs_e[None, :], mask=key_ok[:, None], other=0.0)
+    k = tl.load(K + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + hk * svh + offs_n[:, None] * svl + offs_e[None, :], mask=key_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, DV_DIM], dtype=tl.float32)
     count_full = tl.load(COUNT_FULL + b * scb + hk * sch + kb)
     count = tl.load(COUNT + b * scb + hk * sch + kb)
     index = INDEX + b * sib + hk * sih + kb * sin  # (query head within the KV head) * row_blocks + row block
     for i in range(0, count_full):
-        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, tl.load(index + i), b, hk, group,
+        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, tl.load(index + i), 0, hk, group,
                              row_blocks, lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, sab, sal, sah, scale,
                              scale_log2, offs_d, offs_e, MASKED=False, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M,
                              ATOMIC_DQ=ATOMIC_DQ)
     for i in range(count_full, count):
-        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, tl.load(index + i), b, hk, group,
+        dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, tl.load(index + i), 0, hk, group,
                              row_blocks, lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, sab, sal, sah, scale,
                              scale_log2, offs_d, offs_e, MASKED=True, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M,
                              ATOMIC_DQ=ATOMIC_DQ)
-    tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+    tl.store(DK + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=key_ok[:, None])
-    tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvl + offs_e[None, :], dv.to(DV.dtype.element_ty),
+    tl.store(DV + hk * sdvh + offs_n[:, None] * sdvl + offs_e[None, :], dv.to(DV.dtype.element_ty),
              mask=key_ok[:, None])
 
 
@@ -178,7 +192,7 @@ def _dq_block(dq, q, do, lse, delta, offs_m, K, V, kb, b, hk, lq, lk, skb, skl, 
 def _dq_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DQ,
                sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
                scb, sch, sib, sih, sim, sdqb, sdql, sdqh,
-               lq, lk, hq, group, scale, scale_log2,
+               LQ, LK, QS, KS, hq, group, scale, scale_log2,
                CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                DV_DIM: tl.constexpr):
     """Program (block of BLOCK_M rows, entry x query head): dq of those rows over the listed blocks of
@@ -188,25 +202,36 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DQ,
     b = bh // hq
     h = bh % hq
     hk = h // group
+    lq = tl.load(LQ + b)
+    lk = tl.load(LK + b)
+    qs = tl.load(QS + b)  # as in _dkdv_kernel
+    ks = tl.load(KS + b)
+    Q += b * sqb + qs * sql
+    DO += b * sob + qs * sol
+    LSE += b * slb + qs * sll
+    DELTA += b * slb + qs * sll
+    DQ += b * sdqb + qs * sdql
+    K += b * skb + ks * skl
+    V += b * svb + ks * svl
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     offs_e = tl.arange(0, DV_DIM)
     row_ok = offs_m < lq
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sol + offs_e[None, :], mask=row_ok[:, None], other=0.0)
-    lse = tl.load(LSE + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + b * slb + h * slh + offs_m * sll, mask=row_ok, other=0.0)
+    q = tl.load(Q + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + h * soh + offs_m[:, None] * sol + offs_e[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + h * slh + offs_m * sll, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + h * slh + offs_m * sll, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     count_full = tl.load(COUNT_FULL + b * scb + h * sch + qb)
     count = tl.load(COUNT + b * scb + h * sch + qb)
     index = INDEX + b * sib + h * sih + qb * sim
     for i in range(0, count_full):
-        dq = _dq_block(dq, q, do, lse, delta, offs_m, K, V, tl.load(index + i), b, hk, lq, lk, skb, skl, skh,
+        dq = _dq_block(dq, q, do, lse, delta, offs_m, K, V, tl.load(index + i), 0, hk, lq, lk, skb, skl, skh,
                        svb, svl, svh, scale_log2, offs_d, offs_e, MASKED=False, CAUSAL=CAUSAL, BLOCK_N=BLOCK_N)
     for i in range(count_full, count):
-        dq = _dq_block(dq, q, do, lse, delta, offs_m, K, V, tl.load(index + i), b, hk, lq, lk, skb, skl, skh,
+        dq = _dq_block(dq, q, do, lse, delta, offs_m, K, V, tl.load(index + i), 0, hk, lq, lk, skb, skl, skh,
                        svb, svl, svh, scale_log2, offs_d, offs_e, MASKED=True, CAUSAL=CAUSAL, BLOCK_N=BLOCK_N)
-    tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdql + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+    tl.store(DQ + h * sdqh + offs_m[:, None] * sdql + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None])
 
 
@@ -254,30 +279,36 @@ def block_sizes(dec_m: int, dec_n: int):
 
 
 def applies(q, k, v, dec_m: int, dec_n: int) -> bool:
-    """Dense [B, L, H, D] layouts of 16-bit q, k, v (head dims powers of two, 16 to 256) and decision
-    tiles that blocks of 16 divide."""
+    """Dense, padded or ragged layouts of 16-bit q, k, v (head dims powers of two, 16 to 256) and
+    decision tiles that blocks of 16 divide."""
     def pow2(d):
         return 16 <= d <= 256 and d & (d - 1) == 0
-    return (available() and q.dim() == 4 and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
+    return (available() and q.dim() in (3, 4) and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
             and v.dtype == q.dtype and pow2(q.shape[-1]) and pow2(v.shape[-1])
             and block_sizes(dec_m, dec_n) is not None)
 
 
-def block_lists(kept: torch.Tensor, dec_m: int, dec_n: int, bm: int, bn: int, lq: int, lk: int, causal: bool):
+def block_lists(kept: torch.Tensor, dec_m: int, dec_n: int, bm: int, bn: int, lq, lk, causal: bool,
+                max_q: int = 0, max_k: int = 0):
     """kept [B, H, RB, KT] bool (decision tiles of dec_m rows x dec_n keys; bm | dec_m, bn | dec_n) ->
     (listed, whole), each [B, H, QB, KB] bool over kernel blocks of bm rows x bn keys: *listed* when the
     block lies in a kept tile and holds some (row, key) pair that exists and is visible; *whole* when
-    it is listed and every pair exists and is visible (the kernels then skip the mask)."""
-    qb, kb = -(-lq // bm), -(-lk // bn)
+    it is listed and every pair exists and is visible (the kernels then skip the mask). lq, lk: the
+    lengths, ints or per-entry [B] tensors (then max_q, max_k size the grid)."""
+    dev = kept.device
+    lq_b = torch.as_tensor(lq, device=dev).reshape(-1, 1, 1, 1).long()  # [B or 1, 1, 1, 1]
+    lk_b = torch.as_tensor(lk, device=dev).reshape(-1, 1, 1, 1).long()
+    qb, kb = -(-(max_q or int(lq_b.max())) // bm), -(-(max_k or int(lk_b.max())) // bn)
     blocks = kept.repeat_interleave(dec_m // bm, dim=2).repeat_interleave(dec_n // bn, dim=3)[:, :, :qb, :kb]
-    first_row = torch.arange(qb, device=kept.device) * bm
-    first_key = torch.arange(kb, device=kept.device) * bn
+    first_row = (torch.arange(qb, device=dev) * bm)[:, None]                 # [QB, 1]
+    first_key = (torch.arange(kb, device=dev) * bn)[None, :]                 # [1, KB]
     last_row, last_key = first_row + bm - 1, first_key + bn - 1
-    whole = (last_row[:, None] < lq) & (last_key[None, :] < lk)
+    listed = blocks & (first_row < lq_b) & (first_key < lk_b)
+    whole = (last_row < lq_b) & (last_key < lk_b)
     if causal:  # row r sees keys <= r + lk - lq: some pair when the last row sees the first key
-        blocks = blocks & (first_key[None, :] <= torch.clamp(last_row, max=lq - 1)[:, None] + lk - lq)
-        whole = whole & (last_key[None, :] <= first_row[:, None] + lk - lq)
-    return blocks, blocks & whole
+        listed = listed & (first_key <= torch.minimum(last_row, lq_b - 1) + lk_b - lq_b)
+        whole = whole & (last_key <= first_row + lk_b - lq_b)
+    return listed, listed & whole
 
 
 def _listed(blocks: torch.Tensor, whole: torch.Tensor):
@@ -288,12 +319,29 @@ def _listed(blocks: torch.Tensor, whole: torch.Tensor):
     return whole.sum(dim=-1, dtype=torch.int32), blocks.sum(dim=-1, dtype=torch.int32), order.contiguous()
 
 
+def _entries(t: torch.Tensor, cu: "torch.Tensor | None", lens: "torch.Tensor | None", batch: int):
+    """Per entry (first token, length) as int32 [B] tensors, and the tensor's (batch, token, head)
+    strides: ragged [T, H, D] layouts pack the entries (batch stride 0, starts from cu); dense
+    [B, L, H, D] ones start at 0, their lengths from lens (padded) or L."""
+    dev = t.device
+    if cu is not None:
+        cu = cu.to(device=dev, dtype=torch.int32)
+        return cu[:-1].contiguous(), (cu[1:] - cu[:-1]).contiguous(), (0, t.stride(0), t.stride(1))
+    length = lens.to(device=dev, dtype=torch.int32) if lens is not None else torch.full((batch,), t.shape[1],
+                                                                                         dtype=torch.int32, device=dev)
+    return torch.zeros(batch, dtype=torch.int32, device=dev), length.contiguous(), tuple(t.stride()[:3])
+
+
 def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_n: int, *, scale: float = 0.0,
-             causal: bool = True):
-    """dq, dk, dv of BLASST prefill attention given the forward's out, lse [B, Lq, Hq] and its kept
-    decision tiles kept [B, Hq, RB, KT] bool (dec_m x dec_n). Layouts as applies() requires."""
-    batch, lq, hq, dqk = q.shape
-    lk, hkv, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
+             causal: bool = True, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None):
+    """dq, dk, dv of BLASST prefill attention given the forward's out, lse (like q without its last
+    dim) and its kept decision tiles kept [B, Hq, RB, KT] bool (dec_m x dec_n). q [B, Lq, Hq, D] or
+    ragged [Tq, Hq, D] (cu_seqlens_q), k, v likewise (cu_seqlens_k); seqlens_* give padded
+    layouts' lengths. Layouts as applies() requires."""
+    ragged_q = cu_seqlens_q is not None
+    batch = cu_seqlens_q.numel() - 1 if ragged_q else q.shape[0]
+    hq, dqk = q.shape[-2], q.shape[-1]
+    hkv, dv_dim = k.shape[-2], v.shape[-1]
     group = hq // hkv
     scale = scale or dqk ** -0.5
     m1, n1, m2, n2, warps, stages = block_sizes(dec_m, dec_n)
@@ -301,17 +349,24 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
     dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
-    if lq == 0 or lk == 0 or batch == 0:
+    qs, lq, sq = _entries(q, cu_seqlens_q, seqlens_q, batch)
+    ks, lk, sk = _entries(k, cu_seqlens_k, seqlens_k, batch)
+    max_q, max_k = (int(x.max()) if batch else 0 for x in (lq, lk))
+    if max_q == 0 or max_k == 0 or batch == 0:
         return dq, dk, dv
     lse2 = (lse.float() * LOG2E).contiguous()  # the kernels take exp2: P = 2^(s scale log2(e) - lse log2(e))
     delta = (out.float() * dout.float()).sum(-1)
     if dlse is not None:
         delta = delta - dlse.float()
-    delta = delta.contiguous()  # [B, Lq, Hq] like lse
+    delta = delta.contiguous()  # like lse
+    sl = (0,) + lse2.stride() if ragged_q else lse2.stride()
+    so = _entries(dout, cu_seqlens_q, seqlens_q, batch)[2]
+    sv, sdq, sdk, sdv = (_entries(t, cu, None, batch)[2] for t, cu in
+                         ((v, cu_seqlens_k), (dq, cu_seqlens_q), (dk, cu_seqlens_k), (dv, cu_seqlens_k)))
     scale_log2 = scale * LOG2E
 
     # kernel 1: per (entry, KV head, block of n1 keys) the listed (query head, block of m1 rows) pairs
-    blocks1, whole1 = block_lists(kept, dec_m, dec_n, m1, n1, lq, lk, causal)          # [B, Hq, QB1, KB1]
+    blocks1, whole1 = block_lists(kept, dec_m, dec_n, m1, n1, lq, lk, causal, max_q, max_k)  # [B, Hq, QB1, KB1]
     qb1, kb1 = blocks1.shape[2], blocks1.shape[3]
 
     def per_kv(t):  # [B, Hq, QB1, KB1] -> [B, Hkv, KB1, G * QB1]
@@ -320,30 +375,24 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     full1, count1, index1 = _listed(per_kv(blocks1), per_kv(whole1))
     atomic = atomic_dq()
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else delta  # (unread if not)
-    sa = dq_acc.stride() if atomic else (0, 0, 0)
+    sa = _entries(dq_acc, cu_seqlens_q, None, batch)[2] if atomic else (0, 0, 0)
     _dkdv_kernel[(kb1, batch * hkv)](
         q, k, v, dout, lse2, delta, full1, count1, index1, dk, dv, dq_acc,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
-        lse2.stride(0), lse2.stride(1), lse2.stride(2),
+        *sq, *sk, *sv, *so, *sl,
         count1.stride(0), count1.stride(1), index1.stride(0), index1.stride(1), index1.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), sa[0], sa[1], sa[2],
-        lq, lk, hkv, group, qb1, scale, scale_log2,
+        *sdk, *sdv, *sa, lq, lk, qs, ks, hkv, group, qb1, scale, scale_log2,
         CAUSAL=causal, BLOCK_M=m1, BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, ATOMIC_DQ=atomic, num_warps=warps,
         num_stages=stages)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
 
     # kernel 2: per (entry, query head, block of m2 rows) the listed blocks of n2 keys
-    blocks2, whole2 = block_lists(kept, dec_m, dec_n, m2, n2, lq, lk, causal)          # [B, Hq, QB2, KB2]
+    blocks2, whole2 = block_lists(kept, dec_m, dec_n, m2, n2, lq, lk, causal, max_q, max_k)  # [B, Hq, QB2, KB2]
     full2, count2, index2 = _listed(blocks2, whole2)
     _dq_kernel[(blocks2.shape[2], batch * hq)](
         q, k, v, dout, lse2, delta, full2, count2, index2, dq,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
-        lse2.stride(0), lse2.stride(1), lse2.stride(2),
+        *sq, *sk, *sv, *so, *sl,
         count2.stride(0), count2.stride(1), index2.stride(0), index2.stride(1), index2.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        lq, lk, hq, group, scale, scale_log2,
+        *sdq, lq, lk, qs, ks, hq, group, scale, scale_log2,
         CAUSAL=causal, BLOCK_M=m2, BLOCK_N=n2, D=dqk, DV_DIM=dv_dim, num_warps=warps, num_stages=stages)
     return dq, dk, dv

@@ -51,8 +51,7 @@ class _BlasstAttention(torch.autograd.Function):
             dq, dk, dv = _core.backward(ctx.phase, q, k, v, out, dout.to(out.dtype), dlse, decisions, ctx.info,
                                         num_threads=o.get("num_threads", 0), **common)
         elif (choice := device_backward(ctx.phase, q, k, v, dlse, lengths, ctx.info)) == "triton":
-            dq, dk, dv = triton_backward(ctx.phase, q, k, v, out, dout, lse, dlse, decisions, ctx.info,
-                                         scale=common["scale"], causal=common["causal"])
+            dq, dk, dv = triton_backward(ctx.phase, q, k, v, out, dout, lse, dlse, decisions, ctx.info, **common)
         elif choice == "flex":
             dq, dk, dv = flex_backward(ctx.phase, q, k, v, dout, decisions, ctx.info, scale=common["scale"],
                                        causal=common["causal"])
@@ -62,7 +61,7 @@ class _BlasstAttention(torch.autograd.Function):
 
 
 # The device backward when BLASST_GPU_BACKWARD is not set: blasst's Triton kernels where they apply
-# (prefill, dense layouts, 16-bit), FlexAttention where it applies, the fp32 formulas elsewhere. On an
+# (prefill; dense, padded or ragged layouts; 16-bit), FlexAttention where it applies, the fp32 formulas elsewhere. On an
 # H100 (bench/gpu_backward_bench.py, bf16, d 128, Hq 32, Hkv 8, 8K causal; ee7be23) the Triton kernels
 # took 7.2 ms dense and 5.2 ms at sparsity 0.40, FlexAttention 10.2 and 9.7 ms (its forward re-run
 # included), FA2's dense backward 5.0 ms and the formulas 161 ms (05876de). FlexAttention also puts
@@ -91,9 +90,9 @@ def _flex_applies(q, k, v, dlse, lengths) -> bool:
 
 
 def _triton_applies(phase, q, k, v, lengths, info) -> bool:
-    """The Triton kernels (blasst._triton_backward) take prefill decisions over dense [B, L, H, D]
+    """The Triton kernels (blasst._triton_backward) take prefill decisions over dense, padded or ragged
     layouts of 16-bit q, k, v, with tiles that blocks of 16 divide."""
-    return (phase == _lib.PHASE_PREFILL and not any(t is not None for t in lengths.values())
+    return (phase == _lib.PHASE_PREFILL and info.block_m > 0 and info.block_n > 0
             and _triton_backward.applies(q, k, v, info.block_m, info.block_n))
 
 
@@ -113,8 +112,8 @@ def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
         if _triton_applies(phase, q, k, v, lengths, info):
             return "triton"
         if choice == "triton":
-            raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=triton takes prefill over dense layouts of "
-                                      "16-bit q, k, v (head dims powers of two, 16 to 256) with Triton installed")
+            raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=triton takes prefill over dense, padded or "
+                                      "ragged layouts of 16-bit q, k, v (head dims powers of two, 16 to 256) with Triton installed")
     applies = _flex_applies(q, k, v, dlse, lengths)
     if choice == "flex" and not applies:
         raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=flex takes dense layouts of 16-bit q, k, v with "
@@ -329,14 +328,18 @@ def flex_backward(phase, q, k, v, dout, decisions, info, *, scale=0.0, causal=Tr
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
-def triton_backward(phase, q, k, v, out, dout, lse, dlse, decisions, info, *, scale=0.0, causal=True):
+def triton_backward(phase, q, k, v, out, dout, lse, dlse, decisions, info, *, scale=0.0, causal=True,
+                    cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None, max_seqlen_q=0,
+                    max_seqlen_k=0):
     """The backward through blasst's Triton kernels (blasst._triton_backward): prefill decisions over
-    dense [B, L, H, D] layouts; the forward's out and lse [B, Lq, Hq] are read, nothing is re-run."""
-    batch, lq, hq = q.shape[:3]
-    lk, hkv = k.shape[1], k.shape[2]
-    kept = kept_tiles(phase, decisions, info, batch, hq, hkv, lq, lk)
+    dense, padded or ragged layouts; the forward's out and lse are read, nothing is re-run."""
+    batch, q_spans, k_spans = _entries(q, k, cu_seqlens_q, cu_seqlens_k, seqlens_q, seqlens_k)
+    max_q = max_seqlen_q or max((n for _, n in q_spans), default=0)
+    max_k = max_seqlen_k or max((n for _, n in k_spans), default=0)
+    kept = kept_tiles(phase, decisions, info, batch, q.shape[-2], k.shape[-2], max_q, max_k)
     return _triton_backward.backward(q, k, v, out, dout, lse, dlse, kept, info.block_m, info.block_n, scale=scale,
-                                     causal=causal)
+                                     causal=causal, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                                     seqlens_q=seqlens_q, seqlens_k=seqlens_k)
 
 
 def requires_grad(*tensors: Optional[torch.Tensor]) -> bool:

@@ -284,11 +284,13 @@ def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
     assert choose(dlse=torch.ones(1, 8, 4)) == ("triton" if fused == "triton" else "torch")
     assert choose(phase=decode) == "flex"
     assert choose(info=SimpleNamespace(block_m=8, block_n=64)) == "flex"
-    assert choose(lengths=ragged) == "torch"
+    assert choose(lengths=ragged) == ("triton" if fused == "triton" else "torch")
     assert choose(q.float(), q.float(), q.float()) == "torch"
     assert choose(q[..., :48], q[..., :48], q[..., :48]) == "torch"
+    assert choose(info=SimpleNamespace(block_m=64, block_n=0)) == "flex"  # a forward that attended nothing
     monkeypatch.setattr(_triton_backward, "available", lambda: False)  # no Triton
     assert choose() == "flex"
+    assert choose(lengths=ragged) == "torch"
     assert choose(dlse=torch.ones(1, 8, 4)) == "torch"
     assert choose(q, q[:, :0], q[:, :0]) == "torch"
     monkeypatch.setattr(autograd, "_flex_available", lambda: False)  # a torch without FlexAttention
@@ -304,7 +306,9 @@ def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
     if _triton_backward.available():
         assert choose(dlse=torch.ones(1, 8, 4)) == "triton"  # the LSE gradient enters D
         assert choose(q[..., :32], q[..., :32], q) == "triton"  # Dqk != Dv
-    for bad in (dict(lengths=ragged), dict(phase=decode), dict(q=q.float(), k=q.float(), v=q.float()),
+    if _triton_backward.available():
+        assert choose(lengths=ragged) == "triton"
+    for bad in (dict(phase=decode), dict(q=q.float(), k=q.float(), v=q.float()),
                 dict(q=q[..., :48], k=q[..., :48], v=q[..., :48]), dict(info=SimpleNamespace(block_m=8, block_n=64))):
         with pytest.raises(NotImplementedError, match="BLASST_GPU_BACKWARD=triton takes prefill"):
             choose(**bad)

@@ -138,3 +138,34 @@ def test_the_dq_path_switch_refuses_other_values(monkeypatch):
     monkeypatch.setenv("BLASST_TRITON_BWD_DQ", "fast")
     with pytest.raises(ValueError, match="expected recompute or atomic"):
         _triton_backward.atomic_dq()
+
+
+@pytest.mark.parametrize("layout", ["padded", "ragged"])
+def test_triton_padded_and_ragged_layouts_equal_the_cpu_engine(layout):
+    # per-entry lengths: padded [B, L, H, D] with seqlens_*, ragged [T, H, D] with cu_seqlens_*; rows
+    # and keys past an entry's length get no gradient
+    lens_q, lens_k = [70, 33], [130, 77]
+    q, k, v = qkv(2, 70, 130, 4, 2, 32, 32, seed=7)
+    if layout == "padded":
+        kw = dict(seqlens_q=torch.tensor(lens_q, dtype=torch.int32), seqlens_k=torch.tensor(lens_k, dtype=torch.int32))
+    else:
+        q = torch.cat([q[0, :70], q[1, :33]])
+        k, v = (torch.cat([t[0, :130], t[1, :77]]) for t in (k, v))
+        kw = dict(cu_seqlens_q=torch.tensor([0, 70, 103], dtype=torch.int32),
+                  cu_seqlens_k=torch.tensor([0, 130, 207], dtype=torch.int32))
+    out, lse, stats, decisions, info = _core.run(PREFILL, q, k, v, causal=True, threshold_scale_factor=3.0,
+                                                 block_m=16, block_n=32, return_stats=True, return_decisions=True,
+                                                 **kw)
+    assert stats[:, 1].sum() > 0
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.dtype)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    moved = [t.to(dev) for t in (q, k, v, out, dout, lse)]
+    got = autograd.triton_backward(PREFILL, *moved[:5], moved[5], None, decisions.to(dev), info, causal=True,
+                                   **{name: t.to(dev) for name, t in kw.items()})
+    want = _core.backward(PREFILL, q, k, v, out, dout, None, decisions, info, causal=True, scale=0.0,
+                          max_seqlen_q=0, max_seqlen_k=0, **kw)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert g.shape == w.shape, name
+        assert rel_error(g.cpu(), w) < 5e-3, (name, rel_error(g.cpu(), w))
+    if layout == "padded":  # nothing past the lengths
+        assert not got[0].cpu()[1, 33:].any() and not got[1].cpu()[1, 77:].any() and not got[2].cpu()[1, 77:].any()
