@@ -51,6 +51,13 @@ def available() -> bool:
     return triton is not None
 
 
+def compile_errors() -> tuple:
+    """The exceptions by which Triton says it cannot build or launch a kernel here (the caller falls
+    back to another backward)."""
+    from triton.runtime.errors import OutOfResources, PTXASError
+    return (triton.CompilationError, OutOfResources, PTXASError)
+
+
 def _identity(fn):
     return fn
 
@@ -279,11 +286,12 @@ def block_sizes(dec_m: int, dec_n: int):
 
 
 def applies(q, k, v, dec_m: int, dec_n: int) -> bool:
-    """Dense, padded or ragged layouts of 16-bit q, k, v (head dims powers of two, 16 to 256) and
-    decision tiles that blocks of 16 divide."""
+    """Dense, padded or ragged layouts of 16-bit q, k, v (head dims powers of two, 16 to 256) of fewer
+    than 2^31 elements each, and decision tiles that blocks of 16 divide."""
     def pow2(d):
         return 16 <= d <= 256 and d & (d - 1) == 0
-    return (available() and q.dim() in (3, 4) and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
+    # (element offsets are 32-bit inside the kernels)
+    return (available() and q.dim() in (3, 4) and max(q.numel(), k.numel(), v.numel()) < 2**31 and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
             and v.dtype == q.dtype and pow2(q.shape[-1]) and pow2(v.shape[-1])
             and block_sizes(dec_m, dec_n) is not None)
 

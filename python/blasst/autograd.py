@@ -18,6 +18,7 @@ import functools
 import inspect
 import math
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -50,18 +51,14 @@ class _BlasstAttention(torch.autograd.Function):
         if q.device.type == "cpu":
             dq, dk, dv = _core.backward(ctx.phase, q, k, v, out, dout.to(out.dtype), dlse, decisions, ctx.info,
                                         num_threads=o.get("num_threads", 0), **common)
-        elif (choice := device_backward(ctx.phase, q, k, v, dlse, lengths, ctx.info)) == "triton":
-            dq, dk, dv = triton_backward(ctx.phase, q, k, v, out, dout, lse, dlse, decisions, ctx.info, **common)
-        elif choice == "flex":
-            dq, dk, dv = flex_backward(ctx.phase, q, k, v, dout, decisions, ctx.info, scale=common["scale"],
-                                       causal=common["causal"])
         else:
-            dq, dk, dv = torch_backward(ctx.phase, q, k, v, dout, dlse, decisions, ctx.info, **common)
+            dq, dk, dv = _device_grads(ctx.phase, q, k, v, out, dout, lse, dlse, decisions, ctx.info, lengths,
+                                       common)
         return dq, dk, dv, None, None
 
 
 # The device backward when BLASST_GPU_BACKWARD is not set: blasst's Triton kernels where they apply
-# (prefill; dense, padded or ragged layouts; 16-bit), FlexAttention where it applies, the fp32 formulas elsewhere. On an
+# (prefill, dense layouts, 16-bit), FlexAttention where it applies, the fp32 formulas elsewhere. On an
 # H100 (bench/gpu_backward_bench.py, bf16, d 128, Hq 32, Hkv 8, 8K causal; ee7be23) the Triton kernels
 # took 7.2 ms dense and 5.2 ms at sparsity 0.40, FlexAttention 10.2 and 9.7 ms (its forward re-run
 # included), FA2's dense backward 5.0 ms and the formulas 161 ms (05876de). FlexAttention also puts
@@ -89,6 +86,24 @@ def _flex_applies(q, k, v, dlse, lengths) -> bool:
             and q.shape[-1] == v.shape[-1] and q.shape[-1] in (64, 128) and (dlse is None or not bool(dlse.any())))
 
 
+def _device_grads(phase, q, k, v, out, dout, lse, dlse, decisions, info, lengths, common):
+    """dq, dk, dv of device tensors through the backward device_backward() chooses. Where the Triton
+    kernels do not build (a Triton or GPU they do not support), a warning says so and the backward
+    that would run without them runs instead."""
+    choice = device_backward(phase, q, k, v, dlse, lengths, info)
+    if choice == "triton":
+        try:
+            return triton_backward(phase, q, k, v, out, dout, lse, dlse, decisions, info, **common)
+        except _triton_backward.compile_errors() as err:
+            warnings.warn(f"blasst: the Triton backward kernels did not build ({type(err).__name__}: "
+                          f"{(str(err).splitlines() or [''])[0][:200]}); using FlexAttention or the torch "
+                          "formulas instead", RuntimeWarning, stacklevel=4)
+            choice = "flex" if _flex_applies(q, k, v, dlse, lengths) else "torch"
+    if choice == "flex":
+        return flex_backward(phase, q, k, v, dout, decisions, info, scale=common["scale"], causal=common["causal"])
+    return torch_backward(phase, q, k, v, dout, dlse, decisions, info, **common)
+
+
 def _triton_applies(phase, q, k, v, lengths, info) -> bool:
     """The Triton kernels (blasst._triton_backward) take prefill decisions over dense, padded or ragged
     layouts of 16-bit q, k, v, with tiles that blocks of 16 divide."""
@@ -99,7 +114,8 @@ def _triton_applies(phase, q, k, v, lengths, info) -> bool:
 def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
     """Which device backward runs, from BLASST_GPU_BACKWARD: torch (the fp32 formulas), flex (PyTorch's
     FlexAttention with a BlockMask of the kept tiles), triton (blasst's own Triton kernels over the
-    kept tiles) or auto (triton where it applies, else flex where it applies, else torch). flex and
+    kept tiles) or auto (triton where it applies to a dense layout, else flex where it applies, else
+    torch). flex and
     triton are errors where they do not apply. The fused kernels keep P and dS in 16 bits, as every
     fused bf16 backward does (bench/gpu_backward_bench.py prints their errors beside cuDNN's, all
     against fp64)."""
@@ -109,7 +125,10 @@ def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
     if choice == "torch":
         return "torch"
     if choice in ("auto", "triton"):
-        if _triton_applies(phase, q, k, v, lengths, info):
+        # auto: dense layouts only; padded and ragged ones through the kernels are not yet measured
+        # on a GPU (they pass the CPU engine's backward in Triton's interpreter)
+        dense = not any(t is not None for t in lengths.values())
+        if _triton_applies(phase, q, k, v, lengths, info) and (dense or choice == "triton"):
             return "triton"
         if choice == "triton":
             raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=triton takes prefill over dense, padded or "

@@ -284,7 +284,7 @@ def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
     assert choose(dlse=torch.ones(1, 8, 4)) == ("triton" if fused == "triton" else "torch")
     assert choose(phase=decode) == "flex"
     assert choose(info=SimpleNamespace(block_m=8, block_n=64)) == "flex"
-    assert choose(lengths=ragged) == ("triton" if fused == "triton" else "torch")
+    assert choose(lengths=ragged) == "torch"  # padded and ragged layouts take the kernels only when asked
     assert choose(q.float(), q.float(), q.float()) == "torch"
     assert choose(q[..., :48], q[..., :48], q[..., :48]) == "torch"
     assert choose(info=SimpleNamespace(block_m=64, block_n=0)) == "flex"  # a forward that attended nothing
@@ -321,3 +321,32 @@ def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
     monkeypatch.setenv("BLASST_TRITON_BWD_BLOCKS", "32,128,64")
     with pytest.raises(ValueError, match="expected six positive ints"):
         _triton_backward.block_sizes(64, 128)
+
+
+def test_the_backward_falls_back_when_the_triton_kernels_do_not_build(monkeypatch):
+    # a Triton or GPU that cannot build the kernels: a warning, and the backward that runs without them
+    from blasst import _core, _triton_backward, autograd
+
+    if not _triton_backward.available():
+        pytest.skip("Triton is not installed")
+    from triton.runtime.errors import OutOfResources
+
+    q, k, v = structured_qkv(1, 40, 90, 2, 1, 16, spread=1.0, seed=2)
+    _, lse, _, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, threshold_scale_factor=2.0, block_m=16,
+                                           block_n=16, return_decisions=True)
+    out = _core.run(_lib.PHASE_PREFILL, q, k, v, threshold_scale_factor=2.0, block_m=16, block_n=16)[0]
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+
+    def no_build(*args, **kwargs):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(autograd, "device_backward", lambda *args: "triton")
+    monkeypatch.setattr(autograd, "triton_backward", no_build)
+    lengths = dict(cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None)
+    common = dict(max_seqlen_q=0, max_seqlen_k=0, scale=0.0, causal=True, **lengths)
+    with pytest.warns(RuntimeWarning, match="did not build"):
+        got = autograd._device_grads(_lib.PHASE_PREFILL, q, k, v, out, dout, lse, None, decisions, info, lengths,
+                                     common)
+    want = autograd.torch_backward(_lib.PHASE_PREFILL, q, k, v, dout, None, decisions, info)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)

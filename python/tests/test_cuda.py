@@ -236,12 +236,17 @@ def test_flex_backward_equals_the_torch_backward(phase):
 
 @pytest.mark.parametrize("where", ["skipped value", "query row", "key"])
 @pytest.mark.parametrize("backend", ["torch", "flex", "triton"])
-def test_device_backwards_put_nan_where_the_cpu_backward_does(backend, where, monkeypatch):
+def test_device_backwards_put_nan_where_the_cpu_backward_does(backend, where, request):
     # NaN reaches the gradients of the (row, key) pairs a row attends only (causal): a NaN value in a
     # tile that every group skipped reaches nothing; a NaN query row not the dk, dv of keys of its
     # diagonal tile that it does not see; a NaN key not the dq of the rows before it
     from blasst import _core, _lib, autograd
 
+    if backend == "flex" and where != "skipped value":
+        # seen on an H100 (torch 2.10): FlexAttention's backward multiplies the masked pairs' zeros into
+        # the NaN, so NaN reaches unattended pairs; it no longer runs by default where blasst's Triton
+        # kernels apply (prefill, dense layouts)
+        request.applymarker(pytest.mark.xfail(strict=True, reason="FlexAttention spreads NaN to unattended pairs"))
     code = _lib.PHASE_PREFILL
     q, k, v = structured_qkv(1, 256, 1024, 4, 1, 64, dtype=torch.bfloat16, spread=1.0, sink=16.0, seed=5)
     if where == "skipped value":
