@@ -22,13 +22,14 @@ multiplied by them has NaN read as 0, so that a NaN row of q (dO) reaches dk (dv
 only, not of unseen keys of the same block (0 x NaN would be NaN), and a NaN key reaches dq of the
 rows that saw it only.
 
-Layouts: q, dO [B, Lq, Hq, D]; k, v [B, Lk, Hkv, D]; LSE (in log2 units), D [B, Lq, Hq] fp32; the last dim of each
-contiguous. Causal masks are bottom-right aligned: row r sees keys j <= r + Lk - Lq.
+Layouts: q, dO [B, Lq, Hq, D]; k, v [B, Lk, Hkv, D]; LSE (in log2 units), D [B, Lq, Hq] fp32; the
+last dim of each contiguous. Padded layouts give each entry its lengths; ragged ones pack the entries
+along the token axis ([T, H, D], batch stride 0) and give each its first row and key. Causal masks
+are bottom-right aligned per entry: row r sees keys j <= r + Lk - Lq.
 """
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -291,7 +292,8 @@ def applies(q, k, v, dec_m: int, dec_n: int) -> bool:
     def pow2(d):
         return 16 <= d <= 256 and d & (d - 1) == 0
     # (element offsets are 32-bit inside the kernels)
-    return (available() and q.dim() in (3, 4) and max(q.numel(), k.numel(), v.numel()) < 2**31 and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
+    return (available() and q.dim() in (3, 4) and max(q.numel(), k.numel(), v.numel()) < 2**31
+            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
             and v.dtype == q.dtype and pow2(q.shape[-1]) and pow2(v.shape[-1])
             and block_sizes(dec_m, dec_n) is not None)
 

@@ -132,7 +132,8 @@ def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
             return "triton"
         if choice == "triton":
             raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=triton takes prefill over dense, padded or "
-                                      "ragged layouts of 16-bit q, k, v (head dims powers of two, 16 to 256) with Triton installed")
+                                      "ragged layouts of 16-bit q, k, v (head dims powers of two, 16 to 256) "
+                                      "with Triton installed")
     applies = _flex_applies(q, k, v, dlse, lengths)
     if choice == "flex" and not applies:
         raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=flex takes dense layouts of 16-bit q, k, v with "

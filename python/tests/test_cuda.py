@@ -193,7 +193,8 @@ def test_gradients_on_the_gpu_equal_the_cpu_backward_of_the_same_decisions(phase
     # replay: the same forward on the GPU with its trace, then the CPU backward of that trace
     code = _lib.PHASE_PREFILL if phase == "prefill" else _lib.PHASE_DECODE
     out2, lse2, stats, decisions, info = _core.run(code, qc.detach(), kc.detach(), vc.detach(),
-                                                   threshold_scale_factor=30.0, return_stats=True, return_decisions=True)
+                                                   threshold_scale_factor=30.0, return_stats=True,
+                                                   return_decisions=True)
     assert stats[:, 1].sum() > 0 and torch.equal(out2, out.detach())
     ref = _core.backward(code, q.float(), k.float(), v.float(), out2.float().cpu(), dout.float(), None,
                          decisions.cpu(), info)
