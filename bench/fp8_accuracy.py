@@ -16,7 +16,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 
 import torch
@@ -24,6 +23,7 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from gpu_bench import append_rows, load_sample  # noqa: E402  (the benchmarks' helpers)
+from provenance import source_commit  # noqa: E402
 
 import blasst  # noqa: E402
 
@@ -49,11 +49,6 @@ def error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return float(diff.norm() / ref.double().norm()), float(diff.abs().max())
 
 
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:
@@ -101,7 +96,7 @@ def main() -> int:
     if args.csv:
         fields = ["date", "commit", "machine", "engine", "sample", "L", "variant", "factor", "block", "sparsity",
                   "rel_l2", "max_abs"]
-        append_rows(args.csv, [dict(r, date=stamp, commit=commit(), machine=platform.machine(), engine="cpu",
+        append_rows(args.csv, [dict(r, date=stamp, commit=source_commit(), machine=platform.machine(), engine="cpu",
                                     block=args.block) for r in rows], fields)
     return 0
 

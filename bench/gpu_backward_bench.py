@@ -22,7 +22,6 @@ per gradient, so that blasst's error reads against a bf16 kernel's own.
 import argparse
 import datetime
 import os
-import subprocess
 import sys
 
 import torch
@@ -31,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from provenance import source_commit  # noqa: E402
 from gpu_bench import append_rows, make_inputs, time_ms  # noqa: E402
 
 from blasst import _core, _lib, autograd  # noqa: E402
@@ -76,8 +76,7 @@ def main():
     check_len = int(opts.seqlens.split(",")[0]) if opts.check_len is None else opts.check_len
     gpu = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = opts.commit or source_commit()
     hq, hkv, d = 32, 8, opts.d
     rows = []
     print(f"{gpu}: backward, bf16, B=1, Hq={hq}, Hkv={hkv}, d={d}, causal")

@@ -40,7 +40,6 @@ import math
 import os
 import re
 import statistics
-import subprocess
 import sys
 
 import torch
@@ -52,6 +51,8 @@ from blasst._lib import BlasstArgs as Args, BlasstRunInfo as RunInfo, BlasstTens
 from blasst._lib import DTYPE_BFLOAT16 as BF16, DTYPE_FLOAT16 as FP16, ENGINE_CUDA  # noqa: E402
 from blasst._lib import DTYPE_FLOAT8_E4M3 as FP8  # noqa: E402
 from blasst._lib import ORDER_ANCHORED, ORDER_ASCENDING  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import source_commit  # noqa: E402
 
 
 class Blasst:
@@ -490,13 +491,7 @@ def main():
     order = ORDER_ANCHORED if args.order == "anchored" else ORDER_ASCENDING
     gpu = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    commit = args.commit
-    if commit is None:
-        try:
-            commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                             stderr=subprocess.DEVNULL).strip()
-        except Exception:
-            commit = "unknown"
+    commit = args.commit or source_commit()
     # The engine picks the sm_90a kernel on Hopper; BLASST_CUDA_PREFILL_KERNEL=sm80 forces the
     # Ampere kernel there, and its rows are then named blasst-dense-sm80 / blasst-skip-sm80.
     sm80_forced = os.environ.get("BLASST_CUDA_PREFILL_KERNEL") == "sm80"

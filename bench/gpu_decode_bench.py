@@ -25,7 +25,6 @@ import ctypes
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 
 import torch
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import source_commit  # noqa: E402
 from gpu_bench import Args, RunInfo, Tensor, append_rows, time_interleaved, to_pages  # noqa: E402  (C ABI structs, shared)
 
 BF16 = 2
@@ -194,8 +194,7 @@ def main():
     gpu = torch.cuda.get_device_name()
     # one timestamp per run, so that bench/decode_targets.py can tell runs of one day apart
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = opts.commit or source_commit()
     dec = Decoder(opts.lib)
     base = Decoder(opts.baseline_lib) if opts.baseline_lib else None
     order = 1 if opts.order == "anchored" else 0

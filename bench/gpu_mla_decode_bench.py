@@ -24,12 +24,12 @@ import argparse
 import ctypes
 import datetime
 import os
-import subprocess
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import source_commit  # noqa: E402
 from gpu_bench import Args, Tensor, append_rows, to_pages  # noqa: E402  (C ABI structs, shared)
 from gpu_decode_bench import Decoder, copy_bandwidth_gbs, fa3_module, time_ms  # noqa: E402
 
@@ -117,8 +117,7 @@ def main():
 
     gpu = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    commit = opts.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = opts.commit or source_commit()
     mla = Mla(opts.lib)
     order = 1 if opts.order == "anchored" else 0
     skip_kernel = "blasst-skip-anchored" if order else "blasst-skip"
