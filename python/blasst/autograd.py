@@ -115,10 +115,9 @@ def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
     """Which device backward runs, from BLASST_GPU_BACKWARD: torch (the fp32 formulas), flex (PyTorch's
     FlexAttention with a BlockMask of the kept tiles), triton (blasst's own Triton kernels over the
     kept tiles) or auto (triton where it applies to a dense layout, else flex where it applies, else
-    torch). flex and
-    triton are errors where they do not apply. The fused kernels keep P and dS in 16 bits, as every
-    fused bf16 backward does (bench/gpu_backward_bench.py prints their errors beside cuDNN's, all
-    against fp64)."""
+    torch). flex and triton are errors where they do not apply. The fused kernels keep P and dS in
+    16 bits, as every fused bf16 backward does (bench/gpu_backward_bench.py prints their errors beside
+    cuDNN's, all against fp64)."""
     choice = os.environ.get("BLASST_GPU_BACKWARD", GPU_BACKWARD_DEFAULT)
     if choice not in ("auto", "flex", "torch", "triton"):
         raise ValueError(f"blasst: BLASST_GPU_BACKWARD is {choice!r}, expected auto, torch, flex or triton")
