@@ -329,7 +329,7 @@ def _listed(blocks: torch.Tensor, whole: torch.Tensor):
     return whole.sum(dim=-1, dtype=torch.int32), blocks.sum(dim=-1, dtype=torch.int32), order.contiguous()
 
 
-def _entries(t: torch.Tensor, cu: "torch.Tensor | None", lens: "torch.Tensor | None", batch: int):
+def _entry_spans(t: torch.Tensor, cu: "torch.Tensor | None", lens: "torch.Tensor | None", batch: int):
     """Per entry (first token, length) as int32 [B] tensors, and the tensor's (batch, token, head)
     strides: ragged [T, H, D] layouts pack the entries (batch stride 0, starts from cu); dense
     [B, L, H, D] ones start at 0, their lengths from lens (padded) or L."""
@@ -359,8 +359,8 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
     dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
-    qs, lq, sq = _entries(q, cu_seqlens_q, seqlens_q, batch)
-    ks, lk, sk = _entries(k, cu_seqlens_k, seqlens_k, batch)
+    qs, lq, sq = _entry_spans(q, cu_seqlens_q, seqlens_q, batch)
+    ks, lk, sk = _entry_spans(k, cu_seqlens_k, seqlens_k, batch)
     max_q, max_k = (int(x.max()) if batch else 0 for x in (lq, lk))
     if max_q == 0 or max_k == 0 or batch == 0:
         return dq, dk, dv
@@ -370,8 +370,8 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
         delta = delta - dlse.float()
     delta = delta.contiguous()  # like lse
     sl = (0,) + lse2.stride() if ragged_q else lse2.stride()
-    so = _entries(dout, cu_seqlens_q, seqlens_q, batch)[2]
-    sv, sdq, sdk, sdv = (_entries(t, cu, None, batch)[2] for t, cu in
+    so = _entry_spans(dout, cu_seqlens_q, seqlens_q, batch)[2]
+    sv, sdq, sdk, sdv = (_entry_spans(t, cu, None, batch)[2] for t, cu in
                          ((v, cu_seqlens_k), (dq, cu_seqlens_q), (dk, cu_seqlens_k), (dv, cu_seqlens_k)))
     scale_log2 = scale * LOG2E
 
@@ -385,7 +385,7 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     full1, count1, index1 = _listed(per_kv(blocks1), per_kv(whole1))
     atomic = atomic_dq()
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else delta  # (unread if not)
-    sa = _entries(dq_acc, cu_seqlens_q, None, batch)[2] if atomic else (0, 0, 0)
+    sa = _entry_spans(dq_acc, cu_seqlens_q, None, batch)[2] if atomic else (0, 0, 0)
     _dkdv_kernel[(kb1, batch * hkv)](
         q, k, v, dout, lse2, delta, full1, count1, index1, dk, dv, dq_acc,
         *sq, *sk, *sv, *so, *sl,
