@@ -62,6 +62,8 @@ def main():
                     help="time the torch formulas only up to this length (they hold [Hq, L, L] in fp32)")
     ap.add_argument("--d", type=int, default=128, choices=[64, 128], help="head dim")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--sink", type=float, default=6.0,
+                    help="the inputs' attention sink (gpu_bench.make_inputs): larger skips more at a lambda")
     ap.add_argument("--csv", default="bench/results/gpu_backward.csv")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--triton-configs", default=TRITON_DEFAULT,
@@ -82,7 +84,7 @@ def main():
     print(f"{gpu}: backward, bf16, B=1, Hq={hq}, Hkv={hkv}, d={d}, causal")
     print(f"{'L':>6} {'kernel':<16}{'sf':>8}{'sparsity':>10}{'ms':>10}{'x vs cudnn':>12}")
     for lk in (int(x) for x in opts.seqlens.split(",")):
-        q, k, v = make_inputs(1, lk, hq, hkv, d, torch.bfloat16, seed=0)
+        q, k, v = make_inputs(1, lk, hq, hkv, d, torch.bfloat16, seed=0, sink=opts.sink)
         dout = torch.randn_like(q)
         times = {}
         qt, kt, vt = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
