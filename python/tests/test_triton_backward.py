@@ -199,3 +199,56 @@ def test_triton_gradients_equal_the_cpu_engine_on_random_problems(p):
     for name, g, w, t in zip(("dq", "dk", "dv"), got, want, tol):
         assert torch.equal(torch.isnan(g), torch.isnan(w)), name
         assert rel_error(g, w) < t, (name, rel_error(g, w), t)
+
+
+@st.composite
+def varlen_problems(draw):
+    """2-3 entries of their own lengths (2 keys at least), padded or ragged, causal or not."""
+    batch = draw(st.integers(2, 3))
+    return dict(lens_q=draw(st.lists(st.integers(1, 70), min_size=batch, max_size=batch)),
+                lens_k=draw(st.lists(st.integers(2, 70), min_size=batch, max_size=batch)),
+                ragged=draw(st.booleans()), causal=draw(st.booleans()), factor=draw(st.sampled_from([0.0, 3.0])),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=int(__import__("os").environ.get("BLASST_HYPOTHESIS_EXAMPLES", "60")) // 4, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(varlen_problems())
+def test_triton_gradients_of_padded_and_ragged_batches_on_random_lengths(p):
+    lens_q, lens_k = p["lens_q"], p["lens_k"]
+    q, k, v = qkv(len(lens_q), max(lens_q), max(lens_k), 4, 2, 16, 16, seed=p["seed"])
+    as_int32 = dict(dtype=torch.int32)
+    if p["ragged"]:
+        q = torch.cat([q[b, :n] for b, n in enumerate(lens_q)])
+        k, v = (torch.cat([t[b, :n] for b, n in enumerate(lens_k)]) for t in (k, v))
+        kw = dict(cu_seqlens_q=torch.tensor([0] + lens_q, **as_int32).cumsum(0, dtype=torch.int32),
+                  cu_seqlens_k=torch.tensor([0] + lens_k, **as_int32).cumsum(0, dtype=torch.int32))
+    else:
+        kw = dict(seqlens_q=torch.tensor(lens_q, **as_int32), seqlens_k=torch.tensor(lens_k, **as_int32))
+    out, lse, _, decisions, info = _core.run(PREFILL, q, k, v, causal=p["causal"], threshold_scale_factor=p["factor"],
+                                             block_m=16, block_n=16, return_stats=True, return_decisions=True, **kw)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(p["seed"])).to(out.dtype)
+    got = autograd.triton_backward(PREFILL, q, k, v, out, dout, lse, None, decisions, info, causal=p["causal"], **kw)
+    want = _core.backward(PREFILL, q, k, v, out, dout, None, decisions, info, causal=p["causal"], scale=0.0,
+                          max_seqlen_q=0, max_seqlen_k=0, **kw)
+    kept = autograd.kept_tiles(PREFILL, decisions, info, len(lens_q), 4, 2, max(lens_q), max(lens_k))
+    starts_q, starts_k = [sum(lens_q[:b]) for b in range(len(lens_q))], [sum(lens_k[:b]) for b in range(len(lens_k))]
+    for b, (lq, lk) in enumerate(zip(lens_q, lens_k)):
+        # entry b as a dense batch of one, and its tolerance from the 16-bit rounding floor (as run_both)
+        if p["ragged"]:
+            rows, keys = slice(starts_q[b], starts_q[b] + lq), slice(starts_k[b], starts_k[b] + lk)
+            one = [t[rows][None] for t in (q, out, dout, lse)] + [t[keys][None] for t in (k, v)]
+            mine = [g[rows][None] for g in got[:1]] + [g[keys][None] for g in got[1:]]
+            exact = [w[rows][None] for w in want[:1]] + [w[keys][None] for w in want[1:]]
+        else:
+            one = [t[b:b + 1, :lq] for t in (q, out, dout, lse)] + [t[b:b + 1, :lk] for t in (k, v)]
+            mine = [got[0][b:b + 1, :lq]] + [g[b:b + 1, :lk] for g in got[1:]]
+            exact = [want[0][b:b + 1, :lq]] + [w[b:b + 1, :lk] for w in want[1:]]
+        qb, outb, doutb, lseb, kb, vb = one
+        rounded = rounded_backward(qb, kb, vb, outb, doutb, lseb, None, kept[b:b + 1], info.block_m, info.block_n,
+                                   p["causal"])
+        for name, g, w, r in zip(("dq", "dk", "dv"), mine, exact, rounded):
+            assert rel_error(g, w) < 1.5 * rel_error(r, w) + 1e-3, (b, name, rel_error(g, w), rel_error(r, w))
+    if not p["ragged"]:  # nothing past an entry's lengths
+        for b, (lq, lk) in enumerate(zip(lens_q, lens_k)):
+            assert not got[0][b, lq:].any() and not got[1][b, lk:].any() and not got[2][b, lk:].any()
