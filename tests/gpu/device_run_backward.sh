@@ -3,10 +3,11 @@
 # on device tensors against the CPU engine's fp64 backward, FlexAttention against the torch formulas,
 # the Triton kernels against the CPU engine, NaN positions) and the backward benchmark (torch
 # formulas, FlexAttention in 128- and 64-row blocks, the Triton kernels, cuDNN, FA2, errors against
-# fp64). Needs BLASST_LIBRARY (a CUDA build of libblasst_py.so with head dims 64 and
-# 128) and pytest importable; eval/gpu_run.sh provides both, so that it can run beside the
-# fine-tuning experiment in one command:
-#   eval/gpu_run.sh -- bash -c 'tests/gpu/device_run_backward.sh; eval/finetune_experiment.sh --device cuda'
+# fp64). Needs BLASST_LIBRARY (a CUDA build of libblasst_py.so with head dims 64 and 128) and pytest
+# (the device image has it). It takes most of one device call (about 9 minutes at most), so it fits
+# as the first of the fine-tuning experiment's two commands, which carries the library:
+#   BLASST_LIBRARY=$PWD/.carry/eval-model-a/libblasst_py.so BLASST_COMMIT=<sent commit> \
+#     tests/gpu/device_run_backward.sh
 # Logs and CSV rows land in $OUT (two files).
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
