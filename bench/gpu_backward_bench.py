@@ -52,6 +52,16 @@ def rel_errors(got, want):
     return "/".join(f"{float((a.double() - b).abs().max() / b.abs().max()):.2e}" for a, b in zip(got, want))
 
 
+def largest_difference(got, ref):
+    """Largest max |g - r| / (1 + max |r|) over the three gradients: two backwards side by side."""
+    return max(float((g.float() - r.float()).abs().max() / (1 + r.float().abs().max())) for g, r in zip(got, ref))
+
+
+def first_line(err, width):
+    """'Type: first line of the message' of an exception, cut to width characters."""
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:width]}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqlens", default="4096,8192")
@@ -135,9 +145,8 @@ def main():
             with_torch = lk <= opts.torch_max_len
             g_ours, g_flex = (ours() if with_torch else None), flex()
             if with_torch:
-                diff = max(float((a.float() - b.float()).abs().max() / (1 + a.float().abs().max()))
-                           for a, b in zip(g_ours, g_flex))
-                print(f"       flex vs torch gradients: largest relative difference {diff:.2e}")
+                print(f"       flex vs torch gradients: largest relative difference "
+                      f"{largest_difference(g_flex, g_ours):.2e}")
             if causal_keep is not None:
                 kept = autograd.kept_tiles(_lib.PHASE_PREFILL, decisions, info, 1, hq, hkv, lk, lk)
                 idx = torch.arange(lk, device="cuda")
@@ -148,7 +157,7 @@ def main():
                 try:
                     print(f"       sf {sf:g} vs fp64 (kept tiles): triton {rel_errors(triton_run(), want)}")
                 except Exception as err:  # report and go on: the rows of the other kernels still count
-                    print(f"       triton: failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+                    print(f"       triton: failed ({first_line(err, 120)})")
                 del want, keep
             if with_torch:
                 record("blasst-torch", sf, s, time_ms(ours, 2, opts.reps))
@@ -159,12 +168,10 @@ def main():
             try:
                 g_64 = flex64()
             except Exception as err:  # a torch whose FlexAttention refuses 64-row blocks
-                print(f"       flex with 64-row blocks: not available ({type(err).__name__}: "
-                      f"{str(err).splitlines()[0][:100]})")
+                print(f"       flex with 64-row blocks: not available ({first_line(err, 100)})")
             else:
-                diff = max(float((a.float() - b.float()).abs().max() / (1 + b.float().abs().max()))
-                           for a, b in zip(g_64, g_flex))
-                print(f"       flex 64-row blocks vs 128: largest relative difference {diff:.2e}")
+                print(f"       flex 64-row blocks vs 128: largest relative difference "
+                      f"{largest_difference(g_64, g_flex):.2e}")
                 record("blasst-flex-q64", sf, s, time_ms(flex64, 2, opts.reps))
             # blasst's Triton kernels, in each block configuration asked for (BLASST_TRITON_BWD_BLOCKS)
             runs = [(c, m) for c in (opts.triton_configs.split(";") if opts.triton_configs else [])
@@ -177,11 +184,9 @@ def main():
                 try:
                     g_tri = triton_run()
                 except Exception as err:
-                    print(f"       {name}: failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+                    print(f"       {name}: failed ({first_line(err, 120)})")
                     continue
-                diff = max(float((a.float() - b.float()).abs().max() / (1 + b.float().abs().max()))
-                           for a, b in zip(g_tri, g_flex))
-                print(f"       {name} vs flex: largest relative difference {diff:.2e}")
+                print(f"       {name} vs flex: largest relative difference {largest_difference(g_tri, g_flex):.2e}")
                 record(name, sf, s, time_ms(triton_run, 2, opts.reps))
             os.environ.pop("BLASST_TRITON_BWD_BLOCKS", None)
             os.environ.pop("BLASST_TRITON_BWD_DQ", None)
