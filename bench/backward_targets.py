@@ -16,7 +16,7 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from target_ratios import SPARSITY_ZERO, add_check, print_checks, read_rows  # noqa: E402
+from target_ratios import SPARSITY_ZERO, add_check, of_commit, print_checks, print_rows_line, read_rows  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LENGTHS = range(8192, 16384 + 1)
@@ -64,19 +64,14 @@ def main(argv=None):
     ap.add_argument("--commit", default=None, help="commit of the rows (default: the newest in the file)")
     ap.add_argument("--kernel", default="blasst-triton", help="our kernel's rows to check")
     args = ap.parse_args(argv)
-    rows = read_rows(args.csv)
-    commit = args.commit or rows[-1]["commit"]
-    rows = [r for r in rows if r["commit"] == commit]
-    print(f"backward: commit {commit}, {len(rows)} rows ({', '.join(sorted({r['gpu'] for r in rows}))})")
+    commit, rows = of_commit(read_rows(args.csv), args.commit)
+    print_rows_line("backward", commit, rows)
     checks, skips = checks_of(rows, args.kernel)
     if skips:
         print("\n| d | L | sparsity | speedup over dense | of 1/(1-s) |\n| --- | --- | --- | --- | --- |")
         for d, length, s, speedup, ratio in skips:
             print(f"| {d} | {length} | {s:.3f} | {speedup:.2f}x | {ratio:.2f} |")
-    if not checks:
-        print("no rows at the target points")
-        return 0
-    print_checks(checks)
+    print_checks(checks, empty="no rows at the target points")
     return 0
 
 

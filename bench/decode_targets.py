@@ -162,11 +162,8 @@ def main(argv=None):
     print_commit_header(rows, commit)
     for run in runs:
         print_run(run)
-    checks = check_targets(runs)
-    if not checks:
-        print("\nno rows at the target points (d = 128, Hq = 32, Hkv = 8, 64-token pages)")
-        return 0
-    print_checks(checks)
+    print_checks(check_targets(runs),
+                 empty="\nno rows at the target points (d = 128, Hq = 32, Hkv = 8, 64-token pages)")
     return 0
 
 

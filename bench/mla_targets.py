@@ -18,7 +18,7 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from target_ratios import SPARSITY_ZERO, add_check, print_checks, read_rows  # noqa: E402
+from target_ratios import SPARSITY_ZERO, add_check, of_commit, print_checks, print_rows_line, read_rows  # noqa: E402
 
 DQK, DV = 576, 512
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -97,11 +97,6 @@ def prefill_checks(rows):
     return checks
 
 
-def of_commit(rows, commit):
-    commit = commit or rows[-1]["commit"]
-    return commit, [r for r in rows if r["commit"] == commit]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--decode-csv", default=os.path.join(RESULTS, "gpu_mla_decode.csv"))
@@ -112,15 +107,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     checks = []
     commit, rows = of_commit(read_rows(args.decode_csv), args.commit)
-    print(f"decode: commit {commit}, {len(rows)} rows ({', '.join(sorted({r['gpu'] for r in rows}))})")
+    print_rows_line("decode", commit, rows)
     checks += decode_checks(rows, args.cluster)
     commit, rows = of_commit(read_rows(args.prefill_csv), args.prefill_commit)
-    print(f"prefill 192/128: commit {commit}, {len(rows)} rows ({', '.join(sorted({r['gpu'] for r in rows}))})")
+    print_rows_line("prefill 192/128", commit, rows)
     checks += prefill_checks(rows)
-    if not checks:
-        print("no rows at the target points")
-        return 0
-    print_checks(checks)
+    print_checks(checks, empty="no rows at the target points")
     return 0
 
 

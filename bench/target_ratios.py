@@ -47,7 +47,11 @@ def point_values(summaries, key, low, high=float("inf")):
     return [p[key] for s in summaries for p in s["points"] if low <= p["sparsity"] <= high]
 
 
-def print_checks(checks):
+def print_checks(checks, empty=None):
+    """The table of checks; with `empty`, that line instead of a table when there are none."""
+    if not checks and empty is not None:
+        print(empty)
+        return
     print("\n| target | worst | needs | met | points |\n| --- | --- | --- | --- | --- |")
     for name, worst, threshold, met, n in checks:
         print(f"| {name} | {worst:.3f} | {threshold:.2f} | {'yes' if met else 'no'} | {n} |")
@@ -63,6 +67,16 @@ def read_rows(path):
     if not rows:
         sys.exit(f"{path} has no rows")
     return rows
+
+
+def of_commit(rows, commit):
+    """(commit, its rows): the given commit, or the newest in the file (the last row's)."""
+    commit = commit or rows[-1]["commit"]
+    return commit, [r for r in rows if r["commit"] == commit]
+
+
+def print_rows_line(label, commit, rows):
+    print(f"{label}: commit {commit}, {len(rows)} rows ({', '.join(sorted({r['gpu'] for r in rows}))})")
 
 
 def print_commit_header(rows, commit):
