@@ -342,12 +342,24 @@ def _entry_spans(t: torch.Tensor, cu: "torch.Tensor | None", lens: "torch.Tensor
     return torch.zeros(batch, dtype=torch.int32, device=dev), length.contiguous(), tuple(t.stride()[:3])
 
 
+def _longest(given: int, t: torch.Tensor, cu, lens, lengths: torch.Tensor) -> int:
+    """The longest entry: as the caller gave it, else a dense layout's L, else read from the device
+    (a wait) from the per-entry lengths."""
+    if given:
+        return given
+    if cu is None and lens is None:
+        return t.shape[1]
+    return int(lengths.max()) if lengths.numel() else 0
+
+
 def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_n: int, *, scale: float = 0.0,
-             causal: bool = True, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None):
+             causal: bool = True, cu_seqlens_q=None, cu_seqlens_k=None, seqlens_q=None, seqlens_k=None,
+             max_seqlen_q: int = 0, max_seqlen_k: int = 0):
     """dq, dk, dv of BLASST prefill attention given the forward's out, lse (like q without its last
     dim) and its kept decision tiles kept [B, Hq, RB, KT] bool (dec_m x dec_n). q [B, Lq, Hq, D] or
     ragged [Tq, Hq, D] (cu_seqlens_q), k, v likewise (cu_seqlens_k); seqlens_* give padded
-    layouts' lengths. Layouts as applies() requires."""
+    layouts' lengths, max_seqlen_* their largest where the caller knows it (else it is read from the
+    device, or from the shapes of dense layouts). Layouts as applies() requires."""
     ragged_q = cu_seqlens_q is not None
     batch = cu_seqlens_q.numel() - 1 if ragged_q else q.shape[0]
     hq, dqk = q.shape[-2], q.shape[-1]
@@ -361,7 +373,8 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
     qs, lq, sq = _entry_spans(q, cu_seqlens_q, seqlens_q, batch)
     ks, lk, sk = _entry_spans(k, cu_seqlens_k, seqlens_k, batch)
-    max_q, max_k = (int(x.max()) if batch else 0 for x in (lq, lk))
+    max_q = _longest(max_seqlen_q, q, cu_seqlens_q, seqlens_q, lq)
+    max_k = _longest(max_seqlen_k, k, cu_seqlens_k, seqlens_k, lk)
     if max_q == 0 or max_k == 0 or batch == 0:
         return dq, dk, dv
     lse2 = (lse.float() * LOG2E).contiguous()  # the kernels take exp2: P = 2^(s scale log2(e) - lse log2(e))

@@ -358,7 +358,8 @@ def triton_backward(phase, q, k, v, out, dout, lse, dlse, decisions, info, *, sc
     kept = kept_tiles(phase, decisions, info, batch, q.shape[-2], k.shape[-2], max_q, max_k)
     return _triton_backward.backward(q, k, v, out, dout, lse, dlse, kept, info.block_m, info.block_n, scale=scale,
                                      causal=causal, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                                     seqlens_q=seqlens_q, seqlens_k=seqlens_k)
+                                     seqlens_q=seqlens_q, seqlens_k=seqlens_k, max_seqlen_q=max_q,
+                                     max_seqlen_k=max_k)
 
 
 def requires_grad(*tensors: Optional[torch.Tensor]) -> bool:
