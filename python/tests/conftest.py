@@ -58,6 +58,26 @@ def rounded_backward(q, k, v, out, dout, lse, dlse, kept, bm, bn, causal, dtype=
     return [t.transpose(0, 1)[None] for t in (dq, dk, dv)]
 
 
+def plant_nan(where, q, k, v, row, key, device="cpu", **run_kw):
+    """One NaN, in place, for the tests of where NaN reaches the gradients (one entry, prefill):
+    'skipped value' puts it into v at a key of the last tile that every decision group skipped in a
+    forward with run_kw on `device`; 'query row' into q's `row` (query head 1); 'key' into k's `key`."""
+    from blasst import _core, _lib, autograd
+
+    if where == "skipped value":
+        _, _, _, decisions, info = _core.run(_lib.PHASE_PREFILL, *(t.to(device) for t in (q, k, v)),
+                                             return_decisions=True, **run_kw)
+        kept = autograd.kept_tiles(_lib.PHASE_PREFILL, decisions, info, 1, q.shape[2], k.shape[2], q.shape[1],
+                                   k.shape[1])
+        skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
+        assert skipped_everywhere, "the case should have a tile that no group kept"
+        v[0, skipped_everywhere[-1] * info.block_n + 5, 0, 2] = float("nan")
+    elif where == "query row":
+        q[0, row, 1, 3] = float("nan")
+    else:
+        k[0, key, 0, 1] = float("nan")
+
+
 def sdpa_reference(q, k, v, causal=True, scale=None, key_mask=None):
     """fp64 attention with bottom-right causal alignment; q [B, Lq, Hq, D] etc. key_mask
     [B, Hq, Lq, Lk] bool of keys to keep (on top of causality)."""

@@ -6,7 +6,7 @@ import torch
 
 import blasst
 from blasst import _lib
-from conftest import structured_qkv
+from conftest import plant_nan, structured_qkv
 
 
 def kept_mask(decisions, info, phase, batch, lq, lk, hq, hkv, causal):
@@ -184,16 +184,8 @@ def test_the_torch_backward_puts_nan_where_the_engine_backward_does(where):
 
     q, k, v = structured_qkv(1, 64, 96, 2, 1, 16, spread=1.0, sink=16.0, seed=5)
     kw = dict(causal=True, threshold_scale_factor=3.0, block_m=16, block_n=32)
-    if where == "skipped value":
-        _, _, _, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, return_decisions=True, **kw)
-        kept = autograd.kept_tiles(_lib.PHASE_PREFILL, decisions, info, 1, 2, 1, 64, 96)
-        skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
-        assert skipped_everywhere, "the case should have a tile that no group kept"
-        v[0, skipped_everywhere[-1] * 32 + 5, 0, 2] = float("nan")
-    elif where == "query row":
-        q[0, 36, 1, 3] = float("nan")   # sees keys up to 68: tile 64-95 holds keys it does not see
-    else:
-        k[0, 90, 0, 1] = float("nan")   # seen by rows 58 on only
+    # row 36 sees keys up to 68 (tile 64-95 holds keys it does not see); key 90 is seen by rows 58 on
+    plant_nan(where, q, k, v, row=36, key=90, **kw)
     out, _, _, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, return_decisions=True, **kw)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
     engine = _core.backward(_lib.PHASE_PREFILL, q, k, v, out, dout, None, decisions, info, causal=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import blasst
-from conftest import rounded_backward, sdpa_reference, structured_qkv
+from conftest import plant_nan, rounded_backward, sdpa_reference, structured_qkv
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and blasst.cuda_available()),
                                 reason="needs a GPU and blasst built with its CUDA engines")
@@ -250,16 +250,8 @@ def test_device_backwards_put_nan_where_the_cpu_backward_does(backend, where, re
         request.applymarker(pytest.mark.xfail(strict=True, reason="FlexAttention spreads NaN to unattended pairs"))
     code = _lib.PHASE_PREFILL
     q, k, v = structured_qkv(1, 256, 1024, 4, 1, 64, dtype=torch.bfloat16, spread=1.0, sink=16.0, seed=5)
-    if where == "skipped value":
-        _, _, _, decisions, info = _core.run(code, *cuda(q, k, v), threshold_scale_factor=30.0, return_decisions=True)
-        kept = autograd.kept_tiles(code, decisions, info, 1, 4, 1, 256, 1024)
-        skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
-        assert skipped_everywhere, "the case should have a tile that no group kept"
-        v[0, skipped_everywhere[-1] * info.block_n + 5, 0, 2] = float("nan")
-    elif where == "query row":
-        q[0, 100, 1, 3] = float("nan")  # row 100 of 256 sees keys up to 868
-    else:
-        k[0, 900, 0, 1] = float("nan")  # seen by rows 132 on only
+    # row 100 of 256 sees keys up to 868; key 900 is seen by rows 132 on only
+    plant_nan(where, q, k, v, row=100, key=900, device="cuda", threshold_scale_factor=30.0)
     qc, kc, vc = cuda(q, k, v)
     out, lse, _, decisions, info = _core.run(code, qc, kc, vc, threshold_scale_factor=30.0, return_stats=True,
                                              return_decisions=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blasst import _core, _lib, autograd
-from conftest import rounded_backward, structured_qkv
+from conftest import plant_nan, rounded_backward, structured_qkv
 
 _triton_backward = pytest.importorskip("blasst._triton_backward")
 if not _triton_backward.available():
@@ -93,17 +93,7 @@ def test_triton_nan_follows_the_cpu_engine(where, causal):
     # every group skipped reaches nothing; a NaN query row (causal) not the dk, dv of the keys beside
     # its diagonal that it does not see; a NaN key (causal) not the dq of the rows that do not see it
     q, k, v = qkv(1, 64, 96, 2, 1, 16, 16, seed=5, sink=16.0)  # the sink's tile dominates: later ones are skipped
-    if where == "skipped value":
-        _, _, _, decisions, info = _core.run(PREFILL, q, k, v, causal=causal, threshold_scale_factor=3.0,
-                                             block_m=16, block_n=32, return_decisions=True)
-        kept = autograd.kept_tiles(PREFILL, decisions, info, 1, 2, 1, 64, 96)
-        skipped_everywhere = [t for t in range(kept.shape[3]) if not kept[..., t].any()]
-        assert skipped_everywhere, "the case should have a tile that no group kept"
-        v[0, skipped_everywhere[-1] * 32 + 5, 0, 2] = float("nan")
-    elif where == "query row":
-        q[0, 36, 1, 3] = float("nan")
-    else:
-        k[0, 90, 0, 1] = float("nan")
+    plant_nan(where, q, k, v, row=36, key=90, causal=causal, threshold_scale_factor=3.0, block_m=16, block_n=32)
     got, want, _, tol = run_both(q, k, v, causal=causal, factor=3.0)
     for name, g, w, t in zip(("dq", "dk", "dv"), got, want, tol):
         assert not torch.isnan(w).all(), name
