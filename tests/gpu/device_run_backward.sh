@@ -20,7 +20,7 @@ t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s]"; }
 echo "GPU gradient tests: rc=$? $(el)"; grep -E "passed|failed|Error" "$log" | tail -3
 # the Triton kernels in their default blocks and two others (BLASST_TRITON_BWD_BLOCKS), each with dq
 # recomputed by kernel 2 and added by kernel 1 with atomics (BLASST_TRITON_BWD_DQ)
-configs="32,64,64,64,4,3;32,64,64,64,4,4;64,64,64,64,4,3"
+configs="32,64,64,64,4,3;64,64,64,64,4,3;64,128,64,64,8,2"
 B="python3 bench/gpu_backward_bench.py --lambdas 0,0.3,0.6 --reps 5 --csv $out/gpu_backward.csv --triton-configs $configs --triton-dq recompute,atomic"
 timeout 180 $B --d 128 --seqlens 4096,8192 >> "$log" 2>&1; echo "backward bench d128: rc=$? $(el)"
 timeout 110 $B --d 64 --seqlens 8192 --check-len 0 >> "$log" 2>&1; echo "backward bench d64: rc=$? $(el)"
