@@ -82,6 +82,9 @@ def main():
     ap.add_argument("--triton-dq", default="recompute",
                     help="BLASST_TRITON_BWD_DQ values to time each Triton configuration at, comma-separated "
                          "(recompute, atomic; atomic rows are named ...-atomic)")
+    ap.add_argument("--triton-split", default="1",
+                    help="BLASST_TRITON_BWD_SPLIT values to time each atomic run at, comma-separated (rows "
+                         "named ...-atomic-splitN for N > 1)")
     ap.add_argument("--check-len", type=int, default=None,
                     help="length of the fp64 accuracy check (default the first of --seqlens; 0: none)")
     opts = ap.parse_args()
@@ -174,13 +177,15 @@ def main():
                       f"{largest_difference(g_64, g_flex):.2e}")
                 record("blasst-flex-q64", sf, s, time_ms(flex64, 2, opts.reps))
             # blasst's Triton kernels, in each block configuration asked for (BLASST_TRITON_BWD_BLOCKS)
-            runs = [(c, m) for c in (opts.triton_configs.split(";") if opts.triton_configs else [])
-                    for m in opts.triton_dq.split(",")]
-            for config, dq_mode in runs:
+            runs = [(c, m, p) for c in (opts.triton_configs.split(";") if opts.triton_configs else [])
+                    for m in opts.triton_dq.split(",") for p in (opts.triton_split.split(",") if m == "atomic" else ["1"])]
+            for config, dq_mode, parts in runs:
                 os.environ["BLASST_TRITON_BWD_BLOCKS"] = config
                 os.environ["BLASST_TRITON_BWD_DQ"] = dq_mode
+                os.environ["BLASST_TRITON_BWD_SPLIT"] = parts
                 name = "blasst-triton" if config == TRITON_DEFAULT else "blasst-triton-" + config.replace(",", "-")
                 name += "-atomic" if dq_mode == "atomic" else ""
+                name += f"-split{parts}" if parts != "1" else ""
                 try:
                     g_tri = triton_run()
                 except Exception as err:
@@ -188,8 +193,8 @@ def main():
                     continue
                 print(f"       {name} vs flex: largest relative difference {largest_difference(g_tri, g_flex):.2e}")
                 record(name, sf, s, time_ms(triton_run, 2, opts.reps))
-            os.environ.pop("BLASST_TRITON_BWD_BLOCKS", None)
-            os.environ.pop("BLASST_TRITON_BWD_DQ", None)
+            for name in ("BLASST_TRITON_BWD_BLOCKS", "BLASST_TRITON_BWD_DQ", "BLASST_TRITON_BWD_SPLIT"):
+                os.environ.pop(name, None)
         torch.cuda.empty_cache()
     append_rows(opts.csv, rows)
     print(f"{len(rows)} rows appended to {opts.csv}")

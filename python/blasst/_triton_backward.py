@@ -104,26 +104,31 @@ def _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, pair, b, hk, group
         do = tl.where(do == do, do, 0.0)
     dv += tl.dot(p_t.to(do.dtype), do)
     dk += tl.dot(ds_t.to(q.dtype), q)
-    if ATOMIC_DQ:  # dq [BLOCK_M, D] += scale dS k, as kernel 2 would compute it
+    if ATOMIC_DQ:  # dq [BLOCK_M, D] += scale dS k, as kernel 2 would compute it; relaxed: red.global.add,
+        # no returned value and no fence (the default, acq_rel, is an ordered atom per element)
         dq_ptr = DQA + b * sab + h * sah + offs_m[:, None] * sal + offs_d[None, :]
         if MASKED:
             dq_part = tl.dot(tl.trans(ds_t).to(k.dtype), tl.where(k == k, k, 0.0)) * scale
-            tl.atomic_add(dq_ptr, dq_part, mask=(offs_m < lq)[:, None])
+            tl.atomic_add(dq_ptr, dq_part, mask=(offs_m < lq)[:, None], sem="relaxed")
         else:
-            tl.atomic_add(dq_ptr, tl.dot(tl.trans(ds_t).to(k.dtype), k) * scale)
+            tl.atomic_add(dq_ptr, tl.dot(tl.trans(ds_t).to(k.dtype), k) * scale, sem="relaxed")
     return dk, dv
 
 
 @_jit
-def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV, DQA,
+def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV, DQA, DK32, DV32,
                  sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh, slb, sll, slh,
                  scb, sch, sib, sih, sin, sdkb, sdkl, sdkh, sdvb, sdvl, sdvh, sab, sal, sah,
-                 LQ, LK, QS, KS, hkv, group, row_blocks, scale, scale_log2,
+                 LQ, LK, QS, KS, hkv, group, row_blocks, scale, scale_log2, chunks, chunk,
                  CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                 DV_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr):
-    """Program (block of BLOCK_N keys, entry x KV head): dk, dv of those keys over the listed pairs,
-    the whole ones (COUNT_FULL) first. Entry b: LQ[b] rows from row QS[b], LK[b] keys from key KS[b]."""
-    kb = tl.program_id(0)
+                 DV_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr, SPLIT: tl.constexpr):
+    """Program (block of BLOCK_N keys x chunk, entry x KV head): dk, dv of those keys over pairs
+    [c * chunk, (c + 1) * chunk) of the list, the whole ones (COUNT_FULL) first. Entry b: LQ[b] rows
+    from row QS[b], LK[b] keys from key KS[b]. A list of at most `chunk` pairs is one program's, which
+    stores dk, dv; a longer one is split, and its programs add into DK32, DV32 (fp32, like DK, DV) for
+    _finish_split_kernel (SPLIT: chunks > 1)."""
+    kb = tl.program_id(0) // chunks
+    part = tl.program_id(0) % chunks
     bh = tl.program_id(1)
     b = bh // hkv
     hk = bh % hkv
@@ -141,6 +146,14 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV, DQA,
     V += b * svb + ks * svl
     DK += b * sdkb + ks * sdkl
     DV += b * sdvb + ks * sdvl
+    DK32 += b * sdkb + ks * sdkl
+    DV32 += b * sdvb + ks * sdvl
+    count_full = tl.load(COUNT_FULL + b * scb + hk * sch + kb)
+    count = tl.load(COUNT + b * scb + hk * sch + kb)
+    first = part * chunk
+    if part > 0 and first >= count:  # nothing left of the list for this chunk
+        return
+    last = tl.minimum(first + chunk, count)
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     offs_e = tl.arange(0, DV_DIM)
@@ -149,23 +162,46 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DK, DV, DQA,
     v = tl.load(V + hk * svh + offs_n[:, None] * svl + offs_e[None, :], mask=key_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, DV_DIM], dtype=tl.float32)
-    count_full = tl.load(COUNT_FULL + b * scb + hk * sch + kb)
-    count = tl.load(COUNT + b * scb + hk * sch + kb)
     index = INDEX + b * sib + hk * sih + kb * sin  # (query head within the KV head) * row_blocks + row block
-    for i in range(0, count_full):
+    for i in range(first, tl.minimum(last, count_full)):
         dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, tl.load(index + i), 0, hk, group,
                              row_blocks, lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, sab, sal, sah, scale,
                              scale_log2, offs_d, offs_e, MASKED=False, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M,
                              ATOMIC_DQ=ATOMIC_DQ)
-    for i in range(count_full, count):
+    for i in range(tl.maximum(first, count_full), last):
         dk, dv = _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, tl.load(index + i), 0, hk, group,
                              row_blocks, lq, lk, sqb, sql, sqh, sob, sol, soh, slb, sll, slh, sab, sal, sah, scale,
                              scale_log2, offs_d, offs_e, MASKED=True, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M,
                              ATOMIC_DQ=ATOMIC_DQ)
-    tl.store(DK + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=key_ok[:, None])
-    tl.store(DV + hk * sdvh + offs_n[:, None] * sdvl + offs_e[None, :], dv.to(DV.dtype.element_ty),
-             mask=key_ok[:, None])
+    dk_off = hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :]
+    dv_off = hk * sdvh + offs_n[:, None] * sdvl + offs_e[None, :]
+    if SPLIT and count > chunk:  # (a constexpr first: without it the kernel has one epilogue, and fewer spills)
+        tl.atomic_add(DK32 + dk_off, dk * scale, mask=key_ok[:, None], sem="relaxed")
+        tl.atomic_add(DV32 + dv_off, dv, mask=key_ok[:, None], sem="relaxed")
+    else:
+        tl.store(DK + dk_off, (dk * scale).to(DK.dtype.element_ty), mask=key_ok[:, None])
+        tl.store(DV + dv_off, dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+
+
+@_jit
+def _finish_split_kernel(COUNT, DK, DV, DK32, DV32, scb, sch, sdkb, sdkl, sdkh, sdvb, sdvl, sdvh, LK, KS, hkv,
+                         chunk, BLOCK_N: tl.constexpr, D: tl.constexpr, DV_DIM: tl.constexpr):
+    """Program (block of BLOCK_N keys, entry x KV head): where kernel 1 split the block's list, dk,
+    dv in the output's type from the fp32 sums of its chunks."""
+    kb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // hkv
+    hk = bh % hkv
+    if tl.load(COUNT + b * scb + hk * sch + kb) <= chunk:
+        return
+    lk = tl.load(LK + b)
+    ks = tl.load(KS + b)
+    offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = (offs_n < lk)[:, None]
+    dk_off = b * sdkb + (ks + offs_n[:, None]) * sdkl + hk * sdkh + tl.arange(0, D)[None, :]
+    dv_off = b * sdvb + (ks + offs_n[:, None]) * sdvl + hk * sdvh + tl.arange(0, DV_DIM)[None, :]
+    tl.store(DK + dk_off, tl.load(DK32 + dk_off, mask=key_ok).to(DK.dtype.element_ty), mask=key_ok)
+    tl.store(DV + dv_off, tl.load(DV32 + dv_off, mask=key_ok).to(DV.dtype.element_ty), mask=key_ok)
 
 
 @_jit
@@ -267,6 +303,17 @@ def atomic_dq() -> bool:
     if value not in ("recompute", "atomic"):
         raise ValueError(f"blasst: BLASST_TRITON_BWD_DQ is {value!r}, expected recompute or atomic")
     return value == "atomic"
+
+
+def split_parts() -> int:
+    """BLASST_TRITON_BWD_SPLIT (atomic dq path only; default 1, not yet measured): kernel 1 splits
+    each block of keys' list of (query head, row block) pairs into chunks of at most 1/N of the longest
+    possible list, so that one long list (a sink's keys, which every row keeps) is walked by up to N
+    programs in parallel instead of one; their dk, dv meet by fp32 atomics."""
+    text = os.environ.get("BLASST_TRITON_BWD_SPLIT", "1")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"blasst: BLASST_TRITON_BWD_SPLIT is {text!r}, expected a positive int")
+    return int(text)
 
 
 def _fit(preferred: int, tile: int) -> int:
@@ -399,13 +446,22 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     atomic = atomic_dq()
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else delta  # (unread if not)
     sa = _entry_spans(dq_acc, cu_seqlens_q, None, batch)[2] if atomic else (0, 0, 0)
-    _dkdv_kernel[(kb1, batch * hkv)](
-        q, k, v, dout, lse2, delta, full1, count1, index1, dk, dv, dq_acc,
+    # a list longer than `chunk` pairs (one KV head's G x qb1 at most) is split over `chunks` programs
+    chunks = split_parts() if atomic else 1
+    chunk = -(-group * qb1 // chunks)
+    dk32, dv32 = ((torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (dk, dv)) if chunks > 1
+                  else (delta, delta))  # (unread with one chunk)
+    _dkdv_kernel[(kb1 * chunks, batch * hkv)](
+        q, k, v, dout, lse2, delta, full1, count1, index1, dk, dv, dq_acc, dk32, dv32,
         *sq, *sk, *sv, *so, *sl,
         count1.stride(0), count1.stride(1), index1.stride(0), index1.stride(1), index1.stride(2),
-        *sdk, *sdv, *sa, lq, lk, qs, ks, hkv, group, qb1, scale, scale_log2,
-        CAUSAL=causal, BLOCK_M=m1, BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, ATOMIC_DQ=atomic, num_warps=warps,
-        num_stages=stages)
+        *sdk, *sdv, *sa, lq, lk, qs, ks, hkv, group, qb1, scale, scale_log2, chunks, chunk,
+        CAUSAL=causal, BLOCK_M=m1, BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, ATOMIC_DQ=atomic, SPLIT=chunks > 1,
+        num_warps=warps, num_stages=stages)
+    if chunks > 1:
+        _finish_split_kernel[(kb1, batch * hkv)](
+            count1, dk, dv, dk32, dv32, count1.stride(0), count1.stride(1), *sdk, *sdv, lk, ks, hkv, chunk,
+            BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, num_warps=4)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
 

@@ -18,8 +18,11 @@ PREFILL = _lib.PHASE_PREFILL
 
 @pytest.fixture(autouse=True, params=["recompute", "atomic"])
 def dq_path(request, monkeypatch):
-    """Every test on both dq paths: kernel 2 (recompute) and atomics from kernel 1."""
+    """Every test on both dq paths: kernel 2 (recompute) and atomics from kernel 1, the latter with
+    kernel 1's lists split in three (BLASST_TRITON_BWD_SPLIT), so that the small problems here have
+    both lists that one program walks and lists that several share."""
     monkeypatch.setenv("BLASST_TRITON_BWD_DQ", request.param)
+    monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", "3" if request.param == "atomic" else "1")
     return request.param
 if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU, and Triton's interpreter was not chosen (conftest.py does)", allow_module_level=True)
@@ -128,6 +131,27 @@ def test_the_dq_path_switch_refuses_other_values(monkeypatch):
     monkeypatch.setenv("BLASST_TRITON_BWD_DQ", "fast")
     with pytest.raises(ValueError, match="expected recompute or atomic"):
         _triton_backward.atomic_dq()
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", bad)
+        with pytest.raises(ValueError, match="expected a positive int"):
+            _triton_backward.split_parts()
+
+
+def test_a_sinks_long_list_split_over_programs_equals_the_cpu_engine(dq_path, monkeypatch):
+    # every row keeps the sink's tile, so the first block of keys has the longest list (G x row blocks
+    # pairs); split in four it is walked by four programs whose dk, dv meet in fp32 (atomic path)
+    monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", "4")
+    q, k, v = qkv(1, 128, 128, 4, 2, 16, 16, seed=11, sink=16.0)
+    got, want, stats, tol = run_both(q, k, v, causal=True, factor=3.0, block_m=16, block_n=16)
+    assert stats[:, 1].sum() > 0
+    decisions, info = _core.run(PREFILL, q, k, v, causal=True, threshold_scale_factor=3.0, block_m=16, block_n=16,
+                                return_decisions=True)[-2:]
+    kept = autograd.kept_tiles(PREFILL, decisions, info, 1, 4, 2, 128, 128)
+    listed, _ = _triton_backward.block_lists(kept, 16, 16, 16, 16, 128, 128, True)
+    # KV head 0's first block of keys: its 2 heads x 8 row blocks, longer than a chunk of 16 / 4
+    assert int(listed[0, :2, :, 0].sum()) == 16
+    for name, g, w, t in zip(("dq", "dk", "dv"), got, want, tol):
+        assert rel_error(g, w) < t, (name, rel_error(g, w), t)
 
 
 @pytest.mark.parametrize("layout", ["padded", "ragged"])
@@ -218,7 +242,11 @@ def test_triton_gradients_of_padded_and_ragged_batches_on_random_lengths(p):
     out, lse, _, decisions, info = _core.run(PREFILL, q, k, v, causal=p["causal"], threshold_scale_factor=p["factor"],
                                              block_m=16, block_n=16, return_stats=True, return_decisions=True, **kw)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(p["seed"])).to(out.dtype)
-    got = autograd.triton_backward(PREFILL, q, k, v, out, dout, lse, None, decisions, info, causal=p["causal"], **kw)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # as run_both
+    moved = [t.to(dev) for t in (q, k, v, out, dout, lse, decisions)]
+    got = autograd.triton_backward(PREFILL, *moved[:6], None, moved[6], info, causal=p["causal"],
+                                   **{name: t.to(dev) for name, t in kw.items()})
+    got = [g.cpu() for g in got]
     want = _core.backward(PREFILL, q, k, v, out, dout, None, decisions, info, causal=p["causal"], scale=0.0,
                           max_seqlen_q=0, max_seqlen_k=0, **kw)
     kept = autograd.kept_tiles(PREFILL, decisions, info, len(lens_q), 4, 2, max(lens_q), max(lens_k))
