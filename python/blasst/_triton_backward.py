@@ -101,8 +101,12 @@ def _dkdv_block(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, DQA, pair, b, hk, group
         p_t = tl.where(seen, p_t, 0.0)
         ds_t = tl.where(seen, ds_t, 0.0)
         q = tl.where(q == q, q, 0.0)
-        do = tl.where(do == do, do, 0.0)
+        do_nan = do != do
+        do = tl.where(do_nan, 0.0, do)
     dv += tl.dot(p_t.to(do.dtype), do)
+    if MASKED:  # dO's NaN, read as 0 above, still reaches dv of the keys its row sees, element by element
+        if tl.max(tl.max(do_nan.to(tl.int32), axis=1), axis=0) > 0:
+            dv = tl.where(tl.dot(seen.to(do.dtype), do_nan.to(do.dtype)) > 0, float("nan"), dv)
     dk += tl.dot(ds_t.to(q.dtype), q)
     if ATOMIC_DQ:  # dq [BLOCK_M, D] += scale dS k, as kernel 2 would compute it; relaxed: red.global.add,
         # no returned value and no fence (the default, acq_rel, is an ordered atom per element)

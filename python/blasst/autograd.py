@@ -214,10 +214,14 @@ def torch_backward(phase, q, k, v, dout, dlse, decisions, info, *, cu_seqlens_q=
         if dlse is not None:
             big_d = big_d - dlse[sel_q].float().transpose(0, 1).unsqueeze(-1)
         ds = torch.where(kept, p * (dp - big_d) * scale, 0.0)
+        do_nan = torch.isnan(dob)
         qb, kb, dob = (t.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf")) for t in (qb, kb, dob))
         dqb = ds @ kb                                                          # [Hq, Lq, D]
         dkb = (ds.transpose(-1, -2) @ qb).unflatten(0, (hkv, g)).sum(1)        # [Hkv, Lk, D]
-        dvb = (p.transpose(-1, -2) @ dob).unflatten(0, (hkv, g)).sum(1)        # [Hkv, Lk, Dv]
+        dvb = p.transpose(-1, -2) @ dob                                        # [Hq, Lk, Dv]
+        if do_nan.any():  # dO's NaN, read as 0 above, still reaches dv of the keys its row attends
+            dvb = dvb.masked_fill((kept.transpose(-1, -2).float() @ do_nan.float()) > 0, float("nan"))
+        dvb = dvb.unflatten(0, (hkv, g)).sum(1)                                # [Hkv, Lk, Dv]
         dq[sel_q] = dqb.transpose(0, 1).to(dq.dtype)
         dk[sel_k] = dkb.transpose(0, 1).to(dk.dtype)
         dv[sel_k] = dvb.transpose(0, 1).to(dv.dtype)

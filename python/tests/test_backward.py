@@ -198,6 +198,29 @@ def test_the_torch_backward_puts_nan_where_the_engine_backward_does(where):
     assert any(torch.isnan(a).any() for a in engine) == (where != "skipped value")
 
 
+@pytest.mark.parametrize("factor", [0.0, 3.0])
+def test_a_nan_output_gradient_reaches_dv_of_the_keys_its_row_attends(factor):
+    # dv = P^T dO: a NaN in row 36 of dO reaches dv of every key row 36 attends (the sink's tile, and
+    # with factor 0 its diagonal tile, where keys past 68 share the tile but are not seen), at the
+    # same element, as in the CPU engine; nowhere else
+    from blasst import _core, autograd
+
+    q, k, v = structured_qkv(1, 64, 96, 2, 1, 16, spread=1.0, sink=16.0, seed=5)
+    kw = dict(causal=True, threshold_scale_factor=factor, block_m=16, block_n=32)
+    out, _, _, decisions, info = _core.run(_lib.PHASE_PREFILL, q, k, v, return_decisions=True, **kw)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    dout[0, 36, 1, 3] = float("nan")
+    engine = _core.backward(_lib.PHASE_PREFILL, q, k, v, out, dout, None, decisions, info, causal=True)
+    formulas = autograd.torch_backward(_lib.PHASE_PREFILL, q, k, v, dout, None, decisions, info, causal=True)
+    seen = kept_mask(decisions, info, "prefill", 1, 64, 96, 2, 1, True)[0, 1, 36]      # [Lk]
+    assert torch.equal(torch.isnan(engine[2][0, :, 0, 3]), seen)  # the reference itself, as described
+    assert int(seen.sum()) == (69 if factor == 0.0 else 32)
+    for name, a, b in zip("qkv", engine, formulas):
+        nan = torch.isnan(a)
+        assert torch.equal(nan, torch.isnan(b)), name
+        assert (a - b)[~nan].abs().max() <= 1e-4 * (1 + a[~nan].abs().max()), name
+
+
 @pytest.mark.parametrize("fq", [128, 64])
 @pytest.mark.parametrize("bm,bn,lq,lk,causal", [(128, 128, 256, 384, True), (64, 48, 300, 421, True),
                                                 (16, 176, 130, 500, False), (1, 64, 3, 700, True),

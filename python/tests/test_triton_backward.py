@@ -105,6 +105,25 @@ def test_triton_nan_follows_the_cpu_engine(where, causal):
     assert any(torch.isnan(w).any() for w in want) == (where != "skipped value")
 
 
+@pytest.mark.parametrize("factor", [0.0, 3.0])
+def test_triton_nan_output_gradient_follows_the_cpu_engine(factor):
+    # a NaN in row 36 of dO reaches dv of the keys row 36 attends only: with factor 0 its diagonal
+    # block is kept and masked (keys past 68 are not seen), where dO's NaN is read as 0 in P^T dO
+    q, k, v = qkv(1, 64, 96, 2, 1, 16, 16, seed=5, sink=16.0)
+    out, lse, _, decisions, info = _core.run(PREFILL, q, k, v, causal=True, threshold_scale_factor=factor,
+                                             block_m=16, block_n=32, return_stats=True, return_decisions=True)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    dout[0, 36, 0, 3] = float("nan")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    moved = [t.to(dev) for t in (q, k, v, out, dout, lse, decisions)]
+    got = [g.cpu() for g in autograd.triton_backward(PREFILL, *moved[:6], None, moved[6], info, causal=True)]
+    want = _core.backward(PREFILL, q, k, v, out, dout, None, decisions, info, causal=True, scale=0.0,
+                          max_seqlen_q=0, max_seqlen_k=0)
+    assert int(torch.isnan(want[2]).sum()) == (69 if factor == 0.0 else 32)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(torch.isnan(g), torch.isnan(w)), name
+
+
 def test_block_lists_list_the_kernel_blocks_of_kept_visible_tiles():
     # a kernel block is listed iff its decision tile is kept and it holds a visible (row, key) pair,
     # and whole iff it is listed and all its pairs exist and are visible
