@@ -465,7 +465,7 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     if chunks > 1:
         _finish_split_kernel[(kb1, batch * hkv)](
             count1, dk, dv, dk32, dv32, count1.stride(0), count1.stride(1), *sdk, *sdv, lk, ks, hkv, chunk,
-            BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, num_warps=4)
+            BLOCK_N=n1, D=dqk, DV_DIM=dv_dim, num_warps=8)  # (4 warps spill at 64 x 128)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
 
