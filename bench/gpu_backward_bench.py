@@ -93,7 +93,7 @@ def main():
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     commit = opts.commit or source_commit()
     hq, hkv, d = 32, 8, opts.d
-    rows = []
+    rows, written = [], 0
     print(f"{gpu}: backward, bf16, B=1, Hq={hq}, Hkv={hkv}, d={d}, causal")
     print(f"{'L':>6} {'kernel':<16}{'sf':>8}{'sparsity':>10}{'ms':>10}{'x vs cudnn':>12}")
     for lk in (int(x) for x in opts.seqlens.split(",")):
@@ -195,9 +195,15 @@ def main():
                 record(name, sf, s, time_ms(triton_run, 2, opts.reps))
             for name in ("BLASST_TRITON_BWD_BLOCKS", "BLASST_TRITON_BWD_DQ", "BLASST_TRITON_BWD_SPLIT"):
                 os.environ.pop(name, None)
+            # written per threshold, so that a run cut short keeps the rows it measured
+            if rows:
+                append_rows(opts.csv, rows)
+            written += len(rows)
+            rows.clear()
         torch.cuda.empty_cache()
-    append_rows(opts.csv, rows)
-    print(f"{len(rows)} rows appended to {opts.csv}")
+    if rows:  # (SDPA's rows of a length whose blasst runs did not start)
+        append_rows(opts.csv, rows)
+    print(f"{written + len(rows)} rows appended to {opts.csv}")
 
 
 if __name__ == "__main__":
