@@ -62,6 +62,19 @@ def first_line(err, width):
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:width]}"
 
 
+def print_profile(name, fn, calls=3):
+    """The device time of each kernel and op in `calls` calls of fn, largest first (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    print(f"       profile of {name}, {calls} calls:")
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=50)
+    print("\n".join("         " + line for line in table.splitlines()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqlens", default="4096,8192")
@@ -83,8 +96,11 @@ def main():
                     help="BLASST_TRITON_BWD_DQ values to time each Triton configuration at, comma-separated "
                          "(recompute, atomic; atomic rows are named ...-atomic)")
     ap.add_argument("--triton-split", default="1",
-                    help="BLASST_TRITON_BWD_SPLIT values to time each atomic run at, comma-separated (rows "
-                         "named ...-atomic-splitN for N > 1)")
+                    help="BLASST_TRITON_BWD_SPLIT values to time each Triton run at, comma-separated (rows "
+                         "named ...-splitN for N > 1)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after each Triton row, the CUDA time of each kernel and torch op of three calls "
+                         "(torch.profiler)")
     ap.add_argument("--check-len", type=int, default=None,
                     help="length of the fp64 accuracy check (default the first of --seqlens; 0: none)")
     opts = ap.parse_args()
@@ -178,7 +194,7 @@ def main():
                 record("blasst-flex-q64", sf, s, time_ms(flex64, 2, opts.reps))
             # blasst's Triton kernels, in each block configuration asked for (BLASST_TRITON_BWD_BLOCKS)
             runs = [(c, m, p) for c in (opts.triton_configs.split(";") if opts.triton_configs else [])
-                    for m in opts.triton_dq.split(",") for p in (opts.triton_split.split(",") if m == "atomic" else ["1"])]
+                    for m in opts.triton_dq.split(",") for p in opts.triton_split.split(",")]
             for config, dq_mode, parts in runs:
                 os.environ["BLASST_TRITON_BWD_BLOCKS"] = config
                 os.environ["BLASST_TRITON_BWD_DQ"] = dq_mode
@@ -193,6 +209,8 @@ def main():
                     continue
                 print(f"       {name} vs flex: largest relative difference {largest_difference(g_tri, g_flex):.2e}")
                 record(name, sf, s, time_ms(triton_run, 2, opts.reps))
+                if opts.profile:
+                    print_profile(name, triton_run)
             for name in ("BLASST_TRITON_BWD_BLOCKS", "BLASST_TRITON_BWD_DQ", "BLASST_TRITON_BWD_SPLIT"):
                 os.environ.pop(name, None)
             # written per threshold, so that a run cut short keeps the rows it measured

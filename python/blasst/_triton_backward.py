@@ -310,10 +310,11 @@ def atomic_dq() -> bool:
 
 
 def split_parts() -> int:
-    """BLASST_TRITON_BWD_SPLIT (atomic dq path only; default 1, not yet measured): kernel 1 splits
-    each block of keys' list of (query head, row block) pairs into chunks of at most 1/N of the longest
-    possible list, so that one long list (a sink's keys, which every row keeps) is walked by up to N
-    programs in parallel instead of one; their dk, dv meet by fp32 atomics."""
+    """BLASST_TRITON_BWD_SPLIT (default 1, i.e. off): kernel 1 splits each block of keys' list of
+    (query head, row block) pairs into chunks of at most 1/N of the longest possible list, so that one
+    long list (a sink's keys, which every row keeps) is walked by up to N programs in parallel instead
+    of one; their dk, dv meet by fp32 atomics, so that the rounding of a split list's dk, dv depends on
+    the order of the additions."""
     text = os.environ.get("BLASST_TRITON_BWD_SPLIT", "1")
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"blasst: BLASST_TRITON_BWD_SPLIT is {text!r}, expected a positive int")
@@ -451,7 +452,7 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else delta  # (unread if not)
     sa = _entry_spans(dq_acc, cu_seqlens_q, None, batch)[2] if atomic else (0, 0, 0)
     # a list longer than `chunk` pairs (one KV head's G x qb1 at most) is split over `chunks` programs
-    chunks = split_parts() if atomic else 1
+    chunks = split_parts()
     chunk = -(-group * qb1 // chunks)
     dk32, dv32 = ((torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (dk, dv)) if chunks > 1
                   else (delta, delta))  # (unread with one chunk)

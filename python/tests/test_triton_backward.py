@@ -16,14 +16,17 @@ if not _triton_backward.available():
 PREFILL = _lib.PHASE_PREFILL
 
 
-@pytest.fixture(autouse=True, params=["recompute", "atomic"])
+@pytest.fixture(autouse=True, params=["recompute", "recompute-split", "atomic-split"])
 def dq_path(request, monkeypatch):
-    """Every test on both dq paths: kernel 2 (recompute) and atomics from kernel 1, the latter with
-    kernel 1's lists split in three (BLASST_TRITON_BWD_SPLIT), so that the small problems here have
-    both lists that one program walks and lists that several share."""
-    monkeypatch.setenv("BLASST_TRITON_BWD_DQ", request.param)
-    monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", "3" if request.param == "atomic" else "1")
-    return request.param
+    """Every test on both dq paths: kernel 2 (recompute) and atomics from kernel 1; and with kernel
+    1's lists split in three (BLASST_TRITON_BWD_SPLIT), so that the small problems here have both
+    lists that one program walks and lists that several share."""
+    path = request.param.split("-")[0]
+    monkeypatch.setenv("BLASST_TRITON_BWD_DQ", path)
+    monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", "3" if request.param.endswith("split") else "1")
+    return path
+
+
 if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU, and Triton's interpreter was not chosen (conftest.py does)", allow_module_level=True)
 
@@ -158,7 +161,7 @@ def test_the_dq_path_switch_refuses_other_values(monkeypatch):
 
 def test_a_sinks_long_list_split_over_programs_equals_the_cpu_engine(dq_path, monkeypatch):
     # every row keeps the sink's tile, so the first block of keys has the longest list (G x row blocks
-    # pairs); split in four it is walked by four programs whose dk, dv meet in fp32 (atomic path)
+    # pairs); split in four it is walked by four programs whose dk, dv meet in fp32 (either dq path)
     monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", "4")
     q, k, v = qkv(1, 128, 128, 4, 2, 16, 16, seed=11, sink=16.0)
     got, want, stats, tol = run_both(q, k, v, causal=True, factor=3.0, block_m=16, block_n=16)
