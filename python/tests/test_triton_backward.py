@@ -149,6 +149,18 @@ def test_block_lists_list_the_kernel_blocks_of_kept_visible_tiles():
         assert whole.any() and (blocks & ~whole).any()
 
 
+def test_the_lists_put_whole_blocks_first_then_the_masked_ones_each_ascending():
+    # _listed's prefix-sum partition against its definition, a stable sort by (whole, masked, unlisted)
+    gen = torch.Generator().manual_seed(1)
+    for shape in [(2, 3, 5, 7), (1, 1, 1, 1), (3, 200)]:
+        blocks = torch.rand(shape, generator=gen) < 0.6
+        whole = blocks & (torch.rand(shape, generator=gen) < 0.5)
+        n_whole, n_listed, order = _triton_backward._listed(blocks, whole)
+        rank = torch.where(whole, 0, torch.where(blocks, 1, 2))
+        assert torch.equal(order.long(), torch.argsort(rank, dim=-1, stable=True))
+        assert torch.equal(n_whole.long(), whole.sum(-1)) and torch.equal(n_listed.long(), blocks.sum(-1))
+
+
 def test_the_dq_path_switch_refuses_other_values(monkeypatch):
     monkeypatch.setenv("BLASST_TRITON_BWD_DQ", "fast")
     with pytest.raises(ValueError, match="expected recompute or atomic"):
