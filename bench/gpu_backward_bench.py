@@ -95,9 +95,9 @@ def main():
     ap.add_argument("--triton-dq", default="recompute",
                     help="BLASST_TRITON_BWD_DQ values to time each Triton configuration at, comma-separated "
                          "(recompute, atomic; atomic rows are named ...-atomic)")
-    ap.add_argument("--triton-split", default="1",
+    ap.add_argument("--triton-split", default="",
                     help="BLASST_TRITON_BWD_SPLIT values to time each Triton run at, comma-separated (rows "
-                         "named ...-splitN for N > 1)")
+                         "named ...-splitN; default: the package's own choice, unnamed)")
     ap.add_argument("--profile", action="store_true",
                     help="after each Triton row, the CUDA time of each kernel and torch op of three calls "
                          "(torch.profiler)")
@@ -194,14 +194,15 @@ def main():
                 record("blasst-flex-q64", sf, s, time_ms(flex64, 2, opts.reps))
             # blasst's Triton kernels, in each block configuration asked for (BLASST_TRITON_BWD_BLOCKS)
             runs = [(c, m, p) for c in (opts.triton_configs.split(";") if opts.triton_configs else [])
-                    for m in opts.triton_dq.split(",") for p in opts.triton_split.split(",")]
+                    for m in opts.triton_dq.split(",") for p in (opts.triton_split.split(",") if opts.triton_split else [None])]
             for config, dq_mode, parts in runs:
                 os.environ["BLASST_TRITON_BWD_BLOCKS"] = config
                 os.environ["BLASST_TRITON_BWD_DQ"] = dq_mode
-                os.environ["BLASST_TRITON_BWD_SPLIT"] = parts
+                if parts is not None:  # (else the package's default)
+                    os.environ["BLASST_TRITON_BWD_SPLIT"] = parts
                 name = "blasst-triton" if config == TRITON_DEFAULT else "blasst-triton-" + config.replace(",", "-")
                 name += "-atomic" if dq_mode == "atomic" else ""
-                name += f"-split{parts}" if parts != "1" else ""
+                name += f"-split{parts}" if parts is not None else ""
                 try:
                     g_tri = triton_run()
                 except Exception as err:

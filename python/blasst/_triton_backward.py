@@ -12,9 +12,11 @@ divide the decision tile), so a listed block is kept whole; the per-element mask
 
 Kernel 1 (dk, dv): one program per (block of BLOCK_N1 keys, entry, KV head) walks the listed
 (query head, block of BLOCK_M1 rows) pairs. Kernel 2 (dq): one program per (block of BLOCK_M2 rows,
-entry, query head) walks the listed blocks of BLOCK_N2 keys. Both accumulate in fp32 and store once
-(deterministic: no atomics). BLASST_TRITON_BWD_DQ=atomic (not yet measured) instead has kernel 1 add
-each block's dq into an fp32 buffer with atomics and skips kernel 2.
+entry, query head) walks the listed blocks of BLOCK_N2 keys. Both accumulate in fp32; dq is stored
+once, and so are dk, dv unless kernel 1 split a long list over programs (split_parts: then by fp32
+atomics, and deterministic only with one part). BLASST_TRITON_BWD_DQ=atomic instead has kernel 1 add
+each block's dq into an fp32 buffer with atomics and skips kernel 2 (slower on an H100: 8.8 ms
+against 6.8 dense at d 128, 8K causal).
 
 NaN: a gradient takes NaN from exactly the (row, key) pairs that the row sees, as the CPU engine's:
 P and dS are NaN where a seen score is, and zero (by select, not by product) elsewhere; the operand
@@ -283,6 +285,31 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, COUNT_FULL, COUNT, INDEX, DQ,
              mask=row_ok[:, None])
 
 
+@_jit
+def _row_dot_kernel(A, B, OUT, rows, D: tl.constexpr, BLOCK: tl.constexpr):
+    """OUT[r] = sum_d A[r, d] B[r, d] in fp32 for BLOCK rows of contiguous [rows, D] A and B."""
+    offs_r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = offs_r[:, None] * D + tl.arange(0, D)[None, :]
+    ok = (offs_r < rows)[:, None]
+    a = tl.load(A + offs, mask=ok, other=0.0).to(tl.float32)
+    b = tl.load(B + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(OUT + offs_r, tl.sum(a * b, axis=1), mask=offs_r < rows)
+
+
+def row_dots(out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+    """rowsum(out * dout) in fp32, shaped like out without its last dim (D in the kernels): one pass
+    over both instead of fp32 copies, a product and a reduction."""
+    dv = out.shape[-1]
+    if out.numel() >= 2**31:  # (the kernel's offsets are 32-bit)
+        return (out.float() * dout.float()).sum(-1)
+    a, b = out.reshape(-1, dv).contiguous(), dout.reshape(-1, dv).contiguous()
+    result = torch.empty(a.shape[0], dtype=torch.float32, device=out.device)
+    block = max(1, min(64, 8192 // dv))
+    if a.shape[0]:
+        _row_dot_kernel[(triton.cdiv(a.shape[0], block),)](a, b, result, a.shape[0], D=dv, BLOCK=block, num_warps=4)
+    return result.view(out.shape[:-1])
+
+
 def _env_blocks() -> tuple:
     """(BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, warps, stages) from BLASST_TRITON_BWD_BLOCKS, a comma
     list of six ints, for tuning on a device; default DEFAULT_BLOCKS (kernel 1 walks 32 rows at a
@@ -301,8 +328,9 @@ def _env_blocks() -> tuple:
 def atomic_dq() -> bool:
     """BLASST_TRITON_BWD_DQ=atomic: kernel 1 adds each block's dq into an fp32 buffer with atomics (as
     FlashAttention-2 does) and kernel 2 does not run, which saves recomputing S and dP (7 products
-    become 5) but makes dq's rounding depend on the order of the additions. Not yet measured on a
-    GPU; the default (=recompute) keeps the deterministic two-kernel path."""
+    become 5) but makes dq's rounding depend on the order of the additions. Slower on an H100 (bf16,
+    d 128, 8K causal, 158491c: 8.8 ms dense against 6.8, even as relaxed reductions), so the default
+    (=recompute) keeps the two kernels."""
     value = os.environ.get("BLASST_TRITON_BWD_DQ", "recompute")
     if value not in ("recompute", "atomic"):
         raise ValueError(f"blasst: BLASST_TRITON_BWD_DQ is {value!r}, expected recompute or atomic")
@@ -310,12 +338,16 @@ def atomic_dq() -> bool:
 
 
 def split_parts() -> int:
-    """BLASST_TRITON_BWD_SPLIT (default 1, i.e. off): kernel 1 splits each block of keys' list of
-    (query head, row block) pairs into chunks of at most 1/N of the longest possible list, so that one
-    long list (a sink's keys, which every row keeps) is walked by up to N programs in parallel instead
-    of one; their dk, dv meet by fp32 atomics, so that the rounding of a split list's dk, dv depends on
-    the order of the additions."""
-    text = os.environ.get("BLASST_TRITON_BWD_SPLIT", "1")
+    """Kernel 1 splits each block of keys' list of (query head, row block) pairs into chunks of at
+    most 1/N of the longest possible list, so that one long list (a sink's keys, which every row
+    keeps) is walked by up to N programs in parallel instead of one; their dk, dv meet by fp32
+    atomics, so that a split list's dk, dv round in the order the additions came. N is
+    BLASST_TRITON_BWD_SPLIT, else 4, or 1 (deterministic) under torch.use_deterministic_algorithms.
+    On an H100 (bf16, d 128, 8K causal, sparsity 0.77; bench/results/gpu_backward.csv, 158491c):
+    2.91 ms at N 4 against 3.62 at N 1, dense 6.83 against 6.81."""
+    text = os.environ.get("BLASST_TRITON_BWD_SPLIT")
+    if text is None:
+        return 1 if torch.are_deterministic_algorithms_enabled() else 4
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"blasst: BLASST_TRITON_BWD_SPLIT is {text!r}, expected a positive int")
     return int(text)
@@ -428,9 +460,11 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     scale = scale or dqk ** -0.5
     m1, n1, m2, n2, warps, stages = block_sizes(dec_m, dec_n)
     q, k, v, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, dout.to(q.dtype)))
-    dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
-    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
-    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    # the kernels write every row of a dense layout; padded and ragged ones may have rows of no entry
+    q_alloc = torch.empty_like if cu_seqlens_q is None and seqlens_q is None else torch.zeros_like
+    k_alloc = torch.empty_like if cu_seqlens_k is None and seqlens_k is None else torch.zeros_like
+    dq = q_alloc(q, memory_format=torch.contiguous_format)
+    dk, dv = (k_alloc(t, memory_format=torch.contiguous_format) for t in (k, v))
     qs, lq, sq = _entry_spans(q, cu_seqlens_q, seqlens_q, batch)
     ks, lk, sk = _entry_spans(k, cu_seqlens_k, seqlens_k, batch)
     max_q = _longest(max_seqlen_q, q, cu_seqlens_q, seqlens_q, lq)
@@ -438,10 +472,9 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     if max_q == 0 or max_k == 0 or batch == 0:
         return dq, dk, dv
     lse2 = (lse.float() * LOG2E).contiguous()  # the kernels take exp2: P = 2^(s scale log2(e) - lse log2(e))
-    delta = (out.float() * dout.float()).sum(-1)
+    delta = row_dots(out, dout)  # like lse
     if dlse is not None:
         delta = delta - dlse.float()
-    delta = delta.contiguous()  # like lse
     sl = (0,) + lse2.stride() if ragged_q else lse2.stride()
     so = _entry_spans(dout, cu_seqlens_q, seqlens_q, batch)[2]
     sv, sdq, sdk, sdv = (_entry_spans(t, cu, None, batch)[2] for t, cu in

@@ -169,6 +169,15 @@ def test_the_dq_path_switch_refuses_other_values(monkeypatch):
         monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", bad)
         with pytest.raises(ValueError, match="expected a positive int"):
             _triton_backward.split_parts()
+    # unset: four parts, or one (no atomics) where torch is asked for deterministic algorithms
+    monkeypatch.delenv("BLASST_TRITON_BWD_SPLIT")
+    assert _triton_backward.split_parts() == 4
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert _triton_backward.split_parts() == 1
+    finally:
+        torch.use_deterministic_algorithms(was)
 
 
 def test_a_sinks_long_list_split_over_programs_equals_the_cpu_engine(dq_path, monkeypatch):
