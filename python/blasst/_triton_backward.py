@@ -311,18 +311,19 @@ def row_dots(out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
 
 
 def _env_blocks() -> tuple:
-    """(BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, warps, stages) from BLASST_TRITON_BWD_BLOCKS, a comma
-    list of six ints, for tuning on a device; default DEFAULT_BLOCKS (kernel 1 walks 32 rows at a
-    time under 64 keys, kernel 2 walks 64 keys at a time under 64 rows)."""
+    """(BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, warps1, stages1, warps2, stages2) from
+    BLASST_TRITON_BWD_BLOCKS, a comma list of six ints (both kernels in the same warps and stages) or
+    eight (kernel 2's own last), for tuning on a device; default DEFAULT_BLOCKS (kernel 1 walks 32
+    rows at a time under 64 keys, kernel 2 walks 64 keys at a time under 64 rows)."""
     text = os.environ.get("BLASST_TRITON_BWD_BLOCKS", DEFAULT_BLOCKS)
     try:
         values = tuple(int(x) for x in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 6 or any(x <= 0 for x in values):
-        raise ValueError(f"blasst: BLASST_TRITON_BWD_BLOCKS is {text!r}, expected six positive ints "
-                         "(BLOCK_M1,BLOCK_N1,BLOCK_M2,BLOCK_N2,warps,stages)")
-    return values
+    if len(values) not in (6, 8) or any(x <= 0 for x in values):
+        raise ValueError(f"blasst: BLASST_TRITON_BWD_BLOCKS is {text!r}, expected six or eight positive ints "
+                         "(BLOCK_M1,BLOCK_N1,BLOCK_M2,BLOCK_N2,warps,stages[,warps2,stages2])")
+    return values if len(values) == 8 else values + values[4:6]
 
 
 def atomic_dq() -> bool:
@@ -362,12 +363,12 @@ def _fit(preferred: int, tile: int) -> int:
 
 
 def block_sizes(dec_m: int, dec_n: int):
-    """The kernels' (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, warps, stages) for decision tiles of dec_m
-    rows and dec_n keys, or None where a block of 16 does not divide them (then the kernels cannot
-    keep a block inside one tile)."""
-    m1, n1, m2, n2, warps, stages = _env_blocks()
+    """The kernels' (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, warps1, stages1, warps2, stages2) for
+    decision tiles of dec_m rows and dec_n keys, or None where a block of 16 does not divide them
+    (then the kernels cannot keep a block inside one tile)."""
+    m1, n1, m2, n2, *launch = _env_blocks()
     sizes = (_fit(m1, dec_m), _fit(n1, dec_n), _fit(m2, dec_m), _fit(n2, dec_n))
-    return None if 0 in sizes else sizes + (warps, stages)
+    return None if 0 in sizes else sizes + tuple(launch)
 
 
 def applies(q, k, v, dec_m: int, dec_n: int) -> bool:
@@ -458,7 +459,7 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     hkv, dv_dim = k.shape[-2], v.shape[-1]
     group = hq // hkv
     scale = scale or dqk ** -0.5
-    m1, n1, m2, n2, warps, stages = block_sizes(dec_m, dec_n)
+    m1, n1, m2, n2, warps, stages, warps2, stages2 = block_sizes(dec_m, dec_n)
     q, k, v, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, dout.to(q.dtype)))
     # the kernels write every row of a dense layout; padded and ragged ones may have rows of no entry
     q_alloc = torch.empty_like if cu_seqlens_q is None and seqlens_q is None else torch.zeros_like
@@ -519,5 +520,5 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
         *sq, *sk, *sv, *so, *sl,
         count2.stride(0), count2.stride(1), index2.stride(0), index2.stride(1), index2.stride(2),
         *sdq, lq, lk, qs, ks, hq, group, scale, scale_log2,
-        CAUSAL=causal, BLOCK_M=m2, BLOCK_N=n2, D=dqk, DV_DIM=dv_dim, num_warps=warps, num_stages=stages)
+        CAUSAL=causal, BLOCK_M=m2, BLOCK_N=n2, D=dqk, DV_DIM=dv_dim, num_warps=warps2, num_stages=stages2)
     return dq, dk, dv

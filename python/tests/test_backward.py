@@ -333,9 +333,15 @@ def test_the_device_backward_is_chosen_by_blasst_gpu_backward(monkeypatch):
     monkeypatch.setenv("BLASST_FLEX_Q_BLOCK", "32")
     with pytest.raises(ValueError, match="expected 64 or 128"):
         autograd.flex_q_block()
-    monkeypatch.setenv("BLASST_TRITON_BWD_BLOCKS", "32,128,64")
-    with pytest.raises(ValueError, match="expected six positive ints"):
-        _triton_backward.block_sizes(64, 128)
+    for bad in ("32,128,64", "32,64,64,64,4,3,8"):
+        monkeypatch.setenv("BLASST_TRITON_BWD_BLOCKS", bad)
+        with pytest.raises(ValueError, match="expected six or eight positive ints"):
+            _triton_backward.block_sizes(64, 128)
+    # six: both kernels in one launch shape; eight: kernel 2's own; blocks fitted to the tiles
+    monkeypatch.setenv("BLASST_TRITON_BWD_BLOCKS", "32,64,64,32,4,3")
+    assert _triton_backward.block_sizes(64, 128) == (32, 64, 64, 32, 4, 3, 4, 3)
+    monkeypatch.setenv("BLASST_TRITON_BWD_BLOCKS", "32,64,128,32,4,3,8,2")
+    assert _triton_backward.block_sizes(64, 128) == (32, 64, 64, 32, 4, 3, 8, 2)
 
 
 def test_the_backward_falls_back_when_the_triton_kernels_do_not_build(monkeypatch):
