@@ -58,10 +58,10 @@ class _BlasstAttention(torch.autograd.Function):
 
 
 # The device backward when BLASST_GPU_BACKWARD is not set: blasst's Triton kernels where they apply
-# (prefill, dense layouts, 16-bit), FlexAttention where it applies, the fp32 formulas elsewhere. On an
-# H100 (bench/gpu_backward_bench.py, bf16, d 128, Hq 32, Hkv 8, 8K causal; ee7be23) the Triton kernels
-# took 7.2 ms dense and 5.2 ms at sparsity 0.40, FlexAttention 10.2 and 9.7 ms (its forward re-run
-# included), FA2's dense backward 5.0 ms and the formulas 161 ms (05876de). FlexAttention also puts
+# (prefill, dense, padded or ragged layouts, 16-bit), FlexAttention where it applies, the fp32 formulas
+# elsewhere. On an H100 (bench/gpu_backward_bench.py, bf16, d 128, Hq 32, Hkv 8, 8K causal; 158491c)
+# the Triton kernels took 6.8 ms dense and 2.9 ms at sparsity 0.77, FlexAttention 8.7 and 5.8 ms (its
+# forward re-run included), FA2's dense backward 5.0 ms and the formulas 161 ms (05876de). FlexAttention also puts
 # NaN on gradients of (row, key) pairs that a row does not attend (a GPU test shows it).
 GPU_BACKWARD_DEFAULT = "auto"
 
@@ -114,8 +114,7 @@ def _triton_applies(phase, q, k, v, lengths, info) -> bool:
 def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
     """Which device backward runs, from BLASST_GPU_BACKWARD: torch (the fp32 formulas), flex (PyTorch's
     FlexAttention with a BlockMask of the kept tiles), triton (blasst's own Triton kernels over the
-    kept tiles) or auto (triton where it applies to a dense layout, else flex where it applies, else
-    torch). flex and triton are errors where they do not apply. The fused kernels keep P and dS in
+    kept tiles) or auto (triton where it applies, else flex where it applies, else torch). flex and triton are errors where they do not apply. The fused kernels keep P and dS in
     16 bits, as every fused bf16 backward does (bench/gpu_backward_bench.py prints their errors beside
     cuDNN's, all against fp64)."""
     choice = os.environ.get("BLASST_GPU_BACKWARD", GPU_BACKWARD_DEFAULT)
@@ -124,10 +123,9 @@ def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
     if choice == "torch":
         return "torch"
     if choice in ("auto", "triton"):
-        # auto: dense layouts only; padded and ragged ones through the kernels are not yet measured
-        # on a GPU (they pass the CPU engine's backward in Triton's interpreter)
-        dense = not any(t is not None for t in lengths.values())
-        if _triton_applies(phase, q, k, v, lengths, info) and (dense or choice == "triton"):
+        # padded and ragged layouts too: their gradients equal the CPU engine's on an H100 (323e1a3), and
+        # FlexAttention does not take them (the formulas would run)
+        if _triton_applies(phase, q, k, v, lengths, info):
             return "triton"
         if choice == "triton":
             raise NotImplementedError("blasst: BLASST_GPU_BACKWARD=triton takes prefill over dense, padded or "
