@@ -24,6 +24,8 @@ def dq_path(request, monkeypatch):
     path = request.param.split("-")[0]
     monkeypatch.setenv("BLASST_TRITON_BWD_DQ", path)
     monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", "3" if request.param.endswith("split") else "1")
+    # D = rowsum(O dO) by torch in the first, by the Triton kernel in the other two
+    monkeypatch.setenv("BLASST_TRITON_BWD_ROWDOT", "0" if request.param == "recompute" else "1")
     return path
 
 
@@ -78,6 +80,17 @@ def test_triton_gradients_equal_the_cpu_engine_backward(shape, causal, factor, d
         assert g.shape == w.shape and g.dtype == w.dtype
         assert torch.equal(torch.isnan(g), torch.isnan(w)), name
         assert rel_error(g, w) < t, (name, rel_error(g, w), t)
+
+
+def test_triton_gradients_of_a_call_that_attends_nothing_are_zero():
+    # no keys: every gradient is 0 (the outputs are not left as allocated); no rows: nothing to fill
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.randn(1, 5, 2, 16, dtype=torch.float16, device=dev)
+    k = v = torch.randn(1, 0, 1, 16, dtype=torch.float16, device=dev)
+    out, lse = torch.zeros_like(q), torch.full((1, 5, 2), float("-inf"), device=dev)
+    kept = torch.zeros(1, 2, 1, 0, dtype=torch.bool, device=dev)
+    dq, dk, dv = _triton_backward.backward(q, k, v, out, torch.ones_like(q), lse, None, kept, 16, 32, causal=False)
+    assert dq.shape == q.shape and not dq.any() and dk.shape == k.shape and dv.shape == v.shape
 
 
 def test_triton_blocks_split_a_decision_tile_and_keep_it_whole():
@@ -169,6 +182,9 @@ def test_the_dq_path_switch_refuses_other_values(monkeypatch):
         monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", bad)
         with pytest.raises(ValueError, match="expected a positive int"):
             _triton_backward.split_parts()
+    monkeypatch.setenv("BLASST_TRITON_BWD_ROWDOT", "yes")
+    with pytest.raises(ValueError, match="expected 0 or 1"):
+        _triton_backward.fused_row_dots()
     # unset: four parts, or one (no atomics) where torch is asked for deterministic algorithms
     monkeypatch.delenv("BLASST_TRITON_BWD_SPLIT")
     assert _triton_backward.split_parts() == 4
