@@ -420,30 +420,42 @@ def block_lists(kept: torch.Tensor, dec_m: int, dec_n: int, bm: int, bn: int, lq
 def _listed(blocks: torch.Tensor, whole: torch.Tensor):
     """[..., N] bool (listed, whole) -> (whole counts [...], listed counts [...], indices [..., N]), int32:
     the whole positions first, then the other listed ones, each ascending (then the unlisted ones).
-    A stable partition by prefix sums and one scatter: a segmented sort costs far more on the device."""
+    A stable partition by prefix sums and one scatter: a segmented sort costs far more on the device.
+    The three running counts share one int64 scan, 21 bits each (N < 2^21; else three scans)."""
     partial, unlisted = blocks & ~whole, ~blocks
-    n_whole = whole.sum(dim=-1, dtype=torch.int32)
-    n_listed = blocks.sum(dim=-1, dtype=torch.int32)
+    n = blocks.shape[-1]
+    if n < 1 << 21:
+        packed = (whole.long() | (partial.long() << 21) | (unlisted.long() << 42)).cumsum(-1)
+        field = (1 << 21) - 1
+        whole_cs, partial_cs, unlisted_cs = packed & field, (packed >> 21) & field, packed >> 42
+    else:
+        whole_cs, partial_cs, unlisted_cs = (t.cumsum(-1) for t in (whole, partial, unlisted))
+    n_whole = whole_cs[..., -1:] if n else whole_cs.new_zeros(whole_cs.shape[:-1] + (1,))
+    n_listed = n_whole + (partial_cs[..., -1:] if n else 0)
     # each position's place in the list: a permutation of 0..N-1 along the last dim
-    place = torch.where(whole, whole.cumsum(-1, dtype=torch.int32),
-                        torch.where(partial, n_whole[..., None] + partial.cumsum(-1, dtype=torch.int32),
-                                    n_listed[..., None] + unlisted.cumsum(-1, dtype=torch.int32))) - 1
-    position = torch.arange(blocks.shape[-1], dtype=torch.int32, device=blocks.device).expand(blocks.shape)
-    order = torch.empty_like(position).scatter_(-1, place.long(), position)
-    return n_whole, n_listed, order
+    place = torch.where(whole, whole_cs, torch.where(partial, n_whole + partial_cs, n_listed + unlisted_cs)) - 1
+    position = torch.arange(n, dtype=torch.int32, device=blocks.device).expand(blocks.shape)
+    order = torch.empty_like(position).scatter_(-1, place, position)
+    return n_whole[..., 0].int(), n_listed[..., 0].int(), order
+
+
+def _token_strides(t: torch.Tensor, ragged: bool) -> tuple:
+    """A layout's (batch, token, head) strides: ragged [T, H, D] layouts pack the entries along the
+    token axis (batch stride 0); dense [B, L, H, D] ones have their own."""
+    return (0, t.stride(0), t.stride(1)) if ragged else tuple(t.stride()[:3])
 
 
 def _entry_spans(t: torch.Tensor, cu: "torch.Tensor | None", lens: "torch.Tensor | None", batch: int):
     """Per entry (first token, length) as int32 [B] tensors, and the tensor's (batch, token, head)
-    strides: ragged [T, H, D] layouts pack the entries (batch stride 0, starts from cu); dense
-    [B, L, H, D] ones start at 0, their lengths from lens (padded) or L."""
+    strides: ragged layouts start their entries at cu; dense ones at 0, their lengths from lens
+    (padded) or L."""
     dev = t.device
     if cu is not None:
         cu = cu.to(device=dev, dtype=torch.int32)
-        return cu[:-1].contiguous(), (cu[1:] - cu[:-1]).contiguous(), (0, t.stride(0), t.stride(1))
+        return cu[:-1].contiguous(), (cu[1:] - cu[:-1]).contiguous(), _token_strides(t, True)
     length = lens.to(device=dev, dtype=torch.int32) if lens is not None else torch.full((batch,), t.shape[1],
                                                                                          dtype=torch.int32, device=dev)
-    return torch.zeros(batch, dtype=torch.int32, device=dev), length.contiguous(), tuple(t.stride()[:3])
+    return torch.zeros(batch, dtype=torch.int32, device=dev), length.contiguous(), _token_strides(t, False)
 
 
 def _longest(given: int, t: torch.Tensor, cu, lens, lengths: torch.Tensor) -> int:
@@ -488,9 +500,9 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     if dlse is not None:
         delta = delta - dlse.float()
     sl = (0,) + lse2.stride() if ragged_q else lse2.stride()
-    so = _entry_spans(dout, cu_seqlens_q, seqlens_q, batch)[2]
-    sv, sdq, sdk, sdv = (_entry_spans(t, cu, None, batch)[2] for t, cu in
-                         ((v, cu_seqlens_k), (dq, cu_seqlens_q), (dk, cu_seqlens_k), (dv, cu_seqlens_k)))
+    ragged_k = cu_seqlens_k is not None
+    so, sdq = (_token_strides(t, ragged_q) for t in (dout, dq))
+    sv, sdk, sdv = (_token_strides(t, ragged_k) for t in (v, dk, dv))
     scale_log2 = scale * LOG2E
 
     # kernel 1: per (entry, KV head, block of n1 keys) the listed (query head, block of m1 rows) pairs
@@ -503,7 +515,7 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     full1, count1, index1 = _listed(per_kv(blocks1), per_kv(whole1))
     atomic = atomic_dq()
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else delta  # (unread if not)
-    sa = _entry_spans(dq_acc, cu_seqlens_q, None, batch)[2] if atomic else (0, 0, 0)
+    sa = _token_strides(dq_acc, ragged_q) if atomic else (0, 0, 0)
     # a list longer than `chunk` pairs (one KV head's G x qb1 at most) is split over `chunks` programs
     chunks = split_parts()
     chunk = -(-group * qb1 // chunks)

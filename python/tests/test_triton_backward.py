@@ -163,9 +163,10 @@ def test_block_lists_list_the_kernel_blocks_of_kept_visible_tiles():
 
 
 def test_the_lists_put_whole_blocks_first_then_the_masked_ones_each_ascending():
-    # _listed's prefix-sum partition against its definition, a stable sort by (whole, masked, unlisted)
+    # _listed's prefix-sum partition against its definition, a stable sort by (whole, masked, unlisted);
+    # lists of 2^21 entries or more take three scans instead of one packed scan
     gen = torch.Generator().manual_seed(1)
-    for shape in [(2, 3, 5, 7), (1, 1, 1, 1), (3, 200)]:
+    for shape in [(2, 3, 5, 7), (1, 1, 1, 1), (3, 200), (2, 0), (1, 1 << 21)]:
         blocks = torch.rand(shape, generator=gen) < 0.6
         whole = blocks & (torch.rand(shape, generator=gen) < 0.5)
         n_whole, n_listed, order = _triton_backward._listed(blocks, whole)
