@@ -6,6 +6,11 @@
 # (a CUDA build of libblasst_py.so with head dims 64 and 128) and pytest (the device image has it).
 # About 8 minutes, one device call:
 #   BLASST_LIBRARY=$PWD/.carry/bwd/libblasst_py.so BLASST_COMMIT=<sent commit> tests/gpu/device_run_backward.sh
+# with the library built here first (carry .carry/bwd), e.g.
+#   cmake -S . -B build-py -G Ninja -DSKBUILD=ON -DCMAKE_BUILD_TYPE=Release -DBLASST_CUDA=ON \
+#     -DBLASST_CUDA_ARCHS=90a -DBLASST_CUDA_HEAD_DIMS="64;128" -DBLASST_BUILD_TESTS=OFF -DBLASST_BUILD_CLI=OFF \
+#     -DCMAKE_POSITION_INDEPENDENT_CODE=ON && ninja -C build-py blasst_py && mkdir -p .carry/bwd \
+#     && cp build-py/python/libblasst_py.so .carry/bwd/
 # Logs and CSV rows land in $OUT (two files).
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
