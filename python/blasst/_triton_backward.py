@@ -439,6 +439,97 @@ def _listed(blocks: torch.Tensor, whole: torch.Tensor):
     return n_whole[..., 0].int(), n_listed[..., 0].int(), order
 
 
+@_jit
+def _plan_kernel(KEPT, LQ, LK, COUNT_FULL, COUNT, INDEX, skb, skh, skr, skt, scb, sch, sib, sih, sil, n, inner,
+                 group, bm, bn, dec_m, dec_n, CAUSAL: tl.constexpr, BY_KEYS: tl.constexpr, NP: tl.constexpr):
+    """One list of block_lists() + _listed() in one program: program (list l, head or KV head g, entry
+    b) orders the n positions of list (b, g, l) as _listed does (whole blocks, then masked ones, then
+    the unlisted, each ascending) and counts them. BY_KEYS (kernel 1's lists): l is a block of keys,
+    position p the (query head g * group + p // inner, row block p % inner) pair; else (kernel 2's)
+    l is a row block of query head g and p a block of keys. KEPT [B, Hq, RB, KT] uint8 (0 or 1)."""
+    l = tl.program_id(0)
+    g = tl.program_id(1)
+    b = tl.program_id(2)
+    p = tl.arange(0, NP)
+    exists = p < n
+    if BY_KEYS:
+        h = g * group + p // inner
+        qb = p % inner
+        kb = l
+    else:
+        h = g
+        qb = l
+        kb = p
+    lq = tl.load(LQ + b)
+    lk = tl.load(LK + b)
+    first_row = qb * bm
+    first_key = kb * bn
+    last_row = first_row + bm - 1
+    last_key = first_key + bn - 1
+    kept = tl.load(KEPT + b * skb + h * skh + (first_row // dec_m) * skr + (first_key // dec_n) * skt,
+                   mask=exists, other=0) != 0
+    listed = kept & exists & (first_row < lq) & (first_key < lk)
+    whole = (last_row < lq) & (last_key < lk)
+    if CAUSAL:
+        listed = listed & (first_key <= tl.minimum(last_row, lq - 1) + lk - lq)
+        whole = whole & (last_key <= first_row + lk - lq)
+    whole = whole & listed
+    partial = listed & ~whole
+    unlisted = exists & ~listed
+    whole_cs = tl.cumsum(whole.to(tl.int32), axis=0)
+    partial_cs = tl.cumsum(partial.to(tl.int32), axis=0)
+    unlisted_cs = tl.cumsum(unlisted.to(tl.int32), axis=0)
+    n_whole = tl.sum(whole.to(tl.int32), axis=0)
+    n_listed = n_whole + tl.sum(partial.to(tl.int32), axis=0)
+    place = tl.where(whole, whole_cs, tl.where(partial, n_whole + partial_cs, n_listed + unlisted_cs)) - 1
+    tl.store(INDEX + b * sib + g * sih + l * sil + place, p, mask=exists)
+    tl.store(COUNT_FULL + b * scb + g * sch + l, n_whole)
+    tl.store(COUNT + b * scb + g * sch + l, n_listed)
+
+
+PLAN_KERNEL_MAX = 8192  # the longest list one program of _plan_kernel orders (a vector of that many)
+
+
+def plan_in_one_kernel() -> bool:
+    """BLASST_TRITON_BWD_PLAN=kernel builds each kernel's lists with _plan_kernel, one launch instead of
+    some twenty torch ops (at sparsity 0.77 on an H100 the torch ops around the kernels took 0.87 ms
+    and the device sat idle another 0.57 ms of a 2.9 ms call). Off by default (=torch) until it is
+    measured on a GPU; it is checked against the torch lists in Triton's interpreter."""
+    value = os.environ.get("BLASST_TRITON_BWD_PLAN", "torch")
+    if value not in ("torch", "kernel"):
+        raise ValueError(f"blasst: BLASST_TRITON_BWD_PLAN is {value!r}, expected torch or kernel")
+    return value == "kernel"
+
+
+def planned_lists(kept: torch.Tensor, dec_m: int, dec_n: int, bm: int, bn: int, lq: torch.Tensor,
+                  lk: torch.Tensor, causal: bool, max_q: int, max_k: int, group: int, by_keys: bool):
+    """(whole counts, listed counts, indices) of kernel 1's lists (by_keys: [B, Hkv, KB] and
+    [B, Hkv, KB, G * QB]) or kernel 2's ([B, Hq, QB] and [B, Hq, QB, KB]), as _listed(block_lists(...))
+    gives them (per_kv first for kernel 1). lq, lk: per-entry int32 lengths [B] on kept's device."""
+    batch, heads = kept.shape[:2]
+    qb, kb = -(-max_q // bm), -(-max_k // bn)
+    lists, groups, n = (kb, heads // group, group * qb) if by_keys else (qb, heads, kb)
+    if not plan_in_one_kernel() or n > PLAN_KERNEL_MAX:
+        listed, whole = block_lists(kept, dec_m, dec_n, bm, bn, lq, lk, causal, max_q, max_k)
+        if by_keys:  # [B, Hq, QB, KB] -> [B, Hkv, KB, G * QB]
+            listed, whole = (t.view(batch, groups, group, qb, kb).permute(0, 1, 4, 2, 3).reshape(batch, groups, kb, n)
+                             for t in (listed, whole))
+        return _listed(listed, whole)
+    dev = kept.device
+    full = torch.empty(batch, groups, lists, dtype=torch.int32, device=dev)
+    count = torch.empty_like(full)
+    index = torch.empty(batch, groups, lists, n, dtype=torch.int32, device=dev)
+    kept8 = kept.view(torch.uint8) if kept.dtype == torch.bool else kept
+    if batch and lists and groups:
+        width = max(16, triton.next_power_of_2(n))
+        # 512 positions a warp at most: no spills under Triton 3.6 for sm_90a up to PLAN_KERNEL_MAX
+        _plan_kernel[(lists, groups, batch)](
+            kept8, lq, lk, full, count, index, *kept8.stride(), full.stride(0), full.stride(1), index.stride(0),
+            index.stride(1), index.stride(2), n, qb, group, bm, bn, dec_m, dec_n, CAUSAL=causal, BY_KEYS=by_keys,
+            NP=width, num_warps=min(16, max(4, width // 512)))
+    return full, count, index
+
+
 def _token_strides(t: torch.Tensor, ragged: bool) -> tuple:
     """A layout's (batch, token, head) strides: ragged [T, H, D] layouts pack the entries along the
     token axis (batch stride 0); dense [B, L, H, D] ones have their own."""
@@ -506,13 +597,8 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
     scale_log2 = scale * LOG2E
 
     # kernel 1: per (entry, KV head, block of n1 keys) the listed (query head, block of m1 rows) pairs
-    blocks1, whole1 = block_lists(kept, dec_m, dec_n, m1, n1, lq, lk, causal, max_q, max_k)  # [B, Hq, QB1, KB1]
-    qb1, kb1 = blocks1.shape[2], blocks1.shape[3]
-
-    def per_kv(t):  # [B, Hq, QB1, KB1] -> [B, Hkv, KB1, G * QB1]
-        return t.view(batch, hkv, group, qb1, kb1).permute(0, 1, 4, 2, 3).reshape(batch, hkv, kb1, group * qb1)
-
-    full1, count1, index1 = _listed(per_kv(blocks1), per_kv(whole1))
+    qb1, kb1 = -(-max_q // m1), -(-max_k // n1)
+    full1, count1, index1 = planned_lists(kept, dec_m, dec_n, m1, n1, lq, lk, causal, max_q, max_k, group, True)
     atomic = atomic_dq()
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else delta  # (unread if not)
     sa = _token_strides(dq_acc, ragged_q) if atomic else (0, 0, 0)
@@ -536,9 +622,8 @@ def backward(q, k, v, out, dout, lse, dlse, kept: torch.Tensor, dec_m: int, dec_
         return dq_acc.to(q.dtype), dk, dv
 
     # kernel 2: per (entry, query head, block of m2 rows) the listed blocks of n2 keys
-    blocks2, whole2 = block_lists(kept, dec_m, dec_n, m2, n2, lq, lk, causal, max_q, max_k)  # [B, Hq, QB2, KB2]
-    full2, count2, index2 = _listed(blocks2, whole2)
-    _dq_kernel[(blocks2.shape[2], batch * hq)](
+    full2, count2, index2 = planned_lists(kept, dec_m, dec_n, m2, n2, lq, lk, causal, max_q, max_k, group, False)
+    _dq_kernel[(full2.shape[2], batch * hq)](
         q, k, v, dout, lse2, delta, full2, count2, index2, dq,
         *sq, *sk, *sv, *so, *sl,
         count2.stride(0), count2.stride(1), index2.stride(0), index2.stride(1), index2.stride(2),

@@ -24,8 +24,9 @@ def dq_path(request, monkeypatch):
     path = request.param.split("-")[0]
     monkeypatch.setenv("BLASST_TRITON_BWD_DQ", path)
     monkeypatch.setenv("BLASST_TRITON_BWD_SPLIT", "3" if request.param.endswith("split") else "1")
-    # D = rowsum(O dO) by torch in the first, by the Triton kernel in the other two
+    # D = rowsum(O dO) and the block lists by torch in the first, by Triton kernels in the other two
     monkeypatch.setenv("BLASST_TRITON_BWD_ROWDOT", "0" if request.param == "recompute" else "1")
+    monkeypatch.setenv("BLASST_TRITON_BWD_PLAN", "torch" if request.param == "recompute" else "kernel")
     return path
 
 
@@ -173,6 +174,30 @@ def test_the_lists_put_whole_blocks_first_then_the_masked_ones_each_ascending():
         rank = torch.where(whole, 0, torch.where(blocks, 1, 2))
         assert torch.equal(order.long(), torch.argsort(rank, dim=-1, stable=True))
         assert torch.equal(n_whole.long(), whole.sum(-1)) and torch.equal(n_listed.long(), blocks.sum(-1))
+
+
+def test_the_plan_kernel_builds_the_lists_the_torch_ops_build(monkeypatch):
+    # _plan_kernel's lists (BLASST_TRITON_BWD_PLAN=kernel) against block_lists + _listed, for both
+    # kernels' lists, padded lengths, causal or not, kernel blocks that split the decision tiles
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(4)
+    for causal in (False, True):
+        for dec_m, dec_n, bm, bn in ((32, 64, 16, 32), (64, 64, 64, 16)):
+            lq = torch.tensor([100, 37], dtype=torch.int32, device=dev)
+            lk = torch.tensor([150, 90], dtype=torch.int32, device=dev)
+            kept = (torch.rand(2, 6, -(-100 // dec_m), -(-150 // dec_n), generator=gen) < 0.6).to(dev)
+            for by_keys in (True, False):
+                got, want = [], []
+                for plan, into in (("kernel", got), ("torch", want)):
+                    monkeypatch.setenv("BLASST_TRITON_BWD_PLAN", plan)
+                    into.extend(_triton_backward.planned_lists(kept, dec_m, dec_n, bm, bn, lq, lk, causal, 100, 150,
+                                                               3, by_keys))
+                for g, w in zip(got, want):
+                    assert g.shape == w.shape and g.dtype == w.dtype == torch.int32
+                    assert torch.equal(g.cpu(), w.cpu()), (causal, dec_m, bm, by_keys)
+    monkeypatch.setenv("BLASST_TRITON_BWD_PLAN", "fast")
+    with pytest.raises(ValueError, match="expected torch or kernel"):
+        _triton_backward.plan_in_one_kernel()
 
 
 def test_the_dq_path_switch_refuses_other_values(monkeypatch):
