@@ -36,6 +36,8 @@ import os
 
 import torch
 
+from ._env import env_choice
+
 try:  # Triton ships with torch's CUDA wheels
     import triton
     import triton.language as tl
@@ -301,10 +303,7 @@ def fused_row_dots() -> bool:
     torch's fp32 copies, product and sum (the torch ops around the kernels took 0.85 ms of a 6.8 ms
     call at 8K, d 128, Hq 32 on an H100, these among the largest). Off by default until it is
     measured on a GPU (it is checked in Triton's interpreter)."""
-    value = os.environ.get("BLASST_TRITON_BWD_ROWDOT", "0")
-    if value not in ("0", "1"):
-        raise ValueError(f"blasst: BLASST_TRITON_BWD_ROWDOT is {value!r}, expected 0 or 1")
-    return value == "1"
+    return env_choice("BLASST_TRITON_BWD_ROWDOT", "0", ("0", "1")) == "1"
 
 
 def row_dots(out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
@@ -343,10 +342,7 @@ def atomic_dq() -> bool:
     become 5) but makes dq's rounding depend on the order of the additions. Slower on an H100 (bf16,
     d 128, 8K causal, 158491c: 8.8 ms dense against 6.8, even as relaxed reductions), so the default
     (=recompute) keeps the two kernels."""
-    value = os.environ.get("BLASST_TRITON_BWD_DQ", "recompute")
-    if value not in ("recompute", "atomic"):
-        raise ValueError(f"blasst: BLASST_TRITON_BWD_DQ is {value!r}, expected recompute or atomic")
-    return value == "atomic"
+    return env_choice("BLASST_TRITON_BWD_DQ", "recompute", ("recompute", "atomic")) == "atomic"
 
 
 def split_parts() -> int:
@@ -495,10 +491,7 @@ def plan_in_one_kernel() -> bool:
     some twenty torch ops (at sparsity 0.77 on an H100 the torch ops around the kernels took 0.87 ms
     and the device sat idle another 0.57 ms of a 2.9 ms call). Off by default (=torch) until it is
     measured on a GPU; it is checked against the torch lists in Triton's interpreter."""
-    value = os.environ.get("BLASST_TRITON_BWD_PLAN", "torch")
-    if value not in ("torch", "kernel"):
-        raise ValueError(f"blasst: BLASST_TRITON_BWD_PLAN is {value!r}, expected torch or kernel")
-    return value == "kernel"
+    return env_choice("BLASST_TRITON_BWD_PLAN", "torch", ("torch", "kernel")) == "kernel"
 
 
 def planned_lists(kept: torch.Tensor, dec_m: int, dec_n: int, bm: int, bn: int, lq: torch.Tensor,

@@ -17,13 +17,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 import warnings
 from typing import Optional
 
 import torch
 
 from . import _core, _lib, _triton_backward
+from ._env import env_choice
 
 _TILE_KEPT = _lib.TILE_KEPT
 
@@ -61,8 +61,8 @@ class _BlasstAttention(torch.autograd.Function):
 # (prefill, dense, padded or ragged layouts, 16-bit), FlexAttention where it applies, the fp32 formulas
 # elsewhere. On an H100 (bench/gpu_backward_bench.py, bf16, d 128, Hq 32, Hkv 8, 8K causal; 158491c)
 # the Triton kernels took 6.8 ms dense and 2.9 ms at sparsity 0.77, FlexAttention 8.7 and 5.8 ms (its
-# forward re-run included), FA2's dense backward 5.0 ms and the formulas 161 ms (05876de). FlexAttention also puts
-# NaN on gradients of (row, key) pairs that a row does not attend (a GPU test shows it).
+# forward re-run included), FA2's dense backward 5.0 ms and the formulas 161 ms (05876de). FlexAttention
+# also puts NaN on gradients of (row, key) pairs that a row does not attend (a GPU test shows it).
 GPU_BACKWARD_DEFAULT = "auto"
 
 
@@ -114,12 +114,11 @@ def _triton_applies(phase, q, k, v, lengths, info) -> bool:
 def device_backward(phase, q, k, v, dlse, lengths, info) -> str:
     """Which device backward runs, from BLASST_GPU_BACKWARD: torch (the fp32 formulas), flex (PyTorch's
     FlexAttention with a BlockMask of the kept tiles), triton (blasst's own Triton kernels over the
-    kept tiles) or auto (triton where it applies, else flex where it applies, else torch). flex and triton are errors where they do not apply. The fused kernels keep P and dS in
-    16 bits, as every fused bf16 backward does (bench/gpu_backward_bench.py prints their errors beside
-    cuDNN's, all against fp64)."""
-    choice = os.environ.get("BLASST_GPU_BACKWARD", GPU_BACKWARD_DEFAULT)
-    if choice not in ("auto", "flex", "torch", "triton"):
-        raise ValueError(f"blasst: BLASST_GPU_BACKWARD is {choice!r}, expected auto, torch, flex or triton")
+    kept tiles) or auto (triton where it applies, else flex where it applies, else torch). flex and
+    triton are errors where they do not apply. The fused kernels keep P and dS in 16 bits, as every
+    fused bf16 backward does (bench/gpu_backward_bench.py prints their errors beside cuDNN's, all
+    against fp64)."""
+    choice = env_choice("BLASST_GPU_BACKWARD", GPU_BACKWARD_DEFAULT, ("auto", "torch", "flex", "triton"))
     if choice == "torch":
         return "torch"
     if choice in ("auto", "triton"):
@@ -259,10 +258,7 @@ def flex_q_block() -> int:
     """Rows per FlexAttention block: 128, or 64 with BLASST_FLEX_Q_BLOCK=64 (not yet measured on a GPU).
     64 matches the sm_90a kernel's decision groups, so that a block is whole wherever its one group
     kept the tile; with 128 a block is whole only where both groups under it kept it."""
-    value = os.environ.get("BLASST_FLEX_Q_BLOCK", str(_FLEX_BLOCK))
-    if value not in ("64", "128"):
-        raise ValueError(f"blasst: BLASST_FLEX_Q_BLOCK is {value!r}, expected 64 or 128")
-    return int(value)
+    return int(env_choice("BLASST_FLEX_Q_BLOCK", str(_FLEX_BLOCK), ("64", "128")))
 
 
 def flex_block_lists(kept: torch.Tensor, bm: int, bn: int, lq: int, lk: int, causal: bool, fq: int = _FLEX_BLOCK,
