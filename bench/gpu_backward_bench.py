@@ -15,8 +15,7 @@ differentiate) through the torch formulas (blasst-torch), FlexAttention in block
 per block), and blasst's Triton kernels (blasst-triton; --triton-configs times other block
 configurations beside it, named blasst-triton-M1-N1-M2-N2-warps-stages, ending in -rowdot where
 BLASST_TRITON_BWD_ROWDOT=1 is set and -plan where BLASST_TRITON_BWD_PLAN=kernel is), which read the
-forward's LSE and re-run nothing; for SDPA,
-autograd.grad of its forward's output.
+forward's LSE and re-run nothing; for SDPA, autograd.grad of its forward's output.
 Accuracy (--check-len, default the first length): each backward's error against fp64 autograd of
 the same attention (dense for SDPA, over the kept tiles for blasst), as max |g - g64| / max |g64|
 per gradient, so that blasst's error reads against a bf16 kernel's own.
@@ -195,8 +194,9 @@ def main():
                       f"{largest_difference(g_64, g_flex):.2e}")
                 record("blasst-flex-q64", sf, s, time_ms(flex64, 2, opts.reps))
             # blasst's Triton kernels, in each block configuration asked for (BLASST_TRITON_BWD_BLOCKS)
+            splits = opts.triton_split.split(",") if opts.triton_split else [None]
             runs = [(c, m, p) for c in (opts.triton_configs.split(";") if opts.triton_configs else [])
-                    for m in opts.triton_dq.split(",") for p in (opts.triton_split.split(",") if opts.triton_split else [None])]
+                    for m in opts.triton_dq.split(",") for p in splits]
             for config, dq_mode, parts in runs:
                 os.environ["BLASST_TRITON_BWD_BLOCKS"] = config
                 os.environ["BLASST_TRITON_BWD_DQ"] = dq_mode
