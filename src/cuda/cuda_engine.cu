@@ -103,6 +103,33 @@ int64_t* internal_stats(size_t heads) {
   return buffer;
 }
 
+// FP8 prefill with P V on the e4m3 wgmma (BLASST_CUDA_SM90_FP8_PV_E4M3) reads V^T [B, Hkv, Dv,
+// keys rounded up to 128] from a workspace: its size (0 for every other call), and the
+// engine's own buffer of at least `bytes` when the caller gave none (not CUDA-graph capturable:
+// give a workspace sized by blasst_workspace_size to capture).
+size_t fp8_pv_workspace_bytes(const blasst_args& a) {
+#if BLASST_CUDA_SM90_FP8_PV_E4M3
+  if (a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3 && a.v.dtype == BLASST_DTYPE_FLOAT8_E4M3 && a.max_seqlen_k > 0)
+    return size_t(a.batch) * size_t(a.num_kv_heads) * size_t(a.head_dim_v) * size_t(ceil_div(a.max_seqlen_k, 128) * 128);
+#endif
+  (void)a;
+  return 0;
+}
+void* internal_fp8_pv_workspace(size_t bytes) {
+  static std::mutex mutex;
+  static void* buffer = nullptr;
+  static size_t capacity = 0;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (capacity < bytes) {
+    cudaFree(buffer);
+    buffer = nullptr;
+    capacity = 0;
+    if (cudaMalloc(&buffer, bytes) != cudaSuccess) return nullptr;
+    capacity = bytes;
+  }
+  return buffer;
+}
+
 // 16-byte cp.async needs 16-byte aligned rows: the base pointer and every stride a multiple
 // of 8 elements.
 Status check_device_pointer(const char* name, const void* p) {
@@ -296,6 +323,16 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
   }
   p.stats_per_head = stats;
   p.decisions = a.decisions;
+  if (const size_t vt_bytes = fp8 ? fp8_pv_workspace_bytes(a) : 0; vt_bytes > 0) {
+    if (a.workspace && reinterpret_cast<uintptr_t>(a.workspace) % 16 != 0)
+      return invalid("the workspace of an FP8 prefill call must be 16-byte aligned");
+    if (a.workspace && a.workspace_bytes < vt_bytes)
+      return invalid("workspace_bytes is " + std::to_string(a.workspace_bytes) + ", this call needs " +
+                     std::to_string(vt_bytes) + " (blasst_workspace_size)");
+    p.vt = a.workspace ? a.workspace : internal_fp8_pv_workspace(vt_bytes);
+    if (!p.vt) return cuda_error("allocating the FP8 V^T workspace", cudaErrorMemoryAllocation);
+    p.vt_keys = int32_t(ceil_div(a.max_seqlen_k, 128) * 128);
+  }
   // The dense instantiation when nothing can be skipped: factor 0 and no per-head factors.
   const bool skip = skip_instantiation(a.threshold);
 
@@ -476,9 +513,10 @@ bool is_device_pointer(const void* p) {
   return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
 }
 
-// Prefill runs unsplit and needs no workspace; decode keeps split partials in it.
+// Decode keeps split partials in the workspace; prefill runs unsplit and needs none, except FP8
+// prefill with P V in e4m3 (V^T).
 size_t workspace_size(const blasst_args& args, blasst_phase phase) {
-  return phase == BLASST_PHASE_DECODE ? decode::decode_workspace_size(args) : 0;
+  return phase == BLASST_PHASE_DECODE ? decode::decode_workspace_size(args) : fp8_pv_workspace_bytes(args);
 }
 
 Status run(const blasst_args& args, blasst_phase phase, blasst_run_info* info) {

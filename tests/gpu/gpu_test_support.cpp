@@ -508,7 +508,16 @@ void check_against_cpu(const Case& c) {
   EXPECT_EQ(hard, 0);
   EXPECT_LE(rounding_flips, std::max<int64_t>(2, batch * groups / 50)) << "too many decisions at the margin";
 
-  // Outputs and LSE of rows whose group followed the same decisions.
+  // Outputs and LSE of rows whose group followed the same decisions. FP8 with P V on the e4m3
+  // wgmma (BLASST_CUDA_SM90_FP8_PV_E4M3 builds) rounds each P to 3 mantissa bits (up to 2^-4 of
+  // it) where the CPU engine keeps fp32: twice the row tolerance and 2.5 times the L2 one.
+#if BLASST_TEST_FP8_PV_E4M3
+  const bool p_in_e4m3 = c.fp8();
+#else
+  const bool p_in_e4m3 = false;
+#endif
+  const double row_tol = p_in_e4m3 ? 0.08 : 0.04, l2_tol = p_in_e4m3 ? 2.5e-2 : 1e-2;
+  double worst_row = 0;  // largest row error over its row maximum (printed for FP8)
   double err2 = 0, ref2 = 0;
   int64_t bad = 0, unwritten = 0;
   for (int b = 0; b < batch; ++b)
@@ -532,14 +541,18 @@ void check_against_cpu(const Case& c) {
         // d = 128 rows differed from the CPU engine's by up to 1.4e-3 relative)
         const double lse_rel = c.fp8() ? 3e-3 : 1e-3;
         const bool lse_ok = (std::isinf(cl) && gl == cl) || std::fabs(gl - cl) <= lse_rel * std::max(1.0, std::fabs(cl));
-        if ((row_err > 0.04 * row_max || !lse_ok) && ++bad <= 10)
+        worst_row = std::max(worst_row, row_err / row_max);
+        if ((row_err > row_tol * row_max || !lse_ok) && ++bad <= 10)
           ADD_FAILURE() << "row " << i << " head " << h << " entry " << b << ": max err " << row_err << " of "
                         << row_max << ", lse gpu " << gl << " cpu " << cl;
       }
   EXPECT_EQ(unwritten, 0) << "output elements left poisoned";
   EXPECT_EQ(bad, 0);
+  if (c.fp8())
+    std::printf("  [fp8%s] worst row error %.4f of its maximum, L2 %.5f\n", p_in_e4m3 ? ", P in e4m3" : "", worst_row,
+                ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0);
   if (ref2 > 0) {
-    EXPECT_LE(std::sqrt(err2 / ref2), 1e-2);
+    EXPECT_LE(std::sqrt(err2 / ref2), l2_tol);
   }
 
   // Statistics: exact per head where no group of the head diverged; totals likewise.

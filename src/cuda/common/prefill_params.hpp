@@ -15,6 +15,11 @@ struct PrefillParams : AttentionOperands {
 
   int64_t* stats_per_head;  // [Hq, 2] (visited, skipped), zeroed by the launcher; may be null
   uint8_t* decisions;       // [B, Hq * row_blocks, tiles_per_group], may be null
+
+  // FP8 with P V on the e4m3 wgmma (sm_90a, BLASST_CUDA_SM90_FP8_PV_E4M3): the workspace for V^T
+  // [B, Hkv, Dv, vt_keys] e4m3 that the pre-pass writes; null otherwise.
+  void* vt;
+  int32_t vt_keys;  // max_seqlen_k rounded up to 128
 };
 
 }  // namespace blasst::cuda

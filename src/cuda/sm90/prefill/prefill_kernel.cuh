@@ -13,7 +13,9 @@
 // FP8 (e4m3 Q, K, V): the same, with the e4m3 wgmma for QK^T, the score scale times the
 // dequantization scales of Q and K (read here, per KV head where given), and for a kept tile
 // its V converted into the warpgroup's own fp16 copy before P V (fp8_convert.cuh); V's scale
-// goes into 1 / l, as in the CPU engine.
+// goes into 1 / l, as in the CPU engine. With BLASST_CUDA_SM90_FP8_PV_E4M3 (Traits::kPVInFp8)
+// P V runs on the e4m3 wgmma instead: P quantized to e4m3 in registers, V^T tiles from the
+// pre-pass's workspace (fp8_pv.cuh), released after their P V as in the 16-bit kernels.
 #pragma once
 
 #include <climits>
@@ -28,6 +30,7 @@
 #include "cuda/common/quad_reduce.cuh"
 #include "cuda/common/skip_threshold.cuh"
 #include "cuda/sm90/prefill/fp8_convert.cuh"
+#include "cuda/sm90/prefill/fp8_pv.cuh"
 #include "cuda/sm90/prefill/prefill_traits.cuh"
 #include "cuda/sm90/prefill/softmax_vote.cuh"
 #include "cuda/sm90/prefill/visit_plan.cuh"
@@ -46,6 +49,7 @@ struct KernelParams {
   int32_t box_pages;                    // pages of 16-64 tokens: tiles are loaded box by box
   typename Traits::GmemShape q_shape;  // (rows, Dqk, Hq, batch) as the TMA descriptors see them
   typename Traits::GmemShape k_shape;  // (rows, Dqk, Hkv, batch); V's is the same with Dv
+  typename Traits::GmemShape vt_shape; // kPVInFp8: (Dv, vt_keys, Hkv, batch) of the pre-pass's V^T
   int32_t row_blocks;                  // CTAs per (batch, head): ceil(max_seqlen_q / kBlockM)
   int32_t group_blocks;                // decision groups per (batch, head): p.row_blocks
   int32_t pingpong;                    // consumer warpgroups take turns issuing their products
@@ -58,6 +62,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   using TPV = typename Traits::ElementPV;
   using TO = typename Traits::ElementO;
   constexpr bool kFp8 = Traits::kFp8;
+  constexpr bool kPVInFp8 = Traits::kPVInFp8;
+  constexpr bool kConvertV = kFp8 && !kPVInFp8;  // FP8 V converted into 16-bit copies for P V
   using Barrier = cutlass::arch::ClusterTransactionBarrier;
   using EmptyBarrier = cutlass::arch::ClusterBarrier;
   constexpr int Dqk = Traits::Dqk;
@@ -213,6 +219,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
         else
           stream_tiles(P.tma_k, typename Traits::SmemLayoutK{}, ss.k.data(), ss.k_full, ss.k_empty, Int<kStagesK>{},
                        Int<Dqk>{});
+      } else if constexpr (kPVInFp8) {
+        // V^T tiles [Dv, BN] of entry b from the pre-pass's workspace (never paged: the pre-pass
+        // gathered the pages).
+        Tensor mVt = P.tma_v.get_tma_tensor(P.vt_shape);
+        auto cta = P.tma_v.get_slice(0);
+        Tensor dst = cta.partition_D(make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{}));
+        for (int i = 0; i < n_stream; ++i) {
+          const int s = i % kStagesV;
+          const uint32_t phase = uint32_t(i / kStagesV) & 1u;
+          Tensor src = local_tile(mVt(_, _, kv_head, b), Shape<Int<Dv>, Int<BN>>{}, make_coord(0, plan.at(i)));
+          EmptyBarrier::wait(&ss.v_empty[s], phase ^ 1u);
+          Barrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kTileBytesV);
+          copy(P.tma_v.with(ss.v_full[s]), cta.partition_S(src), dst(_, _, _, s));
+        }
       } else {
         if (P.box_pages)
           stream_boxes(P.tma_v_box, typename Traits::SmemLayoutVBox{}, ss.v.data(), ss.v_full, ss.v_empty,
@@ -253,7 +273,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
   // The V tiles P V reads: V's stages, or for FP8 the warpgroups' 16-bit copies.
   auto pv_base = [&]() {
-    if constexpr (kFp8)
+    if constexpr (kConvertV)
       return ss.vp.data();
     else
       return ss.v.data();
@@ -262,7 +282,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   // FP8: shared-memory addresses of V's e4m3 stages and of this warpgroup's fp16 copy.
   [[maybe_unused]] const uint32_t v8_base = cute::cast_smem_ptr_to_uint(ss.v.data());
   [[maybe_unused]] const uint32_t vp_base =
-      cute::cast_smem_ptr_to_uint(pv_base()) + uint32_t(grp) * uint32_t(BN * Dv * sizeof(TPV));
+      cute::cast_smem_ptr_to_uint(pv_base()) + uint32_t(grp) * uint32_t(BN * Dv * sizeof(typename Traits::ElementVp));
   Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, 1, Dqk/16): this group's 64 rows (registers or descriptors)
   Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, 1, Dqk/16, stages)
   Tensor tOrVt = thr_o.partition_fragment_B(sVt); // (MMA, 1, BN/16, stages)
@@ -318,8 +338,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   // A run of skipped tiles goes at the pace of the chain QK^T -> row max -> vote -> next QK^T,
   // so a skipped tile's V buffer (its load must land before it is handed back) is released
   // while the next QK^T is in flight, off that chain.
-  Tensor rP = make_tensor<TPV>(tSrS.layout());  // P of the pending tile, 16-bit
-  Tensor tOrP = make_tensor(rP.data(), acc_as_a_layout(rP.layout()));
+  // P of the pending tile: 16-bit in the accumulator's layout (rP, viewed as the A operand), or
+  // (kPVInFp8) e4m3 in the A fragment's own layout (pack_p_e4m3 places the bytes)
+  Tensor rP = make_tensor<TPV>(tSrS.layout());
+  auto p_fragment = [&]() {
+    if constexpr (kPVInFp8) {
+      Tensor a = thr_o.partition_fragment_A(make_tensor(make_smem_ptr(ss.q.data()), make_layout(Shape<Int<BM>, Int<BN>>{})));
+      static_assert(decltype(size(a))::value == decltype(size(tSrS))::value, "a byte of P per score");
+      return a;
+    } else {
+      return make_tensor(rP.data(), acc_as_a_layout(rP.layout()));
+    }
+  };
+  Tensor tOrP = p_fragment();
   bool pv_pending = false;
   int pv_stage = 0;           // V stage of the pending tile
   int v_held = -1;            // V stage of a skipped or foreign tile still to hand back
@@ -421,8 +452,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       if (pv_pending) {
-        // (FP8: the e4m3 stage went back when it was converted.)
-        if constexpr (!kFp8) release(&ss.v_empty[pv_stage]);
+        // (FP8 V converted: the e4m3 stage went back when it was converted.)
+        if constexpr (!kConvertV) release(&ss.v_empty[pv_stage]);
         pv_pending = false;
       }
     };
@@ -467,9 +498,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     finish_pending_pv();
     if (trace) trace[t] = 1;  // BLASST_TILE_KEPT
     sm.rescale(o_rc, alpha);
-    convert_fragment_into(tSrS, rP);
+    if constexpr (kPVInFp8)
+      pack_p_e4m3(tSrS, tOrP);
+    else
+      convert_fragment_into(tSrS, rP);
     Barrier::wait(&ss.v_full[sv], phase_v);
-    if constexpr (kFp8) {
+    if constexpr (kPVInFp8) {
+      // (V^T's keys past lk are zeros of the pre-pass.)
+    } else if constexpr (kFp8) {
       // The warpgroup's fp16 copy of V (its previous P V has landed): rows past lk become 0
       // (another entry's or padding values, maybe NaN, or not loaded at all). The e4m3 stage
       // then goes back at once.
@@ -503,7 +539,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     issue_pv();
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrO);
-    if constexpr (!kFp8) release(&ss.v_empty[pv_stage]);
+    if constexpr (!kConvertV) release(&ss.v_empty[pv_stage]);
   }
 
   // ---------------- epilogue: O = o / l, LSE = m * scale + ln(l) ----------------
@@ -544,11 +580,16 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     }
   };
   if constexpr (kFp8) {
-    // O goes through the group's own fp16 V copy (Q's FP8 buffer is too small for 16-bit O),
-    // once every warp of the group is past its last P V.
+    // O goes through the group's own fp16 V copy, or (kPVInFp8) its own O buffer (Q's FP8
+    // buffer is too small for 16-bit O), once every warp of the group is past its last P V.
     ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
-    Tensor sO = make_tensor(make_smem_ptr(reinterpret_cast<TO*>(ss.vp.data()) + grp * BN * Dv),
-                            typename Traits::SmemLayoutOGroup{});
+    auto o_base = [&]() {
+      if constexpr (kPVInFp8)
+        return ss.o.data() + grp * cosize_v<typename Traits::SmemLayoutOGroup>;
+      else
+        return reinterpret_cast<TO*>(ss.vp.data()) + grp * BN * Dv;
+    };
+    Tensor sO = make_tensor(make_smem_ptr(o_base()), typename Traits::SmemLayoutOGroup{});
     typename Traits::MmaOGroup mma_og;
     Tensor tOsO = mma_og.get_thread_slice(wt).partition_C(sO);
     static_assert(decltype(size(tOsO))::value == decltype(size(rO))::value, "one warpgroup's share of O");

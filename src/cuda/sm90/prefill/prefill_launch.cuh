@@ -43,14 +43,28 @@ cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_
   kp.tma_q = make_tma_copy(SM90_TMA_LOAD{}, q, typename Traits::SmemLayoutQ{}, Shape<Int<Traits::kBlockM>, Int<Dqk>>{}, _1{});
   kp.tma_k = make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKStage{},
                            Shape<Int<Traits::kBlockN>, Int<Dqk>>{}, _1{});
-  kp.tma_v = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutVStage{},
-                           Shape<Int<Traits::kBlockN>, Int<Dv>>{}, _1{});
+  if constexpr (Traits::kPVInFp8) {
+    // V^T [B, Hkv, Dv, vt_keys] in the workspace, written first by the pre-pass (fp8_pv.cuh)
+    if (p.vt == nullptr || p.vt_keys % Traits::kBlockN != 0 || p.vt_keys < p.max_seqlen_k) return cudaErrorInvalidValue;
+    const dim3 tgrid(unsigned(p.vt_keys / 128), unsigned(p.num_kv_heads), unsigned(p.batch));
+    transpose_v_e4m3_kernel<Dv><<<tgrid, 128, 0, stream>>>(p, static_cast<uint8_t*>(p.vt), p.vt_keys);
+    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+    const int64_t keys = p.vt_keys;
+    kp.vt_shape = make_shape(int32_t(Dv), int32_t(keys), int32_t(p.num_kv_heads), int32_t(p.batch));
+    auto vt = make_tensor(make_gmem_ptr(static_cast<const E*>(p.vt)),
+                          make_layout(kp.vt_shape, make_stride(keys, _1{}, int64_t(Dv) * keys,
+                                                               int64_t(Dv) * keys * p.num_kv_heads)));
+    kp.tma_v = make_tma_copy(SM90_TMA_LOAD{}, vt, typename Traits::SmemLayoutVStage{}, typename Traits::TileV{}, _1{});
+  } else {
+    kp.tma_v = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutVStage{}, typename Traits::TileV{}, _1{});
+  }
   kp.box_pages = p.block_table != nullptr && p.page_size < Traits::kBlockN;
   if (kp.box_pages) {
     kp.tma_k_box = make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKBox{},
                                  Shape<Int<Traits::kBoxRows>, Int<Dqk>>{}, _1{});
-    kp.tma_v_box = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutVBox{},
-                                 Shape<Int<Traits::kBoxRows>, Int<Dv>>{}, _1{});
+    if constexpr (!Traits::kPVInFp8)
+      kp.tma_v_box = make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutVBox{},
+                                   Shape<Int<Traits::kBoxRows>, Int<Dv>>{}, _1{});
   }
   kp.row_blocks = (p.max_seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   kp.group_blocks = p.row_blocks;

@@ -27,10 +27,18 @@
 // converts the V tiles it keeps into a 16-bit copy of its own ([128, Dv] fp16, the layout of
 // the 16-bit kernels' V; e4m3 -> fp16 is exact and one instruction per two values), which
 // P V (P in fp16) reads; the e4m3 stage goes back as soon as it is converted. O is bf16.
+// FP8 with BLASST_CUDA_SM90_FP8_PV_E4M3 (kPVInFp8, not yet measured): P V on the e4m3 wgmma too,
+// P quantized to e4m3 in registers and V^T [Dv, 128 keys] loaded by TMA from the workspace a
+// pre-pass wrote (fp8_pv.cuh), K-major with the 128-byte swizzle; O goes out through a bf16
+// buffer of its own.
 #pragma once
 
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
+
+#ifndef BLASST_CUDA_SM90_FP8_PV_E4M3
+#define BLASST_CUDA_SM90_FP8_PV_E4M3 0
+#endif
 
 namespace blasst::cuda::sm90 {
 
@@ -40,8 +48,10 @@ template <class Element_, int Dqk_, int Dv_ = Dqk_>
 struct PrefillTraits {
   using Element = Element_;  // of Q, K and V as stored: cutlass::bfloat16_t, cutlass::half_t or cutlass::float_e4m3_t
   static constexpr bool kFp8 = sizeof_bits_v<Element> == 8;
-  // P and V in P V: the element itself, or for FP8 fp16 (V converted in shared memory)
-  using ElementPV = std::conditional_t<kFp8, cutlass::half_t, Element>;
+  static constexpr bool kPVInFp8 = kFp8 && BLASST_CUDA_SM90_FP8_PV_E4M3;  // P V on the e4m3 wgmma, V^T from the pre-pass
+  // P and V in P V: the element itself, or for FP8 fp16 (V converted in shared memory) or e4m3
+  // (kPVInFp8)
+  using ElementPV = std::conditional_t<kFp8 && !kPVInFp8, cutlass::half_t, Element>;
   using ElementO = std::conditional_t<kFp8, cutlass::bfloat16_t, Element>;  // of O
   static constexpr int Dqk = Dqk_;  // head dim of Q and K
   static constexpr int Dv = Dv_;    // head dim of V and O
@@ -90,10 +100,11 @@ struct PrefillTraits {
       kQInRegisters, decltype(GMMA::rs_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<Dqk>>>()),
       decltype(GMMA::ss_op_selector<Element, Element, float, Shape<Int<kGroupRows>, Int<kBlockN>, Int<Dqk>>>())>;
   using MmaS = decltype(make_tiled_mma(MmaSAtom{}, AtomLayout{}));
-  using MmaO = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<ElementPV, ElementPV, float, Shape<Int<kGroupRows>, Int<Dv>, Int<kBlockN>>, GMMA::Major::K,
-                           GMMA::Major::MN>(),
-      AtomLayout{}));
+  // V's major mode in P V: MN (V as stored, read transposed) for 16 bits; K (V^T) for e4m3
+  static constexpr GMMA::Major kMajorV = kPVInFp8 ? GMMA::Major::K : GMMA::Major::MN;
+  using MmaOAtom = decltype(GMMA::rs_op_selector<ElementPV, ElementPV, float, Shape<Int<kGroupRows>, Int<Dv>, Int<kBlockN>>,
+                                                 GMMA::Major::K, kMajorV>());
+  using MmaO = decltype(make_tiled_mma(MmaOAtom{}, AtomLayout{}));
 
   // K-major swizzle atom of the tiles loaded by TMA: 128-byte rows of 64 16-bit elements; FP8
   // rows of 128 elements where the tile has them, else of 64 (64-byte swizzle).
@@ -106,23 +117,31 @@ struct PrefillTraits {
   // (the other groups may still be reading theirs).
   using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementO>{}, Shape<Int<kBlockM>, Int<Dv>>{}));
   using SmemLayoutK = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dqk>, Int<kStagesK>>{}));
-  using SmemLayoutV = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dv>, Int<kStagesV>>{}));
+  // V's stages as TMA writes them: [keys, Dv] (V^T [Dv, keys] with kPVInFp8: 128-key rows)
+  using SmemLayoutV = std::conditional_t<
+      kPVInFp8, decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<Dv>, Int<kBlockN>, Int<kStagesV>>{})),
+      decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dv>, Int<kStagesV>>{}))>;
   using SmemLayoutKStage = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dqk>>{}));
-  using SmemLayoutVStage = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dv>>{}));
+  using SmemLayoutVStage = std::conditional_t<
+      kPVInFp8, decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<Dv>, Int<kBlockN>>{})),
+      decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<Dv>>{}))>;
   // The V tiles P V reads [keys, Dv, buffer]: V's stages, or for FP8 each consumer warpgroup's
   // 16-bit copy (buffer = warpgroup).
   static constexpr int kBuffersPV = kFp8 ? kConsumerGroups : kStagesV;
-  using SmemLayoutVp = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementPV>{},
+  // (kPVInFp8 has no copies; the fp16 layout stands in for the unused types.)
+  using ElementVp = std::conditional_t<kFp8, cutlass::half_t, Element>;
+  using SmemLayoutVp = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementVp>{},
                                               Shape<Int<kBlockN>, Int<Dv>, Int<kBuffersPV>>{}));
-  using SmemLayoutVpBuffer = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementPV>{}, Shape<Int<kBlockN>, Int<Dv>>{}));
-  // V^T [Dv, keys, buffer]: the same bytes as V [keys, Dv, buffer], viewed MN-major for P V.
-  using SmemLayoutVt = decltype(composition(
-      SmemLayoutVp{}, make_ordered_layout(Shape<Int<Dv>, Int<kBlockN>, Int<kBuffersPV>>{}, Step<_2, _1, _3>{})));
+  using SmemLayoutVpBuffer = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementVp>{}, Shape<Int<kBlockN>, Int<Dv>>{}));
+  // V^T [Dv, keys, buffer]: the same bytes as V [keys, Dv, buffer], viewed MN-major for P V
+  // (kPVInFp8: V's stages, already V^T).
+  using SmemLayoutVt = std::conditional_t<
+      kPVInFp8, SmemLayoutV,
+      decltype(composition(SmemLayoutVp{},
+                           make_ordered_layout(Shape<Int<Dv>, Int<kBlockN>, Int<kBuffersPV>>{}, Step<_2, _1, _3>{})))>;
   // FP8: O [64, Dv] of one warpgroup in the epilogue, over its 16-bit V copy.
   using SmemLayoutOGroup = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementO>{}, Shape<Int<kGroupRows>, Int<Dv>>{}));
-  using MmaOGroup = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<ElementPV, ElementPV, float, Shape<Int<kGroupRows>, Int<Dv>, Int<kBlockN>>, GMMA::Major::K,
-                           GMMA::Major::MN>()));
+  using MmaOGroup = decltype(make_tiled_mma(MmaOAtom{}));
 
   // Global tensors as TMA sees them: (rows, D, heads, batch) with the caller's strides (D = Dqk
   // for Q and K, Dv for V); for ragged batches the batch mode has extent 1 and rows are packed
@@ -136,9 +155,11 @@ struct PrefillTraits {
   using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{},
                                       make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
                                       SmemLayoutKStage{}, Shape<Int<kBlockN>, Int<Dqk>>{}, _1{}));
+  // (kPVInFp8: over the pre-pass's V^T (Dv, keys, Hkv, batch), tiles of [Dv, kBlockN])
+  using TileV = std::conditional_t<kPVInFp8, Shape<Int<Dv>, Int<kBlockN>>, Shape<Int<kBlockN>, Int<Dv>>>;
   using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{},
                                       make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
-                                      SmemLayoutVStage{}, Shape<Int<kBlockN>, Int<Dv>>{}, _1{}));
+                                      SmemLayoutVStage{}, TileV{}, _1{}));
 
   // Paged caches with pages of 16-64 tokens: each tile is loaded as kBoxRows-row boxes, one per
   // 16 keys, each from its page. A box is rows [16 c, 16 c + 16) of a stage, i.e. the stage's
@@ -183,12 +204,23 @@ struct PrefillTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> v;
-    alignas(1024) cute::array_aligned<ElementPV, cosize_v<SmemLayoutVp>> vp;
+    alignas(1024) cute::array_aligned<ElementVp, cosize_v<SmemLayoutVp>> vp;
     uint64_t q_full;
     uint64_t k_full[kStagesK], k_empty[kStagesK];
     uint64_t v_full[kStagesV], v_empty[kStagesV];
   };
-  using SharedStorage = std::conditional_t<kFp8, SharedStorage8, SharedStorage16>;
+  // FP8 with P V in e4m3: V^T stages, and each consumer warpgroup's O [64, Dv] bf16 for the epilogue.
+  struct SharedStorage8PV {
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> v;
+    alignas(1024) cute::array_aligned<ElementO, kConsumerGroups * cosize_v<SmemLayoutOGroup>> o;
+    uint64_t q_full;
+    uint64_t k_full[kStagesK], k_empty[kStagesK];
+    uint64_t v_full[kStagesV], v_empty[kStagesV];
+  };
+  using SharedStorage =
+      std::conditional_t<kPVInFp8, SharedStorage8PV, std::conditional_t<kFp8, SharedStorage8, SharedStorage16>>;
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of an SM");
 };
