@@ -13,9 +13,10 @@ forward's decisions (the forward is not timed; FlexAttention's includes the forw
 differentiate) through the torch formulas (blasst-torch), FlexAttention in blocks of 128 rows
 (blasst-flex) and of 64 rows (blasst-flex-q64, as BLASST_FLEX_Q_BLOCK=64: one sm_90a decision group
 per block), and blasst's Triton kernels (blasst-triton; --triton-configs times other block
-configurations beside it, named blasst-triton-M1-N1-M2-N2-warps-stages, ending in -rowdot where
-BLASST_TRITON_BWD_ROWDOT=1 is set and -plan where BLASST_TRITON_BWD_PLAN=kernel is), which read the
-forward's LSE and re-run nothing; for SDPA, autograd.grad of its forward's output.
+configurations beside it, named blasst-triton-M1-N1-M2-N2-warps-stages, ending in -torchrowsum
+where BLASST_TRITON_BWD_ROWDOT=0 is set and -torchplan where BLASST_TRITON_BWD_PLAN=torch is; rows
+of commits before these were the default end in -rowdot and -plan where they were on), which read
+the forward's LSE and re-run nothing; for SDPA, autograd.grad of its forward's output.
 Accuracy (--check-len, default the first length): each backward's error against fp64 autograd of
 the same attention (dense for SDPA, over the kept tiles for blasst), as max |g - g64| / max |g64|
 per gradient, so that blasst's error reads against a bf16 kernel's own.
@@ -205,8 +206,8 @@ def main():
                 name = "blasst-triton" if config == TRITON_DEFAULT else "blasst-triton-" + config.replace(",", "-")
                 name += "-atomic" if dq_mode == "atomic" else ""
                 name += f"-split{parts}" if parts is not None else ""
-                name += "-rowdot" if os.environ.get("BLASST_TRITON_BWD_ROWDOT") == "1" else ""
-                name += "-plan" if os.environ.get("BLASST_TRITON_BWD_PLAN") == "kernel" else ""
+                name += "-torchrowsum" if os.environ.get("BLASST_TRITON_BWD_ROWDOT") == "0" else ""
+                name += "-torchplan" if os.environ.get("BLASST_TRITON_BWD_PLAN") == "torch" else ""
                 try:
                     g_tri = triton_run()
                 except Exception as err:

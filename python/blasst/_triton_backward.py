@@ -299,11 +299,11 @@ def _row_dot_kernel(A, B, OUT, rows, D: tl.constexpr, BLOCK: tl.constexpr):
 
 
 def fused_row_dots() -> bool:
-    """BLASST_TRITON_BWD_ROWDOT=1 computes D = rowsum(O dO) with _row_dot_kernel in one pass instead of
-    torch's fp32 copies, product and sum (the torch ops around the kernels took 0.85 ms of a 6.8 ms
-    call at 8K, d 128, Hq 32 on an H100, these among the largest). Off by default until it is
-    measured on a GPU (it is checked in Triton's interpreter)."""
-    return env_choice("BLASST_TRITON_BWD_ROWDOT", "0", ("0", "1")) == "1"
+    """D = rowsum(O dO) by _row_dot_kernel in one pass (the default), or with BLASST_TRITON_BWD_ROWDOT=0
+    by torch's fp32 copies, product and sum. With the lists by _plan_kernel it took the dense call at
+    8K, d 128, Hq 32 from 6.38 to 5.90 ms on an H100 (commit e375034; rows in
+    bench/results/gpu_backward.csv)."""
+    return env_choice("BLASST_TRITON_BWD_ROWDOT", "1", ("0", "1")) == "1"
 
 
 def row_dots(out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
@@ -487,11 +487,11 @@ PLAN_KERNEL_MAX = 8192  # the longest list one program of _plan_kernel orders (a
 
 
 def plan_in_one_kernel() -> bool:
-    """BLASST_TRITON_BWD_PLAN=kernel builds each kernel's lists with _plan_kernel, one launch instead of
-    some twenty torch ops (at sparsity 0.77 on an H100 the torch ops around the kernels took 0.87 ms
-    and the device sat idle another 0.57 ms of a 2.9 ms call). Off by default (=torch) until it is
-    measured on a GPU; it is checked against the torch lists in Triton's interpreter."""
-    return env_choice("BLASST_TRITON_BWD_PLAN", "torch", ("torch", "kernel")) == "kernel"
+    """Each kernel's lists by _plan_kernel, one launch (the default, =kernel), or with
+    BLASST_TRITON_BWD_PLAN=torch by some twenty torch ops. With the fused rowsum it took the call at
+    sparsity 0.77 (8K, d 128, Hq 32, H100, commit e375034) from 2.70 to 1.74 ms; the torch lists stay
+    for lists longer than PLAN_KERNEL_MAX, and the interpreter tests hold both equal."""
+    return env_choice("BLASST_TRITON_BWD_PLAN", "kernel", ("torch", "kernel")) == "kernel"
 
 
 def planned_lists(kept: torch.Tensor, dec_m: int, dec_n: int, bm: int, bn: int, lq: torch.Tensor,
