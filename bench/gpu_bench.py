@@ -14,7 +14,7 @@ backends that take 192/128 ("n/a" for those that do not). Its rows carry a dv co
 bench/results/gpu_prefill_mla.csv unless --csv says otherwise.
 
 `--fp8` quantizes the same bf16 inputs to e4m3 per tensor (scale = amax / 448) and times our FP8
-dense and skip modes (the sm_90a kernel; BLASST_CUDA_SM90_FP8_PREFILL=1 is set for the library)
+dense and skip modes (the sm_90a kernel)
 beside FlashAttention-3's FP8 flash_attn_func (q/k/v in e4m3 with q_descale/k_descale/v_descale
 of shape [B, Hkv]) and our bf16 dense and skip modes on the unquantized inputs, all in one
 interleaved rotation; each skip mode's speedup is over the dense mode of its dtype. Rows carry dtype fp8_e4m3 (ours
@@ -430,7 +430,7 @@ def main():
     ap.add_argument("--mla-heads", default="32,128", help="query (= KV) head counts of the --mla runs")
     ap.add_argument("--fp8", action="store_true",
                     help="time our FP8 (e4m3, per-tensor scales) dense and skip modes beside FlashAttention-3's FP8 "
-                         "flash_attn_func and our bf16 modes; sets BLASST_CUDA_SM90_FP8_PREFILL=1 for the library")
+                         "flash_attn_func and our bf16 modes")
     ap.add_argument("--baseline-lib", default=None,
                     help="another libblasst.so (e.g. an earlier commit) whose dense and skip modes are timed in "
                          "the same interleaved rotation; printed as base-dense/base-skip, not written to the CSV")
@@ -468,8 +468,6 @@ def main():
                      "--profile-once")
         if args.dtype != "bf16":
             ap.error("--fp8 quantizes bf16 inputs (our FP8 kernel writes bf16)")
-        # the FP8 path of the CUDA engine is off unless this is set (read at each call)
-        os.environ.setdefault("BLASST_CUDA_SM90_FP8_PREFILL", "1")
     twin = None
     if args.twin:
         m = re.fullmatch(r"([A-Z0-9_]+)=([^:]*):([a-z0-9]+)", args.twin)

@@ -231,12 +231,12 @@ std::string sm90_mla_refusal(const blasst_args& a, Elem elem) {
                 "tokens, page after page in token rows; extents below 2^31, strides below 2^40 bytes)";
 }
 
-// FP8 prefill (e4m3 Q, K and V, bfloat16 O) has an sm_90a kernel only, not yet measured on a
-// GPU: the engine takes such calls only with BLASST_CUDA_SM90_FP8_PREFILL=1 (read at each call).
+// FP8 prefill (e4m3 Q, K and V, bfloat16 O) has an sm_90a kernel only; BLASST_CUDA_SM90_FP8_PREFILL=0
+// (read at each call) turns it off, so that such calls are refused.
 constexpr const char* kFp8PrefillEnv = "BLASST_CUDA_SM90_FP8_PREFILL";
 bool sm90_fp8_prefill_enabled() {
   const char* env = std::getenv(kFp8PrefillEnv);
-  return env && std::string(env) == "1";
+  return !(env && std::string(env) == "0");
 }
 
 // TMA reads FP8 rows with 16-byte aligned strides: the base and every stride a multiple of 16
@@ -258,8 +258,7 @@ std::string fp8_prefill_refusal(const blasst_args& a, const std::optional<sm90::
   if (a.head_dim_qk != a.head_dim_v || (a.head_dim_qk != 64 && a.head_dim_qk != 128))
     return what + "it is built for head dims 64 and 128 (head_dim_qk == head_dim_v)";
   if (!sm90_fp8_prefill_enabled())
-    return std::string("prefill with float8_e4m3 operands is off until measured on a GPU: set ") + kFp8PrefillEnv +
-           "=1 to run its sm_90a kernel";
+    return std::string("prefill with float8_e4m3 operands is turned off by ") + kFp8PrefillEnv + "=0";
   if (!sm90::built(Elem::kFp8, a.head_dim_qk, a.head_dim_v))
     return what + "this build has none for head dim " + std::to_string(a.head_dim_qk) +
            " (it needs 90a in BLASST_CUDA_ARCHS, the CUTLASS headers, the head dim in BLASST_CUDA_HEAD_DIMS and "

@@ -650,7 +650,7 @@ TEST_F(MlaPrefillGpu, SanitizerSubset) {
 
 // FP8 (e4m3) prefill: Q, K and V quantized from the structured bf16 inputs with per-tensor or
 // per-KV-head scales (amax / 448), O in bf16. Only the sm_90a kernel runs it (head dims 64 and
-// 128), and only with BLASST_CUDA_SM90_FP8_PREFILL=1, which these tests set; without a compute
+// 128), unless BLASST_CUDA_SM90_FP8_PREFILL=0 (which these tests clear); without a compute
 // capability 9.0 device or that kernel in the build they check the refusal and skip the rest.
 constexpr const char* kFp8Env = "BLASST_CUDA_SM90_FP8_PREFILL";
 
@@ -671,7 +671,7 @@ class Fp8PrefillGpu : public PrefillGpu {
   void SetUp() override {
     PrefillGpu::SetUp();
     if (IsSkipped()) return;
-    setenv(kFp8Env, "1", 1);
+    unsetenv(kFp8Env);
   }
   void TearDown() override { unsetenv(kFp8Env); }
 
@@ -688,16 +688,14 @@ class Fp8PrefillGpu : public PrefillGpu {
   }
 };
 
-TEST_F(Fp8PrefillGpu, GatedByEnvironmentVariable) {
+TEST_F(Fp8PrefillGpu, OnByDefaultOffByEnvironmentVariable) {
   Case c = fp8_case({100}, {100}, 2, 1, 128, 0);
   const Inputs in = make_inputs(c);
-  unsetenv(kFp8Env);
+  expect_sm90_or_refused(run_gpu(c, in));
+  setenv(kFp8Env, "0", 1);
   GpuRun r = run_gpu(c, in);
   EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
   EXPECT_NE(r.message.find(kFp8Env), std::string::npos) << r.message;
-  setenv(kFp8Env, "0", 1);
-  r = run_gpu(c, in);
-  EXPECT_EQ(r.status, BLASST_ERROR_UNSUPPORTED) << r.message;
   setenv(kFp8Env, "1", 1);
   // Head dims other than 64 and 128 stay refused.
   Case other = c;
