@@ -102,6 +102,54 @@ def test_fp8_prefill_on_the_gpu_is_unsupported_not_wrong():
                          v_scale=one)
 
 
+def _fp8_prefill_inputs(batch, lq, lk, hq, hkv, d):
+    """Structured bf16 inputs quantized to e4m3 per tensor (amax / 448) and their scales."""
+    q, k, v = structured_qkv(batch, lq, lk, hq, hkv, d, dtype=torch.bfloat16)
+    scales = [float(t.float().abs().amax()) / 448 for t in (q, k, v)]
+    return [(t.float() / s).to(torch.float8_e4m3fn) for t, s in zip((q, k, v), scales)], scales
+
+
+@pytest.mark.parametrize("d,causal,order", [(64, True, "ascending"), (128, False, "anchored")])
+def test_all_fp8_prefill_on_the_gpu_follows_the_cpu_engine(d, causal, order):
+    # the sm_90a kernel (P V in e4m3, V^T in a torch-allocated workspace) against the CPU engine at
+    # the geometry it reports: statistics equal up to rounding at the rule's margin, outputs within
+    # what rounding P to e4m3 costs (3 mantissa bits; the CPU engine keeps P in fp32)
+    (q8, k8, v8), (sq, sk, sv) = _fp8_prefill_inputs(2, 300, 700, 8, 2, d)
+    kw = dict(causal=causal, threshold_scale_factor=30.0, return_stats=True, q_scale=sq, k_scale=sk, v_scale=sv)
+    out, lse, stats = _run_or_skip(lambda: blasst.attention(*cuda(q8, k8, v8), order=order, **kw))
+    info = blasst.last_run_info()
+    assert info.engine == "cuda" and out.dtype == torch.bfloat16 and stats[:, 1].sum() > 0
+    ref, ref_lse, ref_stats = blasst.attention(q8, k8, v8, block_m=info.block_m, block_n=info.block_n,
+                                               order=info.order, **kw)
+    assert (stats.cpu() - ref_stats).abs().sum() <= 2
+    err = (out.cpu().float() - ref.float()).norm() / ref.float().norm()
+    assert err < 2.5e-2, err
+    assert (lse.cpu() - ref_lse).abs().max() < 3e-3 * ref_lse.abs().max()
+
+
+def test_all_fp8_prefill_under_cuda_graph_capture():
+    (q8, k8, v8), (sq, sk, sv) = _fp8_prefill_inputs(1, 256, 1000, 4, 2, 128)
+    q8, k8, v8 = cuda(q8, k8, v8)
+    kw = dict(causal=True, threshold_scale_factor=10.0, q_scale=sq, k_scale=sk, v_scale=sv)
+    static_v = v8.clone()
+    _run_or_skip(lambda: blasst.attention(q8, k8, static_v, **kw))
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        blasst.attention(q8, k8, static_v, **kw)  # warm-up
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, _ = blasst.attention(q8, k8, static_v, **kw)
+    new_v = (v8.float() * -0.5).to(torch.float8_e4m3fn)  # the pre-pass must read V at each replay
+    static_v.copy_(new_v)
+    g.replay()
+    torch.cuda.synchronize()
+    expected, _ = blasst.attention(q8, k8, new_v, **kw)
+    assert torch.equal(out, expected)
+
+
 FP8_DECODE_CASES = [  # (batch, Lq, Lk, Hq, Hkv, D, page (0 = contiguous), per-head scales, factor, order)
     (2, 1, 1000, 32, 8, 128, 64, False, 0.0, "ascending"),
     (3, 1, 4097, 32, 8, 128, 16, True, 40.0, "ascending"),
