@@ -87,20 +87,29 @@ Status invalid(const std::string& why) { return {BLASST_ERROR_INVALID_ARGUMENT, 
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// A device buffer the engine keeps for calls that bring none of their own: grown to the largest
+// size asked, never shrunk; null if it cannot be allocated.
+struct CachedDeviceBuffer {
+  std::mutex mutex;
+  void* data = nullptr;
+  size_t bytes = 0;
+  void* get(size_t need) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (bytes < need) {
+      cudaFree(data);
+      data = nullptr;
+      bytes = 0;
+      if (cudaMalloc(&data, need) != cudaSuccess) return nullptr;
+      bytes = need;
+    }
+    return data;
+  }
+};
+
 // Per-head counters the engine uses when the caller wants totals but gave no stats_per_head.
 int64_t* internal_stats(size_t heads) {
-  static std::mutex mutex;
-  static int64_t* buffer = nullptr;
-  static size_t capacity = 0;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (capacity < heads) {
-    cudaFree(buffer);
-    buffer = nullptr;
-    capacity = 0;
-    if (cudaMalloc(&buffer, 2 * heads * sizeof(int64_t)) != cudaSuccess) return nullptr;
-    capacity = heads;
-  }
-  return buffer;
+  static CachedDeviceBuffer buffer;
+  return static_cast<int64_t*>(buffer.get(2 * heads * sizeof(int64_t)));
 }
 
 // FP8 prefill with P V on the e4m3 wgmma (BLASST_CUDA_SM90_FP8_PV_E4M3) reads V^T [B, Hkv, Dv,
@@ -116,18 +125,8 @@ size_t fp8_pv_workspace_bytes(const blasst_args& a) {
   return 0;
 }
 void* internal_fp8_pv_workspace(size_t bytes) {
-  static std::mutex mutex;
-  static void* buffer = nullptr;
-  static size_t capacity = 0;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (capacity < bytes) {
-    cudaFree(buffer);
-    buffer = nullptr;
-    capacity = 0;
-    if (cudaMalloc(&buffer, bytes) != cudaSuccess) return nullptr;
-    capacity = bytes;
-  }
-  return buffer;
+  static CachedDeviceBuffer buffer;
+  return buffer.get(bytes);
 }
 
 // 16-byte cp.async needs 16-byte aligned rows: the base pointer and every stride a multiple
