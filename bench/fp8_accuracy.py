@@ -2,6 +2,7 @@
 """Accuracy of FP8 (e4m3) attention on real attention samples, with and without skipping.
 
     python3 bench/fp8_accuracy.py [--samples NAME,...] [--factors 4,32] [--csv bench/results/fp8_accuracy.csv]
+    python3 bench/fp8_accuracy.py --engine cuda ...   # the same through the CUDA engine (a GPU)
 
 For each sample of data/samples (post-RoPE Q/K/V of SmolLM2-135M-Instruct on real text, causal
 prefill), blasst's CPU engine runs: bf16 inputs, K/V in e4m3 beside bf16 Q (an FP8 KV cache),
@@ -11,6 +12,10 @@ head group for Q), amax / 448, as FP8 KV caches compute them. Reported per run: 
 error ||O - ref|| / ||ref||, the largest absolute error, and the sparsity (skipped / visited tiles),
 so the error FP8 adds can be read against the error skipping adds. The numbers are exact
 properties of the engine's arithmetic (no timing): any machine reproduces them.
+--engine cuda runs the bf16 and all-FP8 variants on the GPU instead (the CUDA engine picks its own
+tiles; an FP8 KV cache beside bf16 queries has no CUDA prefill kernel). Its FP8 prefill quantizes P
+to e4m3 for P V, which the CPU engine does not: the rows show what that adds. The reference stays
+the CPU engine's.
 """
 import argparse
 import datetime
@@ -58,6 +63,8 @@ def main() -> int:
     p.add_argument("--block", type=int, default=128, help="block_m = block_n of the decision tiles")
     p.add_argument("--csv", help="append the rows to this CSV (bench/results/fp8_accuracy.csv)")
     p.add_argument("--threads", type=int, default=0, help="CPU engine threads (0 = all)")
+    p.add_argument("--engine", default="cpu", choices=["cpu", "cuda"],
+                   help="the engine of the bf16 and FP8 runs (the reference is always the CPU engine's)")
     args = p.parse_args()
     factors = [0.0] + [float(x) for x in args.factors.split(",") if x]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -70,21 +77,26 @@ def main() -> int:
         ref, _, _ = blasst.attention(q, k, v, **geometry)
         qs, ks, vs = per_kv_head_scale(q, hkv), per_kv_head_scale(k, hkv), per_kv_head_scale(v, hkv)
         q8, k8, v8 = quantize(q, qs, hkv), quantize(k, ks, hkv), quantize(v, vs, hkv)
+        if args.engine == "cuda":  # its own tiles, device tensors
+            geometry = dict(causal=True, phase="prefill", engine="cuda", return_stats=True)
+            q, k, v, q8, k8, v8, qs, ks, vs = (t.cuda() for t in (q, k, v, q8, k8, v8, qs, ks, vs))
         variants = {
             "bf16": lambda f: blasst.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), threshold_scale_factor=f,
                                                **geometry),
-            "fp8-kv": lambda f: blasst.attention(q.bfloat16(), k8, v8, k_scale=ks, v_scale=vs,
-                                                 threshold_scale_factor=f, **geometry),
+            "fp8-kv": None if args.engine == "cuda" else
+            lambda f: blasst.attention(q.bfloat16(), k8, v8, k_scale=ks, v_scale=vs, threshold_scale_factor=f,
+                                       **geometry),
             "fp8-all": lambda f: blasst.attention(q8, k8, v8, q_scale=qs, k_scale=ks, v_scale=vs,
                                                   threshold_scale_factor=f, **geometry),
         }
-        for variant, run in variants.items():
+        for variant, run in ((name, run) for name, run in variants.items() if run is not None):
             for f in factors:
                 out, _, stats = run(f)
-                rel, mx = error(out, ref)
+                block = blasst.last_run_info().block_m if args.engine == "cuda" else args.block
+                rel, mx = error(out.cpu(), ref)
                 sparsity = float(stats[:, 1].sum()) / max(1, float(stats[:, 0].sum()))
                 rows.append(dict(sample=name, L=q.shape[1], variant=variant, factor=f, sparsity=round(sparsity, 4),
-                                 rel_l2=f"{rel:.3e}", max_abs=f"{mx:.3e}"))
+                                 rel_l2=f"{rel:.3e}", max_abs=f"{mx:.3e}", block=block))
                 print(f"{name} {variant} factor {f:g}: sparsity {sparsity:.3f} rel L2 {rel:.2e} max {mx:.2e}",
                       file=sys.stderr, flush=True)
 
@@ -96,8 +108,9 @@ def main() -> int:
     if args.csv:
         fields = ["date", "commit", "machine", "engine", "sample", "L", "variant", "factor", "block", "sparsity",
                   "rel_l2", "max_abs"]
-        append_rows(args.csv, [dict(r, date=stamp, commit=source_commit(), machine=platform.machine(), engine="cpu",
-                                    block=args.block) for r in rows], fields)
+        machine = torch.cuda.get_device_name() if args.engine == "cuda" else platform.machine()
+        append_rows(args.csv, [dict(r, date=stamp, commit=source_commit(), machine=machine, engine=args.engine)
+                               for r in rows], fields)
     return 0
 
 
