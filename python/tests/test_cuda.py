@@ -128,8 +128,10 @@ def test_all_fp8_prefill_on_the_gpu_follows_the_cpu_engine(d, causal, order):
 
 
 def test_all_fp8_prefill_under_cuda_graph_capture():
-    (q8, k8, v8), (sq, sk, sv) = _fp8_prefill_inputs(1, 256, 1000, 4, 2, 128)
+    (q8, k8, v8), scales = _fp8_prefill_inputs(1, 256, 1000, 4, 2, 128)
     q8, k8, v8 = cuda(q8, k8, v8)
+    # (scales as device tensors: a float would be copied to the device during the capture)
+    sq, sk, sv = (torch.tensor([s], device="cuda") for s in scales)
     kw = dict(causal=True, threshold_scale_factor=10.0, q_scale=sq, k_scale=sk, v_scale=sv)
     static_v = v8.clone()
     _run_or_skip(lambda: blasst.attention(q8, k8, static_v, **kw))

@@ -26,7 +26,7 @@ auto gmem_view(const void* data, int32_t rows, int32_t heads, int32_t batch, int
 
 template <class E, int Dqk, int Dv, bool kSkip>
 cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_t stream) {
-  using Traits = PrefillTraits<E, Dqk, Dv>;
+  using Traits = PrefillTraits<E, Dqk, Dv, kSkip>;
   // The engine reports and checks calls with the host-side copies of these (prefill_sm90.hpp).
   static_assert(Traits::kGroupRows == kGroupRows && Traits::kBlockN == block_n(Traits::Dqk) && Traits::kBoxRows == kBoxRows,
                 "host and kernel tile constants");

@@ -44,7 +44,8 @@ namespace blasst::cuda::sm90 {
 
 using namespace cute;
 
-template <class Element_, int Dqk_, int Dv_ = Dqk_>
+// kSkip: the traits of the skip instantiation (only FP8 at D = 64 differs, below).
+template <class Element_, int Dqk_, int Dv_ = Dqk_, bool kSkip_ = false>
 struct PrefillTraits {
   using Element = Element_;  // of Q, K and V as stored: cutlass::bfloat16_t, cutlass::half_t or cutlass::float_e4m3_t
   static constexpr bool kFp8 = sizeof_bits_v<Element> == 8;
@@ -58,9 +59,12 @@ struct PrefillTraits {
   static constexpr bool kMla = Dqk != Dv;
   static_assert(!kFp8 || (Dqk == Dv && (Dqk == 64 || Dqk == 128)), "FP8 is built for head dims 64 and 128");
   static constexpr int kGroupRows = 64;   // rows of a consumer warpgroup = one decision group
-  // (FP8 at D = 64 keeps two: at 160 registers its V conversion and scales spilled 32-48 bytes,
-  // reloaded at every tile.)
-  static constexpr int kConsumerGroups = Dqk == 64 && !kFp8 ? 3 : 2;
+  // FP8 at D = 64: three in the skip instantiation with P V in e4m3, two otherwise. On an H100
+  // (16K, Hq 32) three took skip mode from 404-416 to 522-549 TFLOP/s with nothing skipped and
+  // from 655-736 to 734-845 at sparsity 0.6-0.7, but dense mode from 527-531 down to 463-479. (With
+  // V converted to fp16, 160 registers spilled 32-48 bytes, reloaded at every tile.)
+  static constexpr int kConsumerGroups =
+      Dqk == 64 && (!kFp8 || (kPVInFp8 && kSkip_)) ? 3 : 2;
   static constexpr int kBlockM = kGroupRows * kConsumerGroups;  // rows of a CTA
   // Registers per thread after setmaxnreg (multiples of 8; 128 threads each, 64K in all).
   static constexpr int kProducerRegs = 24;
