@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
   // The V tiles P V reads: V's stages, or for FP8 the warpgroups' 16-bit copies.
   auto pv_base = [&]() {
     if constexpr (kConvertV)
-      return ss.vp.data();
+      return ss.aux.data();
     else
       return ss.v.data();
   };
@@ -585,9 +585,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const
     ptx::named_barrier_sync(Traits::kBarGroup + grp, 128);
     auto o_base = [&]() {
       if constexpr (kPVInFp8)
-        return ss.o.data() + grp * cosize_v<typename Traits::SmemLayoutOGroup>;
+        return ss.aux.data() + grp * cosize_v<typename Traits::SmemLayoutOGroup>;
       else
-        return reinterpret_cast<TO*>(ss.vp.data()) + grp * BN * Dv;
+        return reinterpret_cast<TO*>(ss.aux.data()) + grp * BN * Dv;
     };
     Tensor sO = make_tensor(make_smem_ptr(o_base()), typename Traits::SmemLayoutOGroup{});
     typename Traits::MmaOGroup mma_og;

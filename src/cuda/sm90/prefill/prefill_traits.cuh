@@ -202,29 +202,22 @@ struct PrefillTraits {
     uint64_t k_full[kStagesK], k_empty[kStagesK];
     uint64_t v_full[kStagesV], v_empty[kStagesV];
   };
-  // FP8: V's stages as loaded (e4m3), and each consumer warpgroup's 16-bit copy of the tile it
-  // multiplies (vp; also its O in the epilogue).
+  // FP8: V's stages as loaded (e4m3; V^T with kPVInFp8), then per consumer warpgroup a buffer of
+  // its own (aux): the fp16 copy of the V tile it multiplies, also its O in the epilogue; or with
+  // kPVInFp8 its O [64, Dv] bf16 alone.
+  using ElementAux = std::conditional_t<kPVInFp8, ElementO, ElementVp>;
+  static constexpr int kAuxElements =
+      kPVInFp8 ? kConsumerGroups * cosize_v<SmemLayoutOGroup> : cosize_v<SmemLayoutVp>;
   struct SharedStorage8 {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> v;
-    alignas(1024) cute::array_aligned<ElementVp, cosize_v<SmemLayoutVp>> vp;
+    alignas(1024) cute::array_aligned<ElementAux, kAuxElements> aux;
     uint64_t q_full;
     uint64_t k_full[kStagesK], k_empty[kStagesK];
     uint64_t v_full[kStagesV], v_empty[kStagesV];
   };
-  // FP8 with P V in e4m3: V^T stages, and each consumer warpgroup's O [64, Dv] bf16 for the epilogue.
-  struct SharedStorage8PV {
-    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
-    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
-    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> v;
-    alignas(1024) cute::array_aligned<ElementO, kConsumerGroups * cosize_v<SmemLayoutOGroup>> o;
-    uint64_t q_full;
-    uint64_t k_full[kStagesK], k_empty[kStagesK];
-    uint64_t v_full[kStagesV], v_empty[kStagesV];
-  };
-  using SharedStorage =
-      std::conditional_t<kPVInFp8, SharedStorage8PV, std::conditional_t<kFp8, SharedStorage8, SharedStorage16>>;
+  using SharedStorage = std::conditional_t<kFp8, SharedStorage8, SharedStorage16>;
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of an SM");
 };
