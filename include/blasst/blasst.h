@@ -199,9 +199,10 @@ typedef struct blasst_args {
   uint8_t* decisions;
   int64_t decisions_numel;
 
-  /* Scratch memory for split-KV partial results (device memory for CUDA engines). NULL lets
-   * the engine use its own cached buffer (allocated once, not CUDA-graph capturable); size it
-   * with blasst_workspace_size to capture calls in a graph. The CPU engine needs none. */
+  /* Scratch memory (device memory for CUDA engines): split-KV partial results in decode, V
+   * transposed for FP8 prefill on the sm_90a kernel (16-byte aligned). NULL lets the engine use
+   * its own cached buffer (grown as needed, not CUDA-graph capturable); size it with
+   * blasst_workspace_size to capture calls in a graph. The CPU engine needs none. */
   void* workspace;
   size_t workspace_bytes;
 } blasst_args;
