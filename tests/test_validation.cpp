@@ -452,6 +452,27 @@ TEST(Validation, WorkspaceSizeIsZeroForTheCpuEngineAndChecksItsArguments) {
   EXPECT_EQ(bytes, 77u);
 }
 
+// FP8 prefill on the CUDA engine asks for V^T [B, Hkv, Dv, Lk rounded up to 128] e4m3 (the sm_90a
+// kernel's P V in e4m3; fp8_pv.cuh), other prefill calls for nothing. Host arithmetic: no GPU needed.
+TEST(Validation, WorkspaceSizeOfFp8PrefillOnTheCudaEngineHoldsVTransposed) {
+  Call c;
+  set_raw(c.a.q.dtype, 3), set_raw(c.a.k.dtype, 3), set_raw(c.a.v.dtype, 3);
+  c.a.scales = {c.head_factors.data(), c.head_factors.data(), c.head_factors.data(), 1};
+  c.a.engine = BLASST_ENGINE_CUDA;
+  size_t bytes = 77;
+  ASSERT_EQ(blasst_workspace_size(&c.a, BLASST_PHASE_PREFILL, &bytes), BLASST_OK) << blasst_last_error();
+#if BLASST_TEST_FP8_PV_WORKSPACE
+  EXPECT_EQ(bytes, size_t(Call::B) * Call::HKV * Call::D * 128);  // Lk = 40 rounded up to 128 keys
+#else
+  EXPECT_EQ(bytes, 0u);  // (no CUDA engine, or P V converted in shared memory)
+#endif
+  Call plain;
+  plain.a.engine = BLASST_ENGINE_CUDA;
+  bytes = 77;
+  ASSERT_EQ(blasst_workspace_size(&plain.a, BLASST_PHASE_PREFILL, &bytes), BLASST_OK) << blasst_last_error();
+  EXPECT_EQ(bytes, 0u);
+}
+
 TEST(Validation, StatusNamesAndInitHelpers) {
   EXPECT_STREQ(blasst_status_name(BLASST_OK), "ok");
   EXPECT_STRNE(blasst_status_name(BLASST_ERROR_INVALID_ARGUMENT), blasst_status_name(BLASST_OK));
