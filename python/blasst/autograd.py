@@ -59,8 +59,8 @@ class _BlasstAttention(torch.autograd.Function):
 
 # The device backward when BLASST_GPU_BACKWARD is not set: blasst's Triton kernels where they apply
 # (prefill, dense, padded or ragged layouts, 16-bit), FlexAttention where it applies, the fp32 formulas
-# elsewhere. On an H100 (bench/gpu_backward_bench.py, bf16, d 128, Hq 32, Hkv 8, 8K causal; 158491c)
-# the Triton kernels took 6.8 ms dense and 2.9 ms at sparsity 0.77, FlexAttention 8.7 and 5.8 ms (its
+# elsewhere. On an H100 (bench/gpu_backward_bench.py, bf16, d 128, Hq 32, Hkv 8, 8K causal; e375034)
+# the Triton kernels took 5.9 ms dense and 1.74 ms at sparsity 0.77, FlexAttention 7.6 and 5.2 ms (its
 # forward re-run included), FA2's dense backward 5.0 ms and the formulas 161 ms (05876de). FlexAttention
 # also puts NaN on gradients of (row, key) pairs that a row does not attend (a GPU test shows it).
 GPU_BACKWARD_DEFAULT = "auto"

@@ -116,10 +116,11 @@ int64_t* internal_stats(size_t heads) {
 // keys rounded up to 128] from a workspace: its size (0 for every other call), and the
 // engine's own buffer of at least `bytes` when the caller gave none (not CUDA-graph capturable:
 // give a workspace sized by blasst_workspace_size to capture).
+int64_t fp8_pv_keys(const blasst_args& a) { return ceil_div(a.max_seqlen_k, sm90::kVtKeyAlign) * sm90::kVtKeyAlign; }
 size_t fp8_pv_workspace_bytes(const blasst_args& a) {
 #if BLASST_CUDA_SM90_FP8_PV_E4M3
   if (a.q.dtype == BLASST_DTYPE_FLOAT8_E4M3 && a.v.dtype == BLASST_DTYPE_FLOAT8_E4M3 && a.max_seqlen_k > 0)
-    return size_t(a.batch) * size_t(a.num_kv_heads) * size_t(a.head_dim_v) * size_t(ceil_div(a.max_seqlen_k, 128) * 128);
+    return size_t(a.batch) * size_t(a.num_kv_heads) * size_t(a.head_dim_v) * size_t(fp8_pv_keys(a));
 #endif
   (void)a;
   return 0;
@@ -329,7 +330,7 @@ Status run_prefill(const blasst_args& a, blasst_run_info* info) {
                      std::to_string(vt_bytes) + " (blasst_workspace_size)");
     p.vt = a.workspace ? a.workspace : internal_fp8_pv_workspace(vt_bytes);
     if (!p.vt) return cuda_error("allocating the FP8 V^T workspace", cudaErrorMemoryAllocation);
-    p.vt_keys = int32_t(ceil_div(a.max_seqlen_k, 128) * 128);
+    p.vt_keys = int32_t(fp8_pv_keys(a));
   }
   // The dense instantiation when nothing can be skipped: factor 0 and no per-head factors.
   const bool skip = skip_instantiation(a.threshold);

@@ -15,6 +15,7 @@
 #include "cuda/common/prefill_params.hpp"
 #include "cuda/sm80/prefill/prefill_entry.cuh"
 #include "cuda/sm90/prefill/fp8_pv_order.hpp"
+#include "cuda/sm90/prefill/prefill_sm90.hpp"
 
 namespace blasst::cuda::sm90 {
 
@@ -48,7 +49,7 @@ __device__ __forceinline__ void pack_p_e4m3(FragS const& s, FragA& a) {
 template <int Dv>
 __global__ void __launch_bounds__(128) transpose_v_e4m3_kernel(const PrefillParams p, uint8_t* __restrict__ vt,
                                                                int keys_pad) {
-  constexpr int kKeys = 128;
+  constexpr int kKeys = kVtKeyAlign;
   constexpr int kPitch = Dv + 16;  // bytes per key row in shared memory (16-byte chunks, skewed banks)
   __shared__ __align__(16) uint8_t tile[kKeys * kPitch];
   const int key0 = blockIdx.x * kKeys;

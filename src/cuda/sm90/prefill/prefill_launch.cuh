@@ -45,8 +45,9 @@ cudaError_t launch_impl(const PrefillParams& p, const TmaExtents& e, cudaStream_
                            Shape<Int<Traits::kBlockN>, Int<Dqk>>{}, _1{});
   if constexpr (Traits::kPVInFp8) {
     // V^T [B, Hkv, Dv, vt_keys] in the workspace, written first by the pre-pass (fp8_pv.cuh)
-    if (p.vt == nullptr || p.vt_keys % Traits::kBlockN != 0 || p.vt_keys < p.max_seqlen_k) return cudaErrorInvalidValue;
-    const dim3 tgrid(unsigned(p.vt_keys / 128), unsigned(p.num_kv_heads), unsigned(p.batch));
+    static_assert(Traits::kBlockN == kVtKeyAlign, "V^T tiles are whole rows of the pre-pass's CTAs");
+    if (p.vt == nullptr || p.vt_keys % kVtKeyAlign != 0 || p.vt_keys < p.max_seqlen_k) return cudaErrorInvalidValue;
+    const dim3 tgrid(unsigned(p.vt_keys / kVtKeyAlign), unsigned(p.num_kv_heads), unsigned(p.batch));
     transpose_v_e4m3_kernel<Dv><<<tgrid, 128, 0, stream>>>(p, static_cast<uint8_t*>(p.vt), p.vt_keys);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
     const int64_t keys = p.vt_keys;

@@ -16,6 +16,9 @@ constexpr int kGroupRows = 64;  // block_m: rows of one decision group (a consum
 // block_n: keys of a tile (64 at head dim 256, whose O leaves no registers for wider tiles)
 constexpr int block_n(int head_dim_qk) { return head_dim_qk == 256 ? 64 : 128; }
 constexpr int kBoxRows = 16;    // smallest page: pages below a tile are loaded as boxes of these rows
+// FP8 with P V in e4m3: V^T's rows hold the keys rounded up to a multiple of this (the FP8
+// kernel's tile of keys, and the keys of one pre-pass CTA).
+constexpr int kVtKeyAlign = 128;
 
 // Extents of the row and batch modes of the TMA views of Q and of K/V (see KernelParams).
 struct TmaExtents {

@@ -27,7 +27,7 @@
 // converts the V tiles it keeps into a 16-bit copy of its own ([128, Dv] fp16, the layout of
 // the 16-bit kernels' V; e4m3 -> fp16 is exact and one instruction per two values), which
 // P V (P in fp16) reads; the e4m3 stage goes back as soon as it is converted. O is bf16.
-// FP8 with BLASST_CUDA_SM90_FP8_PV_E4M3 (kPVInFp8, not yet measured): P V on the e4m3 wgmma too,
+// FP8 with BLASST_CUDA_SM90_FP8_PV_E4M3 (kPVInFp8, the default): P V on the e4m3 wgmma too,
 // P quantized to e4m3 in registers and V^T [Dv, 128 keys] loaded by TMA from the workspace a
 // pre-pass wrote (fp8_pv.cuh), K-major with the 128-byte swizzle; O goes out through a bf16
 // buffer of its own.
@@ -143,7 +143,7 @@ struct PrefillTraits {
       kPVInFp8, SmemLayoutV,
       decltype(composition(SmemLayoutVp{},
                            make_ordered_layout(Shape<Int<Dv>, Int<kBlockN>, Int<kBuffersPV>>{}, Step<_2, _1, _3>{})))>;
-  // FP8: O [64, Dv] of one warpgroup in the epilogue, over its 16-bit V copy.
+  // FP8: O [64, Dv] of one warpgroup in the epilogue, in its own buffer (aux, below).
   using SmemLayoutOGroup = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<ElementO>{}, Shape<Int<kGroupRows>, Int<Dv>>{}));
   using MmaOGroup = decltype(make_tiled_mma(MmaOAtom{}));
 
